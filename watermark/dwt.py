@@ -1,0 +1,268 @@
+"""Array-level embedding and extraction of the mark in the DWT domain.
+
+Where the mark lives
+--------------------
+The image is first resampled to a *working grid* whose long edge is a power of two
+(256, 512 or 1024 px, the one nearest in log scale to the image's long edge; see
+:func:`working_shape`). On that grid a 3-level 2-D DWT is taken (``pywt.wavedec2``,
+wavelet ``db2``, mode ``periodization``)::
+
+    coeffs = [cA3, (cH3, cV3, cD3), (cH2, cV2, cD2), (cH1, cV1, cD1)]
+                    ^^^^ level 3 ^^^^  ^^^^ level 2 ^^^^   not marked
+
+The mark is added to the six detail subbands of levels 2 and 3 (horizontal, vertical and
+diagonal). On the working grid these are periods of 4 to 16 px, that is between 1/256 and
+1/64 of the long edge: coarse enough to survive downscaling a leak to a 512 px long edge,
+JPEG and 8-bit quantisation; fine enough to hide in anatomical texture.
+
+Each subband is cut into square tiles covering 128 working-grid pixels (32 x 32
+coefficients at level 2, 16 x 16 at level 3). Every tile carries the same keyed pattern
+(a tiled, periodic mark; Kutter, "Watermarking resisting to translation, rotation and
+scaling", Proc. SPIE 3528, 1999, doi:10.1117/12.337432): each of the 3 x (32^2 + 16^2) =
+3840 positions of a tile is assigned, by the key, one of the 128 coded payload bits and a
+pseudo-random sign. The coefficient at position ``(i, j)`` of a level-``l`` subband belongs
+to tile position ``(i mod t_l, j mod t_l)``.
+
+Embedding is additive spread spectrum (Cox, Kilian, Leighton & Shamoon, IEEE TIP 6(12),
+1997, doi:10.1109/83.650120) with a perceptual strength per coefficient (local activity of
+the subband raised to 0.6, in the spirit of Watson's contrast masking, J. SID 1993), set to
+zero on flat regions (collimation borders, burned-in label backgrounds) and near black or
+white, and scaled globally so that the mark has a fixed RMS in display grey levels: the
+display-domain PSNR is thus set by construction.
+
+Extraction divides each subband coefficient by its local RMS (a key-independent whitening
+that also cancels any gain from window/level), sums the coefficients that share a tile
+position, and correlates with the keyed signs to give one soft value per payload bit. The
+statistics that turn those into evidence live in :mod:`watermark.stats`.
+
+Coordinates: arrays are (row, column); shapes are written (rows, columns).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pywt
+from scipy import ndimage
+from skimage.transform import resize
+
+from .keys import SiteKey
+from .payload import N_BITS
+
+__all__ = [
+    "WAVELET",
+    "LEVELS",
+    "WORKING_EDGES",
+    "DEFAULT_RMS",
+    "MIN_EMBED_EDGE",
+    "MIN_DETECT_EDGE",
+    "working_shape",
+    "mark_residual",
+    "embed",
+    "soft_bits",
+]
+
+WAVELET = "db2"
+MODE = "periodization"
+N_LEVELS = 3
+LEVELS = (2, 3)
+TILE = 128  # working-grid pixels per tile side
+WORKING_EDGES = (256, 512, 1024)
+DEFAULT_RMS = 1.15  # display grey levels (0..255 scale): PSNR 20*log10(255/1.15) = 46.9 dB
+MIN_EMBED_EDGE = 64  # short edge in pixels below which a film cannot carry the payload
+MIN_DETECT_EDGE = 48  # short edge below which a leak is too small to test
+
+_FLAT = 0.15  # local activity (grey levels) below which a region counts as flat
+_ACTIVITY_WINDOW = 5
+
+
+def working_long_edge(shape: tuple[int, int]) -> int:
+    """The working-grid long edge for an image: 256, 512 or 1024, nearest in log2."""
+    long_edge = max(shape)
+    exponent = min(max(round(math.log2(max(long_edge, 1))), 8), 10)
+    return 2**exponent
+
+
+def working_shape(shape: tuple[int, int], long_edge: int | None = None) -> tuple[int, int]:
+    """Shape (rows, columns) of the working grid for an image of ``shape``.
+
+    The aspect ratio is kept; the long edge becomes ``long_edge`` (default:
+    :func:`working_long_edge`).
+    """
+    if long_edge is None:
+        long_edge = working_long_edge(shape)
+    scale = long_edge / max(shape)
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Antialiased linear resampling to ``shape`` (float64)."""
+    if image.shape == tuple(shape):
+        return image.astype(np.float64, copy=False)
+    down = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    return resize(image.astype(np.float64, copy=False), shape, order=1, mode="reflect",
+                  anti_aliasing=down, preserve_range=True)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Keyed tile layout: per level, (3, t, t) arrays of bit index and sign."""
+
+    bits: dict
+    signs: dict
+
+
+@lru_cache(maxsize=8)
+def _layout(key: SiteKey) -> _Layout:
+    rng = key.rng("tile-layout-v1")
+    sizes = {lvl: TILE >> lvl for lvl in LEVELS}
+    n_slots = sum(3 * t * t for t in sizes.values())
+    bit_of_slot = rng.permutation(n_slots) % N_BITS  # balanced: every bit gets n_slots/128 slots
+    sign_of_slot = rng.integers(0, 2, n_slots).astype(np.int8) * 2 - 1
+    bits, signs, start = {}, {}, 0
+    for lvl, t in sizes.items():
+        n = 3 * t * t
+        bits[lvl] = bit_of_slot[start:start + n].reshape(3, t, t)
+        signs[lvl] = sign_of_slot[start:start + n].reshape(3, t, t)
+        start += n
+    return _Layout(bits, signs)
+
+
+def _tiled(tile: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Repeat a (t, t) tile to cover ``shape`` and crop."""
+    t = tile.shape[0]
+    reps = (-(-shape[0] // t), -(-shape[1] // t))
+    return np.tile(tile, reps)[: shape[0], : shape[1]]
+
+
+def _activity(bands) -> np.ndarray:
+    """Local RMS of the three detail subbands of one level, over a 5 x 5 window."""
+    energy = sum(b * b for b in bands) / 3.0
+    return np.sqrt(np.maximum(ndimage.uniform_filter(energy, _ACTIVITY_WINDOW, mode="reflect"), 0.0))
+
+
+def _check_codeword(codeword) -> np.ndarray:
+    c = np.asarray(codeword)
+    if c.shape != (N_BITS,) or not np.all(np.abs(c) == 1):
+        raise ValueError(f"codeword must be a ({N_BITS},) array of +1/-1, got shape {c.shape}")
+    return c.astype(np.float64)
+
+
+def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
+                  rms: float = DEFAULT_RMS) -> np.ndarray:
+    """The additive mark for one image, in display grey levels.
+
+    Parameters
+    ----------
+    display : (rows, columns) array
+        The image as a viewer shows it by default, in grey levels on a 0..255 scale (float
+        or integer). Rows and columns at least ``MIN_EMBED_EDGE``.
+    codeword : (128,) array of +1/-1
+        From :func:`watermark.payload.encode`.
+    key : SiteKey
+    rms : float
+        RMS of the mark over the whole image, display grey levels. The display PSNR of the
+        marked image is about ``20 * log10(255 / rms)`` dB before quantisation.
+
+    Returns
+    -------
+    (rows, columns) float64 array
+        Add it to ``display`` (or, divided by the display gain, to the stored values). An
+        image with no texture at all (all black, all white, all flat) gets all zeros.
+
+    Raises
+    ------
+    ValueError
+        Wrong codeword, or an image smaller than ``MIN_EMBED_EDGE`` on a side.
+    """
+    display = np.asarray(display, dtype=np.float64)
+    if display.ndim != 2 or min(display.shape) < MIN_EMBED_EDGE:
+        raise ValueError(f"image must be 2-D and at least {MIN_EMBED_EDGE} px on each side, "
+                         f"got shape {display.shape}")
+    c = _check_codeword(codeword)
+    layout = _layout(key)
+    wshape = working_shape(display.shape)
+    work = _resample(display, wshape)
+    coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
+    mark = [np.zeros_like(coeffs[0])]
+    for index in range(1, N_LEVELS + 1):
+        level = N_LEVELS + 1 - index
+        bands = coeffs[index]
+        if level not in LEVELS:
+            mark.append(tuple(np.zeros_like(b) for b in bands))
+            continue
+        act = _activity(bands)
+        strength = np.where(act > _FLAT, act, 0.0) ** 0.6
+        marked = []
+        for o, band in enumerate(bands):
+            pattern = _tiled(layout.signs[level][o] * c[layout.bits[level][o]], band.shape)
+            marked.append(strength * pattern)
+        mark.append(tuple(marked))
+    residual_work = pywt.waverec2(mark, WAVELET, mode=MODE)[: wshape[0], : wshape[1]]
+    residual = _resample(residual_work, display.shape)
+    # luminance masking: no mark where the display is (nearly) black or white
+    lum = np.clip(np.minimum(display, 255.0 - display) / 8.0, 0.0, 1.0)
+    residual *= lum
+    current = float(np.sqrt(np.mean(residual**2)))
+    if current == 0.0:
+        return residual
+    return residual * (rms / current)
+
+
+def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float = DEFAULT_RMS) -> np.ndarray:
+    """Marked copy of a display-domain image: ``display + mark_residual(...)``, clipped to 0..255.
+
+    Shapes and units as in :func:`mark_residual`; returns float64.
+    """
+    display = np.asarray(display, dtype=np.float64)
+    return np.clip(display + mark_residual(display, codeword, key, rms=rms), 0.0, 255.0)
+
+
+def soft_bits(image: np.ndarray, key: SiteKey, *, long_edge: int) -> np.ndarray:
+    """Soft payload bits from an image, assuming the mark's grid fills the whole image.
+
+    Parameters
+    ----------
+    image : (rows, columns) array
+        Grey values in any unit and polarity (gain, offset and inversion do not matter:
+        inversion flips the sign of every soft bit). At least ``MIN_DETECT_EDGE`` px a side.
+    key : SiteKey
+    long_edge : int
+        The working-grid long edge to assume (one of ``WORKING_EDGES``).
+
+    Returns
+    -------
+    (128,) float64 array
+        One value per coded bit. For an image that does not carry this key's mark, each
+        value is a sum of terms with independent key-chosen signs, hence symmetric about 0
+        and independent of the others: the basis of the p-values in :mod:`watermark.stats`.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
+        raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
+                         f"got shape {image.shape}")
+    layout = _layout(key)
+    work = _resample(image, working_shape(image.shape, long_edge))
+    coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
+    total = np.zeros(N_BITS)
+    for index in range(1, N_LEVELS + 1):
+        level = N_LEVELS + 1 - index
+        if level not in LEVELS:
+            continue
+        bands = coeffs[index]
+        act = _activity(bands)
+        floor = max(float(np.median(act)) * 0.05, 1e-9)
+        t = TILE >> level
+        for o, band in enumerate(bands):
+            white = np.clip(band / np.maximum(act, floor), -4.0, 4.0)
+            rows, cols = white.shape
+            padded = np.zeros((-(-rows // t) * t, -(-cols // t) * t))
+            padded[:rows, :cols] = white
+            folded = padded.reshape(padded.shape[0] // t, t, padded.shape[1] // t, t).sum(axis=(0, 2))
+            total += np.bincount(layout.bits[level][o].ravel(),
+                                 weights=(layout.signs[level][o] * folded).ravel(),
+                                 minlength=N_BITS)
+    return total
