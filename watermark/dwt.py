@@ -19,7 +19,7 @@ Each subband is cut into square tiles covering 128 working-grid pixels (32 x 32
 coefficients at level 2, 16 x 16 at level 3). Every tile carries the same keyed pattern
 (a tiled, periodic mark; Kutter, "Watermarking resisting to translation, rotation and
 scaling", Proc. SPIE 3528, 1999, doi:10.1117/12.337432): each of the 3 x (32^2 + 16^2) =
-3840 positions of a tile is assigned, by the key, one of the 128 coded payload bits and a
+3840 positions of a tile is assigned, by the key, one of the 256 coded payload bits and a
 pseudo-random sign. The coefficient at position ``(i, j)`` of a level-``l`` subband belongs
 to tile position ``(i mod t_l, j mod t_l)``.
 
@@ -120,7 +120,7 @@ def _layout(key: SiteKey) -> _Layout:
     rng = key.rng("tile-layout-v1")
     sizes = {lvl: TILE >> lvl for lvl in LEVELS}
     n_slots = sum(3 * t * t for t in sizes.values())
-    bit_of_slot = rng.permutation(n_slots) % N_BITS  # balanced: every bit gets n_slots/128 slots
+    bit_of_slot = rng.permutation(n_slots) % N_BITS  # balanced: every bit gets n_slots/256 slots
     sign_of_slot = rng.integers(0, 2, n_slots).astype(np.int8) * 2 - 1
     bits, signs, start = {}, {}, 0
     for lvl, t in sizes.items():
@@ -160,7 +160,7 @@ def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
     display : (rows, columns) array
         The image as a viewer shows it by default, in grey levels on a 0..255 scale (float
         or integer). Rows and columns at least ``MIN_EMBED_EDGE``.
-    codeword : (128,) array of +1/-1
+    codeword : (256,) array of +1/-1
         From :func:`watermark.payload.encode`.
     key : SiteKey
     rms : float
@@ -235,7 +235,7 @@ def soft_bits(image: np.ndarray, key: SiteKey, *, long_edge: int) -> np.ndarray:
 
     Returns
     -------
-    (128,) float64 array
+    (256,) float64 array
         One value per coded bit. For an image that does not carry this key's mark, each
         value is a sum of terms with independent key-chosen signs, hence symmetric about 0
         and independent of the others: the basis of the p-values in :mod:`watermark.stats`.

@@ -5,14 +5,14 @@ Layout, from the recipient number to the bits that are embedded::
     recipient number (32 bits, big-endian)  +  CRC-16/CCITT of those 4 bytes (16 bits)
         -> 6-byte block
         -> keyed pseudo-random permutation (SiteKey.permute_block)       6 bytes
-        -> Reed-Solomon over GF(2^8), 10 parity bytes (reedsolo)          16 bytes
-        -> bits, most significant first                                  128 bits
-        -> antipodal symbols: bit 0 -> +1, bit 1 -> -1                    (128,) int8
+        -> Reed-Solomon over GF(2^8), 26 parity bytes (reedsolo)          32 bytes
+        -> bits, most significant first                                  256 bits
+        -> antipodal symbols: bit 0 -> +1, bit 1 -> -1                    (256,) int8
 
 The keyed permutation makes the codewords of any two recipients look like independent
 random sequences, so the mark of one recipient correlates with another recipient's codeword
 no more than chance (this is what keeps an innocent recipient's p-value honest). The
-Reed-Solomon code corrects up to 5 wrong bytes, or 10 erased ones, and lets a leak be decoded
+Reed-Solomon code corrects up to 13 wrong bytes, or 26 erased ones, and lets a leak be decoded
 to a recipient number without any list of recipients; the CRC rejects a decode that lands
 on a wrong codeword. Reed & Solomon, J. SIAM 8(2), 1960, doi:10.1137/0108018.
 """
@@ -28,8 +28,8 @@ from .keys import SiteKey
 
 __all__ = ["N_BITS", "MAX_RECIPIENT", "encode", "codeword_table", "decode"]
 
-N_PARITY = 10
-N_BITS = 8 * (6 + N_PARITY)  # 128 coded bits
+N_PARITY = 26
+N_BITS = 8 * (6 + N_PARITY)  # 256 coded bits
 MAX_RECIPIENT = 2**32 - 1
 _RS = reedsolo.RSCodec(N_PARITY)
 
@@ -52,7 +52,7 @@ def encode(number: int, key: SiteKey) -> np.ndarray:
 
     Returns
     -------
-    (128,) int8 array of +1/-1
+    (256,) int8 array of +1/-1
 
     Raises
     ------
@@ -65,7 +65,7 @@ def encode(number: int, key: SiteKey) -> np.ndarray:
 
 
 def codeword_table(numbers, key: SiteKey) -> np.ndarray:
-    """Codewords of many recipients: (N, 128) int8 of +1/-1, rows in the order of ``numbers``."""
+    """Codewords of many recipients: (N, 256) int8 of +1/-1, rows in the order of ``numbers``."""
     numbers = list(numbers)
     if not numbers:
         return np.zeros((0, N_BITS), dtype=np.int8)
@@ -76,12 +76,12 @@ def decode(soft: np.ndarray, key: SiteKey) -> int | None:
     """Decode soft bits to a recipient number, or ``None`` when no codeword passes the CRC.
 
     Hard decisions are decoded first; then the least reliable bytes (smallest summed
-    ``|soft|``) are declared erased, 2, 4, ... up to 10 of them, and decoding is retried
+    ``|soft|``) are declared erased, 2, 4, ... up to 26 of them, and decoding is retried
     (errors-and-erasures decoding). The first result whose CRC checks is returned.
 
     Parameters
     ----------
-    soft : (128,) float array
+    soft : (256,) float array
         Positive values vote for bit 0 (+1), negative for bit 1 (-1).
     key : SiteKey
 

@@ -62,13 +62,15 @@ def p_value_bound(z) -> np.ndarray:
 def union_p_value(z, n_tests: int) -> np.ndarray:
     """Bonferroni-corrected p-value: ``min(1, n_tests * exp(-z**2 / 2))``.
 
-    Computed in log space so that very strong marks give a tiny positive number, not 0.
+    Computed in log space; a bound below the smallest normal float (2.2e-308) is reported as
+    that float, which is still a valid upper bound, so a p-value is never exactly 0.
     """
     if n_tests < 1:
         raise ValueError(f"n_tests must be >= 1, got {n_tests}")
     z = np.asarray(z, dtype=np.float64)
     log_p = np.log(n_tests) - 0.5 * np.maximum(z, 0.0) ** 2
-    return np.where(z > 0, np.exp(np.minimum(log_p, 0.0)), 1.0)
+    p = np.maximum(np.exp(np.minimum(log_p, 0.0)), np.finfo(np.float64).tiny)
+    return np.where(z > 0, p, 1.0)
 
 
 def z_threshold(n_tests: int, alpha: float = FALSE_ACCUSATION_RATE) -> float:

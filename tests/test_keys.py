@@ -1,0 +1,47 @@
+import os
+import stat
+
+import pytest
+
+from watermark.errors import KeyFileError
+from watermark.keys import SiteKey, create_key, default_key_path, load_key, load_or_create_key
+
+
+def test_create_load_and_permissions(tmp_path):
+    path = tmp_path / "sub" / "site.key"
+    key, created = load_or_create_key(path)
+    assert created
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again, created = load_or_create_key(path)
+    assert not created and again.secret == key.secret
+    assert load_key(path).fingerprint == key.fingerprint
+    assert key.secret.hex() not in repr(key)
+
+
+def test_never_overwritten(tmp_path):
+    path = tmp_path / "site.key"
+    create_key(path)
+    with pytest.raises(KeyFileError, match="never overwritten"):
+        create_key(path)
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(KeyFileError, match="no site key"):
+        load_key(tmp_path / "missing.key")
+    bad = tmp_path / "bad.key"
+    bad.write_text("not hex")
+    with pytest.raises(KeyFileError, match=str(bad)):
+        load_key(bad)
+
+
+def test_env_overrides_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAKTRACE_KEY", str(tmp_path / "k"))
+    assert default_key_path() == tmp_path / "k"
+
+
+def test_permutation_round_trip_and_keying():
+    a, b = SiteKey(bytes(32)), SiteKey(bytes([1]) * 32)
+    block = bytes(range(6))
+    assert a.permute_block(a.permute_block(block), inverse=True) == block
+    assert a.permute_block(block) != b.permute_block(block)
+    assert a.permute_block(block) != block
