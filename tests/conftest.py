@@ -1,0 +1,82 @@
+"""Shared test set-up: where the real chest films live, and a cached reader for them.
+
+The films are not part of the repository. They sit in the shared data folder described by its
+``PROVENANCE.md`` (``dicom/`` and ``png/`` sub-folders). :func:`film_data_dir` is the one place
+that decides where that folder is:
+
+* the environment variable ``LEAKTRACE_TEST_DATA``, if set;
+* otherwise ``<repo>/../shared/data/cxr``, computed from this file's location (not the CWD).
+
+When the folder is missing, every test that needs a film is skipped with the reason. When it
+exists, all films listed in :data:`DICOM_FILMS` must be there (a missing one fails).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+DATA_ENV = "LEAKTRACE_TEST_DATA"
+
+#: The DICOM films of the shared set (PROVENANCE.md, table "DICOM files").
+DICOM_FILMS = (
+    "canon_dx_mono1_12bit_j2klossless_966_fixed.dcm",
+    "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm",
+    "nih_cxr14_dx_8bit_1024px_nccid.dcm",
+    "philips_cr_mono1_15bit_RG1_J2KI.dcm",
+    "philips_cr_mono1_15bit_RG1_JLSN.dcm",
+    "philips_cr_mono1_15bit_RG1_UNCR.dcm",
+    "siim_acr_cr_jpegbaseline_8bit_1024px.dcm",
+    "veterinary_canine_thorax_dx_mono1_8bit.dcm",
+)
+
+
+def film_data_dir() -> Path:
+    """The shared film folder: ``$LEAKTRACE_TEST_DATA``, else ``<repo>/../shared/data/cxr``."""
+    configured = os.environ.get(DATA_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    repo = Path(__file__).resolve().parent.parent
+    return repo.parent / "shared" / "data" / "cxr"
+
+
+def film_params(names: tuple[str, ...] | list[str] = DICOM_FILMS) -> list:
+    """``pytest.param`` per film name, with the file name as the test id."""
+    return [pytest.param(name, id=name) for name in names]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared film folder; skips the test when it does not exist."""
+    folder = film_data_dir()
+    if not (folder / "dicom").is_dir():
+        pytest.skip(
+            f"test films not found: {folder / 'dicom'} does not exist; set {DATA_ENV} to the "
+            "folder holding dicom/ and png/ (see its PROVENANCE.md)"
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dicom_films(data_dir: Path) -> dict[str, Path]:
+    """{file name: path} of the 8 shared DICOM films; fails if one is missing."""
+    films = {name: data_dir / "dicom" / name for name in DICOM_FILMS}
+    missing = [name for name, path in films.items() if not path.is_file()]
+    if missing:
+        pytest.fail(f"{data_dir / 'dicom'} lacks films listed in PROVENANCE.md: {missing}")
+    return films
+
+
+@pytest.fixture(scope="session")
+def load_film(dicom_films: dict[str, Path]):
+    """``load_film(name) -> Film``, each film read once per session (films are read-only)."""
+    from watermark.dicomio import read_film
+
+    @functools.cache
+    def _load(name: str):
+        return read_film(dicom_films[name])
+
+    return _load
