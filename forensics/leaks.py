@@ -548,7 +548,7 @@ def screenshot(image: np.ndarray, rng: np.random.Generator | None = None, *,
                   f"WL: 128  WW: 256   Zoom: {zoom:.0f}%   Im: 1/{len(films)}   Se: 1",
                   fill=_TEXT_GREY, font=font)
         pane_top = _BANNER_PX + _TOOLBAR_PX
-        draw.text((8, pane_top + 6), "DOE^JANE\nCHEST PA\nIm 1/1", fill=_TEXT_GREY, font=small)
+        draw.text((8, pane_top + 6), f"DOE^JANE\nCHEST PA\nIm 1/{len(films)}", fill=_TEXT_GREY, font=small)
         draw.text((cols - 150, rows - _STATUS_PX - 40), f"W 256 L 128\nZoom {zoom:.0f}%",
                   fill=_TEXT_GREY, font=small)
     return np.asarray(shot, dtype=np.float64)
@@ -1615,7 +1615,8 @@ LEAKS: dict[str, tuple[LeakFunction, dict]] = {
         # viewer rendering / VOI / export
         _entry(window, function="LINEAR", center="median", width=102),  # 40 % of 0..255
         _entry(window, function="SIGMOID", center="median", width=128),
-        _entry(window, function="LINEAR_EXACT", center=128, width=256),
+        _entry(window, function="LINEAR_EXACT", center="median", width=320),  # a wide window
+        _entry(window, function="LINEAR", center="median", width=102, bits=16),
         _entry(voi_lut, lut=_s_curve_lut(), first_mapped=0, lut_bits=8),
         _entry(export16),
         # screenshot
