@@ -34,7 +34,7 @@ DERIVATION_DESCRIPTION = ("Invisible forensic watermark added for release to one
                           "(leaktrace); pixel values differ slightly from the source image")
 
 
-def mark_film(film: Film, number: int, key: SiteKey, *, rms: float = dwt.DEFAULT_RMS) -> np.ndarray:
+def mark_film(film: Film, number: int, key: SiteKey, *, rms: float | None = None) -> np.ndarray:
     """Marked stored values of a film (float64, not yet rounded or clipped).
 
     Parameters
@@ -43,8 +43,9 @@ def mark_film(film: Film, number: int, key: SiteKey, *, rms: float = dwt.DEFAULT
     number : int
         Recipient number (0 .. 2**32 - 1).
     key : SiteKey
-    rms : float
-        Mark RMS in grey levels of the film's default display (see :func:`watermark.dwt.mark_residual`).
+    rms : float, optional
+        Mark RMS in grey levels of the film's default display (default and meaning: see
+        :func:`watermark.dwt.mark_residual`).
 
     Returns
     -------
@@ -78,7 +79,7 @@ class ExportOutcome:
 
 def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipient: str,
                 ledger: Ledger, key: SiteKey, overwrite: bool = False,
-                rms: float = dwt.DEFAULT_RMS) -> ExportRecord:
+                rms: float | None = None) -> ExportRecord:
     """Mark one film for ``recipient``, write it to ``output`` and record it in the ledger.
 
     Raises

@@ -55,7 +55,7 @@ def test_missing_ledger_is_an_error_for_readers(tmp_path):
 
 
 @pytest.mark.parametrize("tamper, expected", [
-    ("UPDATE exports SET recipient_number = 2 WHERE id = 2", "export 2: content"),
+    ("UPDATE exports SET recipient_number = 3 - recipient_number WHERE id = 2", "export 2: content"),
     ("DELETE FROM exports WHERE id = 2", "export 3: does not follow"),
     ("INSERT INTO exports SELECT 10, recipient_number, source_sop_uid, source_path, source_sha256, "
      "output_path, output_sop_uid, output_sha256, payload, key_fingerprint, created_utc, prev_hash, "

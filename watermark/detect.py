@@ -5,8 +5,10 @@ list of recipient numbers (from the ledger) that could be named.
 
 Hypotheses tried, each counted in the union bound of :mod:`watermark.stats`:
 
-* the working grid: every long edge in :data:`watermark.dwt.WORKING_EDGES` (the leak may have
-  been resized, so its own size does not tell which grid the film was marked on);
+* the working grid: every long edge in :data:`watermark.dwt.WORKING_EDGES` up to 4 times the
+  leak's long edge (the leak may have been resized, so its own size does not tell which grid
+  the film was marked on; a grid more than 4 times larger would put even the coarsest period
+  of the mark below 4 px of the leak, where nothing of it survives, so it is not tested);
 * both polarities (a MONOCHROME1 film's leak may show display or stored polarity, a viewer may
   invert); inversion flips the sign of every soft bit, so a recipient is found by ``|z|``;
 * every recipient number in the list.
@@ -114,13 +116,14 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
         )
     numbers = [int(n) for n in recipients]
     table = payload.codeword_table(numbers, key).astype(np.float64)
-    n_hyp = 2 * len(dwt.WORKING_EDGES)
+    edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
+    n_hyp = 2 * len(edges)
     n_tests = n_hyp * max(len(numbers), 1)
 
-    best_z, best_index, best_edge = 0.0, None, dwt.WORKING_EDGES[-1]
+    best_z, best_index, best_edge = 0.0, None, edges[-1]
     per_recipient = np.zeros(len(numbers))
     decoded, decoded_z = None, 0.0
-    for edge in dwt.WORKING_EDGES:
+    for edge in edges:
         soft = dwt.soft_bits(image, key, long_edge=edge)
         if numbers:
             z = stats.normalised_correlation(soft, table)
