@@ -174,8 +174,16 @@ def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for t
     raise typer.Exit(0 if ok else 1)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (odd but readable DICOM, etc.) as one plain line on stderr, no source lines."""
+    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     app(prog_name="leaktrace")
 
 
