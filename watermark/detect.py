@@ -13,6 +13,19 @@ Hypotheses tried, each counted in the union bound of :mod:`watermark.stats`:
   invert); inversion flips the sign of every soft bit, so a recipient is found by ``|z|``;
 * every recipient number in the list.
 
+Two families of hypotheses are tested, the first at ``0.9 * alpha`` and the second at
+``0.1 * alpha`` (a weighted Bonferroni split; the second family is so large that a tenth of
+alpha raises its threshold only from z = 8.3 to 8.5):
+
+* **whole film** - the leak shows the whole film, in any size: the grids above, both
+  polarities, every recipient;
+* **geometric search** - only when the first family names nobody: the film may be cropped,
+  framed by a viewer's UI, rotated, mirrored, turned by quarter turns or shown beside another
+  film; :mod:`watermark.sync` estimates the lattice and searches every translation and
+  flip (``N_DIHEDRAL * N_TRANSLATIONS`` positions for each of ``N_LATTICES`` lattice
+  candidates), both polarities, every recipient. Every recipient whose mark is found is named
+  (two films of two recipients in one screenshot give two names).
+
 A recipient is named only when its union-bound p-value is at most ``alpha`` (default 1e-6).
 Independently, the soft bits are decoded through the Reed-Solomon code and CRC
 (:func:`watermark.payload.decode`) without any list; a number found that way is reported as
@@ -27,11 +40,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import dwt, payload, stats
+from . import dwt, payload, stats, sync
 from .errors import CapacityError
 from .keys import SiteKey
 
-__all__ = ["Candidate", "Detection", "detect"]
+__all__ = ["Candidate", "Detection", "detect", "N_LATTICES"]
+
+N_LATTICES = 3  # lattice candidates searched in the geometric family
+WHOLE_FILM_SHARE = 0.9  # share of alpha spent on the whole-film family
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,13 @@ class Detection:
         Its p-value with the union over all 2**32 recipient numbers and the hypotheses.
     candidates : list of Candidate
         Every listed recipient, best first.
+    recipient_numbers : list of int
+        Every recipient named (usually one; two films of two recipients in one leak give two).
+    search : str
+        ``"whole_film"`` or ``"geometric"``: the family in which the best result was found.
+    geometry : dict
+        For the geometric family: the lattice period (px), angle (degrees), flip/turn index and
+        translation (working px) of the best position.
     """
 
     decision: str
@@ -81,6 +104,9 @@ class Detection:
     decoded_number: int | None = None
     decoded_p_value: float = 1.0
     candidates: list = field(default_factory=list)
+    recipient_numbers: list = field(default_factory=list)
+    search: str = "whole_film"
+    geometry: dict = field(default_factory=dict)
 
 
 def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
@@ -116,21 +142,48 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
         )
     numbers = [int(n) for n in recipients]
     table = payload.codeword_table(numbers, key).astype(np.float64)
-    edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
-    n_hyp = 2 * len(edges)
-    n_tests = n_hyp * max(len(numbers), 1)
+    n_rec = max(len(numbers), 1)
 
-    best_z, best_index, best_edge = 0.0, None, edges[-1]
+    # family 1: the whole film, any size
+    edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
+    whole = [(dwt.soft_bits(image, key, long_edge=e), {"working_grid_long_edge": e}) for e in edges]
+    n_whole = 2 * len(edges)
+    result = _evaluate(whole, numbers, table, key, n_tests=n_whole * n_rec, n_hyp=n_whole,
+                       weight=1 / WHOLE_FILM_SHARE, alpha=alpha, search="whole_film")
+    if result.decision == "traced":
+        return result
+
+    # family 2: geometric search (crop, margins, rotation, flips, several films)
+    lattices = sync.lattice_candidates(image)[:N_LATTICES]
+    hits = []
+    for lattice in lattices:
+        for hit in sync.fold_search(image, lattice, key):
+            hits.append((hit.soft, {"lattice_period_px": lattice.period,
+                                    "lattice_angle_deg": lattice.angle,
+                                    "dihedral": hit.dihedral,
+                                    "translation_working_px": list(hit.shift)}))
+    if not hits:
+        return result
+    n_geo = N_LATTICES * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2
+    geometric = _evaluate(hits, numbers, table, key, n_tests=n_geo * n_rec, n_hyp=n_geo,
+                          weight=1 / (1 - WHOLE_FILM_SHARE), alpha=alpha, search="geometric")
+    if geometric.decision == "traced" or geometric.p_value < result.p_value:
+        return geometric
+    return result
+
+
+def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha, search) -> Detection:
+    """Score every (soft bits, geometry) hypothesis against every recipient; decode payloads."""
     per_recipient = np.zeros(len(numbers))
+    best_z, best_geometry = 0.0, hypotheses[0][1]
     decoded, decoded_z = None, 0.0
-    for edge in edges:
-        soft = dwt.soft_bits(image, key, long_edge=edge)
+    for soft, geometry in hypotheses:
         if numbers:
             z = stats.normalised_correlation(soft, table)
             per_recipient = np.maximum(per_recipient, np.abs(z))
             i = int(np.argmax(np.abs(z)))
             if abs(z[i]) > abs(best_z):
-                best_z, best_index, best_edge = float(z[i]), i, edge
+                best_z, best_geometry = float(z[i]), geometry
         for polarity in (1, -1):
             number = payload.decode(polarity * soft, key)
             if number is None:
@@ -139,27 +192,29 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
             if zd > decoded_z:
                 decoded, decoded_z = number, zd
                 if not numbers:
-                    best_edge = edge
+                    best_geometry = geometry
 
-    candidates = sorted(
-        (Candidate(n, float(zr), float(stats.union_p_value(zr, n_tests)))
-         for n, zr in zip(numbers, per_recipient)),
-        key=lambda c: c.p_value,
-    )
-    p_best = float(stats.union_p_value(abs(best_z), n_tests)) if numbers else 1.0
-    traced = best_index is not None and p_best <= alpha
-    decoded_p = float(stats.union_p_value(decoded_z, n_hyp * 2**32)) if decoded is not None else 1.0
+    def corrected(z: float, n: int) -> float:
+        return float(min(1.0, weight * stats.union_p_value(z, n)))
+
+    candidates = sorted((Candidate(n, float(zr), corrected(zr, n_tests))
+                         for n, zr in zip(numbers, per_recipient)), key=lambda c: c.p_value)
+    named = [c.number for c in candidates if c.p_value <= alpha]
+    p_best = candidates[0].p_value if candidates else 1.0
+    geometry = dict(best_geometry)
+    long_edge = int(geometry.get("working_grid_long_edge", 0))
     return Detection(
-        decision="traced" if traced else "not_found",
-        recipient_number=numbers[best_index] if traced else None,
+        decision="traced" if named else "not_found",
+        recipient_number=named[0] if named else None,
         p_value=p_best,
         z=best_z,
         n_tests=n_tests,
-        long_edge=best_edge,
+        long_edge=long_edge,
         polarity=1 if best_z >= 0 else -1,
         decoded_number=decoded,
-        decoded_p_value=decoded_p,
+        decoded_p_value=corrected(decoded_z, n_hyp * 2**32) if decoded is not None else 1.0,
         candidates=candidates,
+        recipient_numbers=named,
+        search=search,
+        geometry=geometry,
     )
-
-

@@ -1,0 +1,320 @@
+"""Blind geometric resynchronisation for the tiled mark of :mod:`watermark.dwt`.
+
+The mark repeats every 128 px of the working grid, in both directions. A leak that was
+resized, cropped, framed by a viewer's UI, rotated by a small angle, mirrored or turned by 90
+degrees still carries that periodic lattice, only scaled, rotated and shifted. The detector
+recovers the geometry in two steps, both from the leak alone:
+
+1. **Lattice (scale and angle).** A periodic pattern concentrates its energy on a lattice of
+   spectral lines; the whitened power spectrum of the leak is sampled on the candidate lattice
+   for every period (px) and angle, and the periods/angles whose lattice stands out are kept
+   (:func:`lattice_candidates`). This is the self-reference of periodic watermarks (Kutter,
+   Proc. SPIE 3528, 1999, doi:10.1117/12.337432), read in the magnitude spectrum as in
+   Deguillaume, Voloshynovskiy & Pun, Proc. SPIE 4675, 2002, doi:10.1117/12.465313.
+2. **Translation, mirror, quarter turns.** The leak is resampled so that the period becomes
+   128 px again, whitened, and folded modulo 128 px into one tile (cropping and margins only
+   shift the fold cyclically). Every cyclic shift (all 128 x 128), every one of the 8 flips and
+   quarter turns of the tile, is scored at once by FFT correlation of the tile's DWT subbands
+   with the keyed bit patterns (:func:`fold_search`).
+
+Each position tried is one more hypothesis for the union bound of :mod:`watermark.stats`;
+:data:`N_TRANSLATIONS` and :data:`N_DIHEDRAL` say how many.
+
+Coordinates: arrays are (row, column); angles are in degrees, counter-clockwise in the
+displayed image (row axis pointing down), periods in leak pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pywt
+from scipy import ndimage
+from skimage.transform import AffineTransform, warp
+
+from .dwt import LEVELS, MODE, N_LEVELS, TILE, WAVELET, _layout
+from .keys import SiteKey
+from .payload import N_BITS
+
+__all__ = ["Lattice", "SyncHit", "lattice_candidates", "fold_search", "N_TRANSLATIONS",
+           "N_DIHEDRAL", "MIN_PERIOD", "MAX_PERIOD"]
+
+N_TRANSLATIONS = TILE * TILE
+N_DIHEDRAL = 8
+MIN_PERIOD = 30.0  # px: below this the mark's finest periods are under 1 px of the leak
+MAX_PERIOD = 320.0  # px: 2.5x the working grid
+_BAND = (8.0, 32.0)  # lattice indices |k| covered by the mark (periods 16..4 working px)
+_SEARCH_BITS = 32  # bits used to score positions; the full 256 are used at the best ones
+_SPECTRUM_EDGE = 1024  # the spectrum is computed on at most this many px per side
+_MAX_WORK = 2048  # the resampled leak is cut to its central 2048 x 2048 px (256 tiles) at most
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """A candidate geometry: ``period`` in leak px, ``angle`` in degrees, comb ``score``."""
+
+    period: float
+    angle: float
+    score: float
+
+
+@dataclass(frozen=True)
+class SyncHit:
+    """A position found by :func:`fold_search`.
+
+    ``soft`` is the (256,) float64 vector of soft bits there; ``energy`` the search score;
+    ``dihedral`` 0..7 (k quarter turns, then a transpose if >= 4); ``shift`` (rows, cols) in
+    working px.
+    """
+
+    soft: np.ndarray
+    energy: float
+    dihedral: int
+    shift: tuple[int, int]
+    lattice: Lattice
+
+
+def _whitened_spectrum(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Power spectrum divided by its local mean (fftshifted), and the resampling factor used."""
+    factor = min(1.0, _SPECTRUM_EDGE / max(image.shape))
+    if factor < 1.0:
+        image = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 / factor), factor, order=1)
+    g = image - ndimage.uniform_filter(image, 9, mode="reflect")
+    window = np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
+    power = np.fft.fftshift(np.abs(np.fft.fft2(g * window)) ** 2)
+    local = ndimage.uniform_filter(power, 15, mode="wrap") + 1e-12
+    return power / local, factor
+
+
+@lru_cache(maxsize=1)
+def _lattice_points() -> np.ndarray:
+    k = np.arange(-int(_BAND[1]), int(_BAND[1]) + 1)
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    radius = np.hypot(ky, kx)
+    half = (kx > 0) | ((kx == 0) & (ky > 0))  # the spectrum is symmetric: one half plane
+    keep = (radius >= _BAND[0]) & (radius <= _BAND[1]) & half
+    return np.stack([ky[keep], kx[keep]], axis=1).astype(np.float64)
+
+
+def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Mean whitened power on the lattice for each (period, angle): shape (len(periods), len(angles))."""
+    rows, cols = spectrum.shape
+    points = _lattice_points()
+    out = np.zeros((len(periods), len(angles)))
+    for j, angle in enumerate(np.deg2rad(angles)):
+        c, s = np.cos(angle), np.sin(angle)
+        # rotate the lattice counter-clockwise in the displayed image (row axis down)
+        fy = points[:, 0] * c - points[:, 1] * s
+        fx = points[:, 0] * s + points[:, 1] * c
+        for i, period in enumerate(periods):
+            uy, ux = fy / period, fx / period  # cycles per px
+            ok = (np.abs(uy) < 0.45) & (np.abs(ux) < 0.45)
+            if ok.sum() < 50:
+                continue
+            iy = np.rint(uy[ok] * rows).astype(int) + rows // 2
+            ix = np.rint(ux[ok] * cols).astype(int) + cols // 2
+            out[i, j] = spectrum[iy, ix].mean()
+    return out
+
+
+def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
+                       n: int = 3) -> list[Lattice]:
+    """Candidate (period, angle) of the mark's lattice in a leak, best first.
+
+    Parameters
+    ----------
+    image : (rows, columns) array
+        Grey values, any scale or polarity.
+    max_angle : float
+        Largest rotation searched, degrees (both directions). Quarter turns and mirrors do
+        not change the lattice; :func:`fold_search` resolves them.
+    n : int
+        Number of candidates returned. Each local maximum is followed by its half and double
+        period (a lattice also scores at its harmonics).
+
+    Returns
+    -------
+    list of Lattice
+        Periods in px of ``image``, angles in degrees.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    spectrum, factor = _whitened_spectrum(image)
+    hi = min(MAX_PERIOD * factor, min(spectrum.shape) / 1.5)
+    lo = MIN_PERIOD * factor
+    if hi <= lo:
+        return []
+    periods = np.exp(np.arange(np.log(lo), np.log(hi), 0.006))
+    angles = np.arange(-max_angle, max_angle + 1e-9, 1.0)
+    coarse = _comb(spectrum, periods, angles)
+    found: list[Lattice] = []
+    flat = np.argsort(coarse, axis=None)[::-1]
+    for index in flat:
+        i, j = np.unravel_index(index, coarse.shape)
+        p, a = periods[i], angles[j]
+        if any(abs(np.log(p / (f.period * factor))) < 0.03 and abs(a - f.angle) < 2.5 for f in found):
+            continue
+        fine_p = p * np.exp(np.arange(-0.009, 0.0091, 0.0015))
+        fine_a = a + np.arange(-0.75, 0.76, 0.25)
+        fine = _comb(spectrum, fine_p, fine_a)
+        fi, fj = np.unravel_index(np.argmax(fine), fine.shape)
+        found.append(Lattice(float(fine_p[fi] / factor), float(fine_a[fj]), float(fine[fi, fj])))
+        if len(found) >= n:
+            break
+    return found
+
+
+def _polyphase(bands_by_level: dict) -> np.ndarray:
+    """Stack subband tiles on the 16 x 16 level-3 grid: (..., 15, 16, 16).
+
+    Level 3's three (16, 16) subbands are kept; each of level 2's three (32, 32) subbands is
+    split into its four polyphase components ``x[i::2, j::2]``, since a level-3 shift of
+    ``(a, b)`` is a level-2 shift of ``(2a, 2b)``: the level-2 correlation at even shifts is the
+    sum of the four components' correlations.
+    """
+    parts = []
+    for level in LEVELS:
+        x = bands_by_level[level]
+        step = 1 << (max(LEVELS) - level)
+        for i in range(step):
+            for j in range(step):
+                parts.append(x[..., i::step, j::step])
+    return np.concatenate(parts, axis=-3)
+
+
+@lru_cache(maxsize=8)
+def _bit_spectra(key: SiteKey) -> np.ndarray:
+    """Conjugate FFTs of each bit's signed slot pattern on the level-3 grid.
+
+    Returns (256 bits, 256 frequencies, 15 components) complex128, laid out for a batched
+    matrix product over frequencies.
+    """
+    layout = _layout(key)
+    masks = {}
+    for level in LEVELS:
+        t = TILE >> level
+        m = np.zeros((N_BITS, 3, t, t))
+        rows, cols = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
+        for o in range(3):
+            m[layout.bits[level][o], o, rows, cols] = layout.signs[level][o]
+        masks[level] = m
+    spectra = np.conj(np.fft.fft2(_polyphase(masks)))  # (256, 15, 16, 16)
+    n_bits, n_comp = spectra.shape[:2]
+    return np.ascontiguousarray(spectra.reshape(n_bits, n_comp, -1).transpose(2, 1, 0))
+
+
+def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
+    """Resample and rotate so that the lattice period becomes TILE px and the angle 0.
+
+    Pixels that fall outside the leak are NaN. At most the central ``_MAX_WORK`` px a side are
+    kept (enough tiles for any leak the mark survives in; bounds time and memory).
+    """
+    zoom = TILE / lattice.period
+    rows, cols = image.shape
+    out_shape = (min(_MAX_WORK, max(1, int(np.ceil(rows * zoom)))),
+                 min(_MAX_WORK, max(1, int(np.ceil(cols * zoom)))))
+    if zoom < 1.0:
+        image = ndimage.gaussian_filter(image, 0.5 / zoom)
+    # output (x, y) -> input (x, y): undo the rotation about the centre, then scale
+    centre_out = np.array([out_shape[1], out_shape[0]]) / 2.0
+    centre_in = np.array([cols, rows]) / 2.0
+    to_origin = AffineTransform(translation=-centre_out)
+    rot_scale = AffineTransform(scale=1.0 / zoom, rotation=-np.deg2rad(lattice.angle))
+    back = AffineTransform(translation=centre_in)
+    tform = AffineTransform(matrix=back.params @ rot_scale.params @ to_origin.params)
+    return warp(image, tform, output_shape=out_shape, order=1, mode="constant", cval=np.nan,
+                preserve_range=True)
+
+
+def _whiten(work: np.ndarray) -> np.ndarray:
+    """Band-pass and normalise by local RMS; zero outside the film.
+
+    "Outside" is NaN (beyond the leak) or flat (a viewer's black pane, UI bars, collimation):
+    local standard deviation under 0.5 grey level. Both are widened by 8 px so that the hard
+    edge between film and background, which folds into a strong straight line, is left out.
+    """
+    valid = np.isfinite(work)
+    filled = np.where(valid, work, np.nanmean(work) if valid.any() else 0.0)
+    mean = ndimage.uniform_filter(filled, 7)
+    std = np.sqrt(np.maximum(ndimage.uniform_filter(filled * filled, 7) - mean * mean, 0.0))
+    valid &= std > 0.5
+    valid = ndimage.binary_erosion(valid, iterations=8)
+    band = filled - ndimage.gaussian_filter(filled, 6.0)
+    local = np.sqrt(ndimage.gaussian_filter(band * band, 8.0))
+    floor = max(float(np.median(local[valid])) * 0.05, 1e-9) if valid.any() else 1.0
+    white = np.clip(band / np.maximum(local, floor), -2.0, 2.0)
+    white[~valid] = 0.0
+    return white
+
+
+def _fold(white: np.ndarray) -> np.ndarray:
+    rows, cols = white.shape
+    padded = np.zeros((-(-rows // TILE) * TILE, -(-cols // TILE) * TILE))
+    padded[:rows, :cols] = white
+    return padded.reshape(padded.shape[0] // TILE, TILE, padded.shape[1] // TILE, TILE).sum(axis=(0, 2))
+
+
+def _dihedral(tile: np.ndarray, d: int) -> np.ndarray:
+    out = np.rot90(tile, d % 4)
+    return out.T if d >= 4 else out
+
+
+def _scores(tile: np.ndarray, spectra: np.ndarray, bits: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Soft bits for every translation of a folded tile.
+
+    Returns ``soft`` (64 phases, n_bits, 16, 16) and its energy over bits (64, 16, 16). Phase
+    ``p = 8 * dy + dx`` and level-3 shift ``(a, b)`` mean a cyclic shift of ``(8a + dy, 8b + dx)``.
+    """
+    phases = np.stack([np.roll(tile, (-dy, -dx), axis=(0, 1)) for dy in range(8) for dx in range(8)])
+    coeffs = pywt.wavedec2(phases, WAVELET, mode=MODE, level=N_LEVELS, axes=(-2, -1))
+    comps = _polyphase({lvl: np.stack(coeffs[N_LEVELS + 1 - lvl], axis=1) for lvl in LEVELS})
+    n_phase, n_comp, t, _ = comps.shape
+    freq = np.fft.fft2(comps).reshape(n_phase, n_comp, t * t).transpose(2, 0, 1)  # (f, p, c)
+    product = np.matmul(freq, spectra[:, :, bits])  # (f, p, b)
+    product = product.transpose(1, 2, 0).reshape(n_phase, -1, t, t)
+    soft = np.fft.ifft2(product).real
+    return soft, (soft**2).sum(axis=1)
+
+
+def fold_search(image: np.ndarray, lattice: Lattice, key: SiteKey, *, n_hits: int = 2) -> list[SyncHit]:
+    """Best positions of the mark in a leak, for one lattice candidate.
+
+    Parameters
+    ----------
+    image : (rows, columns) array
+    lattice : Lattice
+        From :func:`lattice_candidates`.
+    key : SiteKey
+    n_hits : int
+        How many distinct positions to return (two films from two recipients in one screenshot
+        give two).
+
+    Returns
+    -------
+    list of SyncHit, best first. Every one of the ``N_DIHEDRAL * N_TRANSLATIONS`` positions was
+    scored; the caller's union bound must count them all.
+    """
+    work = _to_working(np.asarray(image, dtype=np.float64), lattice)
+    tile = _fold(_whiten(work))
+    spectra = _bit_spectra(key)
+    search = slice(0, _SEARCH_BITS)
+    candidates = []
+    for d in range(N_DIHEDRAL):
+        t = _dihedral(tile, d)
+        _, energy = _scores(t, spectra, search)
+        for flat in np.argsort(energy, axis=None)[::-1][:n_hits]:
+            p, a, b = np.unravel_index(flat, energy.shape)
+            candidates.append((float(energy[p, a, b]), d, int(p), int(a), int(b)))
+    candidates.sort(reverse=True)
+    hits = []
+    for energy, d, p, a, b in candidates[: n_hits * 2]:
+        shift = (8 * a + p // 8, 8 * b + p % 8)
+        if any(h.dihedral == d and h.shift == shift for h in hits):
+            continue
+        t = np.roll(_dihedral(tile, d), (-shift[0], -shift[1]), axis=(0, 1))
+        soft, _ = _scores(t, spectra, slice(None))
+        hits.append(SyncHit(soft[0, :, 0, 0].copy(), energy, d, shift, lattice))
+        if len(hits) >= n_hits:
+            break
+    return hits
