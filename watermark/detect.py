@@ -44,9 +44,9 @@ from . import dwt, payload, stats, sync
 from .errors import CapacityError
 from .keys import SiteKey
 
-__all__ = ["Candidate", "Detection", "detect", "N_LATTICES"]
+__all__ = ["Candidate", "Detection", "PreparedLeak", "detect", "detect_prepared", "N_LATTICES"]
 
-N_LATTICES = 3  # lattice candidates searched in the geometric family
+N_LATTICES = 4  # lattice candidates searched in the geometric family (sync.lattice_candidates)
 WHOLE_FILM_SHARE = 0.9  # share of alpha spent on the whole-film family
 
 
@@ -134,30 +134,65 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
         The image is smaller than ``watermark.dwt.MIN_DETECT_EDGE`` px on a side: too small
         to hold a detectable mark.
     """
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim != 2 or min(image.shape) < dwt.MIN_DETECT_EDGE:
-        raise CapacityError(
-            f"image of {image.shape[1] if image.ndim > 1 else 0} x {image.shape[0]} px is too "
-            f"small: a leaktrace mark needs at least {dwt.MIN_DETECT_EDGE} px on each side"
-        )
+    return detect_prepared(PreparedLeak(image), key, recipients, alpha=alpha)
+
+
+class PreparedLeak:
+    """The key-independent work of detection on one leak, done once and reused for any key.
+
+    Parameters
+    ----------
+    image : (rows, columns) array
+        As for :func:`detect`.
+
+    Raises
+    ------
+    CapacityError
+        The image is smaller than ``watermark.dwt.MIN_DETECT_EDGE`` px on a side.
+    """
+
+    def __init__(self, image: np.ndarray):
+        image = np.asarray(image, dtype=np.float64)
+        if image.ndim != 2 or min(image.shape) < dwt.MIN_DETECT_EDGE:
+            raise CapacityError(
+                f"image of {image.shape[1] if image.ndim > 1 else 0} x {image.shape[0]} px is too "
+                f"small: a leaktrace mark needs at least {dwt.MIN_DETECT_EDGE} px on each side"
+            )
+        self.image = image
+        edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
+        self.whole = [(e, dwt.folded_subbands(image, long_edge=e)) for e in edges]
+        self._lattices = None
+
+    @property
+    def lattices(self) -> list:
+        """Prepared lattice candidates for the geometric search (computed on first use)."""
+        if self._lattices is None:
+            self._lattices = [sync.prepare(self.image, lattice)
+                              for lattice in sync.lattice_candidates(self.image)[:N_LATTICES]]
+        return self._lattices
+
+
+def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] = (), *,
+                    alpha: float = stats.FALSE_ACCUSATION_RATE) -> Detection:
+    """:func:`detect` on a :class:`PreparedLeak` (same result; the preparation is reused)."""
     numbers = [int(n) for n in recipients]
     table = payload.codeword_table(numbers, key).astype(np.float64)
     n_rec = max(len(numbers), 1)
 
     # family 1: the whole film, any size
-    edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
-    whole = [(dwt.soft_bits(image, key, long_edge=e), {"working_grid_long_edge": e}) for e in edges]
-    n_whole = 2 * len(edges)
+    whole = [(dwt.soft_bits_from_folded(folded, key), {"working_grid_long_edge": e})
+             for e, folded in leak.whole]
+    n_whole = 2 * len(leak.whole)
     result = _evaluate(whole, numbers, table, key, n_tests=n_whole * n_rec, n_hyp=n_whole,
                        weight=1 / WHOLE_FILM_SHARE, alpha=alpha, search="whole_film")
     if result.decision == "traced":
         return result
 
     # family 2: geometric search (crop, margins, rotation, flips, several films)
-    lattices = sync.lattice_candidates(image)[:N_LATTICES]
     hits = []
-    for lattice in lattices:
-        for hit in sync.fold_search(image, lattice, key):
+    for prepared in leak.lattices:
+        lattice = prepared.lattice
+        for hit in sync.search(prepared, key, table if len(numbers) else None):
             hits.append((hit.soft, {"lattice_period_px": lattice.period,
                                     "lattice_angle_deg": lattice.angle,
                                     "dihedral": hit.dihedral,

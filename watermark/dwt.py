@@ -64,6 +64,8 @@ __all__ = [
     "mark_residual",
     "embed",
     "soft_bits",
+    "folded_subbands",
+    "soft_bits_from_folded",
 ]
 
 WAVELET = "db2"
@@ -243,6 +245,63 @@ def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float | None = No
     return np.clip(display + mark_residual(display, codeword, key, rms=rms), 0.0, 255.0)
 
 
+def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarray]:
+    """Key-independent part of extraction: whitened subbands folded onto one tile.
+
+    Parameters
+    ----------
+    image : (rows, columns) array
+        Grey values in any unit and polarity. At least ``MIN_DETECT_EDGE`` px a side.
+    long_edge : int
+        The working-grid long edge to assume (one of ``WORKING_EDGES``).
+
+    Returns
+    -------
+    dict
+        ``{level: (3, t, t) float64}`` for each marked level, ``t = TILE >> level``: the
+        H, V, D subbands divided by their local activity (clipped to +-4), summed over tiles.
+
+    Raises
+    ------
+    ValueError
+        An image smaller than ``MIN_DETECT_EDGE`` on a side.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
+        raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
+                         f"got shape {image.shape}")
+    work = _resample(image, working_shape(image.shape, long_edge))
+    coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
+    out = {}
+    for level in LEVELS:
+        bands = coeffs[N_LEVELS + 1 - level]
+        act = _activity(bands)
+        floor = max(float(np.median(act)) * 0.05, 1e-9)
+        t = TILE >> level
+        folded = []
+        for band in bands:
+            white = np.clip(band / np.maximum(act, floor), -4.0, 4.0)
+            rows, cols = white.shape
+            padded = np.zeros((-(-rows // t) * t, -(-cols // t) * t))
+            padded[:rows, :cols] = white
+            folded.append(padded.reshape(padded.shape[0] // t, t, padded.shape[1] // t, t).sum(axis=(0, 2)))
+        out[level] = np.stack(folded)
+    return out
+
+
+def soft_bits_from_folded(folded: dict[int, np.ndarray], key: SiteKey) -> np.ndarray:
+    """Soft payload bits (256,) float64 from :func:`folded_subbands` output (or any aligned
+    folded tile's subbands), by summing each bit's slots with their keyed signs."""
+    layout = _layout(key)
+    total = np.zeros(N_BITS)
+    for level in LEVELS:
+        for o in range(3):
+            total += np.bincount(layout.bits[level][o].ravel(),
+                                 weights=(layout.signs[level][o] * folded[level][o]).ravel(),
+                                 minlength=N_BITS)
+    return total
+
+
 def soft_bits(image: np.ndarray, key: SiteKey, *, long_edge: int) -> np.ndarray:
     """Soft payload bits from an image, assuming the mark's grid fills the whole image.
 
@@ -261,30 +320,10 @@ def soft_bits(image: np.ndarray, key: SiteKey, *, long_edge: int) -> np.ndarray:
         One value per coded bit. For an image that does not carry this key's mark, each
         value is a sum of terms with independent key-chosen signs, hence symmetric about 0
         and independent of the others: the basis of the p-values in :mod:`watermark.stats`.
+
+    Raises
+    ------
+    ValueError
+        An image smaller than ``MIN_DETECT_EDGE`` on a side.
     """
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
-        raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
-                         f"got shape {image.shape}")
-    layout = _layout(key)
-    work = _resample(image, working_shape(image.shape, long_edge))
-    coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
-    total = np.zeros(N_BITS)
-    for index in range(1, N_LEVELS + 1):
-        level = N_LEVELS + 1 - index
-        if level not in LEVELS:
-            continue
-        bands = coeffs[index]
-        act = _activity(bands)
-        floor = max(float(np.median(act)) * 0.05, 1e-9)
-        t = TILE >> level
-        for o, band in enumerate(bands):
-            white = np.clip(band / np.maximum(act, floor), -4.0, 4.0)
-            rows, cols = white.shape
-            padded = np.zeros((-(-rows // t) * t, -(-cols // t) * t))
-            padded[:rows, :cols] = white
-            folded = padded.reshape(padded.shape[0] // t, t, padded.shape[1] // t, t).sum(axis=(0, 2))
-            total += np.bincount(layout.bits[level][o].ravel(),
-                                 weights=(layout.signs[level][o] * folded).ravel(),
-                                 minlength=N_BITS)
-    return total
+    return soft_bits_from_folded(folded_subbands(image, long_edge=long_edge), key)

@@ -34,11 +34,11 @@ import pywt
 from scipy import ndimage
 from skimage.transform import AffineTransform, warp
 
-from .dwt import LEVELS, MODE, N_LEVELS, TILE, WAVELET, _layout
+from .dwt import LEVELS, MODE, N_LEVELS, TILE, WAVELET, _layout, soft_bits_from_folded
 from .keys import SiteKey
 from .payload import N_BITS
 
-__all__ = ["Lattice", "SyncHit", "lattice_candidates", "fold_search", "N_TRANSLATIONS",
+__all__ = ["Lattice", "SyncHit", "PreparedLattice", "lattice_candidates", "prepare", "search", "fold_search", "N_TRANSLATIONS",
            "N_DIHEDRAL", "MIN_PERIOD", "MAX_PERIOD"]
 
 N_TRANSLATIONS = TILE * TILE
@@ -46,9 +46,10 @@ N_DIHEDRAL = 8
 MIN_PERIOD = 30.0  # px: below this the mark's finest periods are under 1 px of the leak
 MAX_PERIOD = 320.0  # px: 2.5x the working grid
 _BAND = (8.0, 32.0)  # lattice indices |k| covered by the mark (periods 16..4 working px)
+_NMS_PX = 9  # two hits closer than this (working px, cyclic) are one peak
 _SEARCH_BITS = 32  # bits used to score positions; the full 256 are used at the best ones
 _SPECTRUM_EDGE = 1024  # the spectrum is computed on at most this many px per side
-_MAX_WORK = 2048  # the resampled leak is cut to its central 2048 x 2048 px (256 tiles) at most
+_MAX_WORK = 1536  # the resampled leak is cut to its central 1536 x 1536 px (144 tiles) at most
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.n
 
 
 def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
-                       n: int = 3) -> list[Lattice]:
+                       n: int = 4) -> list[Lattice]:
     """Candidate (period, angle) of the mark's lattice in a leak, best first.
 
     Parameters
@@ -131,8 +132,9 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
         Largest rotation searched, degrees (both directions). Quarter turns and mirrors do
         not change the lattice; :func:`fold_search` resolves them.
     n : int
-        Number of candidates returned. Each local maximum is followed by its half and double
-        period (a lattice also scores at its harmonics).
+        Most candidates returned: the best peak of the comb, its double period, the second
+        peak, the best peak's half period (a lattice also scores at its harmonics), in that
+        order, without duplicates and within the searchable range.
 
     Returns
     -------
@@ -148,21 +150,32 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
     periods = np.exp(np.arange(np.log(lo), np.log(hi), 0.006))
     angles = np.arange(-max_angle, max_angle + 1e-9, 1.0)
     coarse = _comb(spectrum, periods, angles)
-    found: list[Lattice] = []
-    flat = np.argsort(coarse, axis=None)[::-1]
-    for index in flat:
+    peaks: list[Lattice] = []
+    for index in np.argsort(coarse, axis=None)[::-1]:
         i, j = np.unravel_index(index, coarse.shape)
         p, a = periods[i], angles[j]
-        if any(abs(np.log(p / (f.period * factor))) < 0.03 and abs(a - f.angle) < 2.5 for f in found):
+        if any(abs(np.log(p / (f.period * factor))) < 0.03 and abs(a - f.angle) < 2.5 for f in peaks):
             continue
         fine_p = p * np.exp(np.arange(-0.009, 0.0091, 0.0015))
         fine_a = a + np.arange(-0.75, 0.76, 0.25)
         fine = _comb(spectrum, fine_p, fine_a)
         fi, fj = np.unravel_index(np.argmax(fine), fine.shape)
-        found.append(Lattice(float(fine_p[fi] / factor), float(fine_a[fj]), float(fine[fi, fj])))
-        if len(found) >= n:
+        peaks.append(Lattice(float(fine_p[fi] / factor), float(fine_a[fj]), float(fine[fi, fj])))
+        if len(peaks) >= 2:
             break
-    return found
+    # a lattice also scores at half and double its period: try the harmonics of the best peak
+    found: list[Lattice] = []
+    options = [peaks[0], _harmonic(peaks[0], 2.0)] + peaks[1:] + [_harmonic(peaks[0], 0.5)] if peaks else []
+    for lat in options:
+        if lo <= lat.period * factor <= hi \
+                and not any(abs(np.log(lat.period / f.period)) < 0.03 and abs(lat.angle - f.angle) < 2.5
+                            for f in found):
+            found.append(lat)
+    return found[:n]
+
+
+def _harmonic(lattice: Lattice, ratio: float) -> Lattice:
+    return Lattice(lattice.period * ratio, lattice.angle, 0.0)
 
 
 def _polyphase(bands_by_level: dict) -> np.ndarray:
@@ -233,6 +246,7 @@ def _whiten(work: np.ndarray) -> np.ndarray:
     "Outside" is NaN (beyond the leak) or flat (a viewer's black pane, UI bars, collimation):
     local standard deviation under 0.5 grey level. Both are widened by 8 px so that the hard
     edge between film and background, which folds into a strong straight line, is left out.
+    Box filters keep this linear in the number of pixels.
     """
     valid = np.isfinite(work)
     filled = np.where(valid, work, np.nanmean(work) if valid.any() else 0.0)
@@ -240,8 +254,8 @@ def _whiten(work: np.ndarray) -> np.ndarray:
     std = np.sqrt(np.maximum(ndimage.uniform_filter(filled * filled, 7) - mean * mean, 0.0))
     valid &= std > 0.5
     valid = ndimage.binary_erosion(valid, iterations=8)
-    band = filled - ndimage.gaussian_filter(filled, 6.0)
-    local = np.sqrt(ndimage.gaussian_filter(band * band, 8.0))
+    band = filled - ndimage.uniform_filter(filled, 13)
+    local = np.sqrt(np.maximum(ndimage.uniform_filter(band * band, 17), 0.0))
     floor = max(float(np.median(local[valid])) * 0.05, 1e-9) if valid.any() else 1.0
     white = np.clip(band / np.maximum(local, floor), -2.0, 2.0)
     white[~valid] = 0.0
@@ -260,25 +274,106 @@ def _dihedral(tile: np.ndarray, d: int) -> np.ndarray:
     return out.T if d >= 4 else out
 
 
-def _scores(tile: np.ndarray, spectra: np.ndarray, bits: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Soft bits for every translation of a folded tile.
+def _soft_at_origin(tile: np.ndarray, key: SiteKey) -> np.ndarray:
+    """All 256 soft bits of an aligned folded tile (no shift): (256,) float64."""
+    coeffs = pywt.wavedec2(tile, WAVELET, mode=MODE, level=N_LEVELS)
+    return soft_bits_from_folded({lvl: np.stack(coeffs[N_LEVELS + 1 - lvl]) for lvl in LEVELS}, key)
 
-    Returns ``soft`` (64 phases, n_bits, 16, 16) and its energy over bits (64, 16, 16). Phase
-    ``p = 8 * dy + dx`` and level-3 shift ``(a, b)`` mean a cyclic shift of ``(8a + dy, 8b + dx)``.
+
+@dataclass(frozen=True)
+class PreparedLattice:
+    """Key-independent search data for one lattice candidate: the folded tile and, for each
+    of the 8 flips/turns, the spectra of its 64 sub-grid phases (f, 64, 15) complex."""
+
+    lattice: Lattice
+    tile: np.ndarray
+    spectra: tuple
+
+
+def prepare(image: np.ndarray, lattice: Lattice) -> PreparedLattice:
+    """Resample, whiten and fold a leak for one lattice; transform every flip and phase.
+
+    Everything here is independent of the key, so one preparation serves any number of keys
+    (the false-positive benchmark tests thousands of keys on each control leak).
     """
+    tile = _fold(_whiten(_to_working(np.asarray(image, dtype=np.float64), lattice)))
+    return PreparedLattice(lattice, tile, tuple(_phase_spectra(_dihedral(tile, d))
+                                                 for d in range(N_DIHEDRAL)))
+
+
+def _phase_spectra(tile: np.ndarray) -> np.ndarray:
+    """(256 frequencies, 64 phases, 15 components) spectra of a tile's shifted subbands."""
     phases = np.stack([np.roll(tile, (-dy, -dx), axis=(0, 1)) for dy in range(8) for dx in range(8)])
     coeffs = pywt.wavedec2(phases, WAVELET, mode=MODE, level=N_LEVELS, axes=(-2, -1))
     comps = _polyphase({lvl: np.stack(coeffs[N_LEVELS + 1 - lvl], axis=1) for lvl in LEVELS})
     n_phase, n_comp, t, _ = comps.shape
-    freq = np.fft.fft2(comps).reshape(n_phase, n_comp, t * t).transpose(2, 0, 1)  # (f, p, c)
-    product = np.matmul(freq, spectra[:, :, bits])  # (f, p, b)
-    product = product.transpose(1, 2, 0).reshape(n_phase, -1, t, t)
-    soft = np.fft.ifft2(product).real
-    return soft, (soft**2).sum(axis=1)
+    return np.ascontiguousarray(np.fft.fft2(comps).reshape(n_phase, n_comp, t * t).transpose(2, 0, 1))
 
 
-def fold_search(image: np.ndarray, lattice: Lattice, key: SiteKey, *, n_hits: int = 2) -> list[SyncHit]:
-    """Best positions of the mark in a leak, for one lattice candidate.
+def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None = None, *,
+           n_hits: int = 4) -> list[SyncHit]:
+    """Best positions of the mark for one prepared lattice candidate and one key.
+
+    Every one of the ``N_DIHEDRAL * N_TRANSLATIONS`` positions is scored; the ``n_hits`` best
+    distinct positions (non-maximum suppression over ``_NMS_PX``) get all 256 soft bits. The
+    caller's union bound must count all positions.
+
+    Parameters
+    ----------
+    prepared : PreparedLattice
+    key : SiteKey
+    codewords : (k, 256) array of +1/-1, optional
+        The recipients that may be named. With them (k <= 256) each position is scored by the
+        matched filter, ``max_r |correlation with codeword r| / ||tile||``, which sums all 256
+        bits coherently; without them, by the energy of ``_SEARCH_BITS`` soft bits (used to
+        decode a payload with no list).
+    n_hits : int
+        How many positions to return (two films of two recipients in one screenshot give two
+        peaks).
+
+    Returns
+    -------
+    list of SyncHit, best first.
+    """
+    bit_spectra = _bit_spectra(key)
+    matched = codewords is not None and 0 < len(codewords) <= N_BITS
+    if matched:
+        filters = np.ascontiguousarray(bit_spectra @ np.asarray(codewords, dtype=np.float64).T)
+    else:
+        filters = np.ascontiguousarray(bit_spectra[:, :, :_SEARCH_BITS])
+    candidates = []
+    for d, freq in enumerate(prepared.spectra):
+        out = _correlate(freq, filters)  # (64 phases, k, 16, 16)
+        if matched:
+            norm = np.sqrt(np.maximum((np.abs(freq) ** 2).sum(axis=(0, 2)), 1e-30))  # per phase
+            score = np.abs(out).max(axis=1) / norm[:, None, None]
+        else:
+            score = (out**2).sum(axis=1)
+        # as a (128, 128) map over translations (rows, cols) in working px
+        full = score.reshape(8, 8, 16, 16).transpose(2, 0, 3, 1).reshape(TILE, TILE)
+        peaks = full == ndimage.maximum_filter(full, size=_NMS_PX, mode="wrap")
+        rows, cols = np.nonzero(peaks)
+        order = np.argsort(full[rows, cols])[::-1][:n_hits]
+        candidates += [(float(full[rows[i], cols[i]]), d, (int(rows[i]), int(cols[i]))) for i in order]
+    candidates.sort(reverse=True)
+    hits = []
+    for value, d, shift in candidates[:n_hits]:
+        t = np.roll(_dihedral(prepared.tile, d), (-shift[0], -shift[1]), axis=(0, 1))
+        hits.append(SyncHit(_soft_at_origin(t, key), value, d, shift, prepared.lattice))
+    return hits
+
+
+def _correlate(freq: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    """Circular correlation of every phase with every filter: (64 phases, k, 16, 16) float64."""
+    product = np.matmul(freq, filters)  # (f, p, k): a batched matrix product (BLAS)
+    t = int(round(np.sqrt(freq.shape[0])))
+    product = np.ascontiguousarray(product.transpose(1, 2, 0)).reshape(freq.shape[1], -1, t, t)
+    return np.fft.ifft2(product).real
+
+
+def fold_search(image: np.ndarray, lattice: Lattice, key: SiteKey, codewords=None, *,
+                n_hits: int = 4) -> list[SyncHit]:
+    """Best positions of the mark in a leak, for one lattice candidate: ``search(prepare(...))``.
 
     Parameters
     ----------
@@ -286,35 +381,13 @@ def fold_search(image: np.ndarray, lattice: Lattice, key: SiteKey, *, n_hits: in
     lattice : Lattice
         From :func:`lattice_candidates`.
     key : SiteKey
+    codewords : (k, 256) array, optional
+        See :func:`search`.
     n_hits : int
-        How many distinct positions to return (two films from two recipients in one screenshot
-        give two).
+        How many distinct positions to return.
 
     Returns
     -------
-    list of SyncHit, best first. Every one of the ``N_DIHEDRAL * N_TRANSLATIONS`` positions was
-    scored; the caller's union bound must count them all.
+    list of SyncHit, best first.
     """
-    work = _to_working(np.asarray(image, dtype=np.float64), lattice)
-    tile = _fold(_whiten(work))
-    spectra = _bit_spectra(key)
-    search = slice(0, _SEARCH_BITS)
-    candidates = []
-    for d in range(N_DIHEDRAL):
-        t = _dihedral(tile, d)
-        _, energy = _scores(t, spectra, search)
-        for flat in np.argsort(energy, axis=None)[::-1][:n_hits]:
-            p, a, b = np.unravel_index(flat, energy.shape)
-            candidates.append((float(energy[p, a, b]), d, int(p), int(a), int(b)))
-    candidates.sort(reverse=True)
-    hits = []
-    for energy, d, p, a, b in candidates[: n_hits * 2]:
-        shift = (8 * a + p // 8, 8 * b + p % 8)
-        if any(h.dihedral == d and h.shift == shift for h in hits):
-            continue
-        t = np.roll(_dihedral(tile, d), (-shift[0], -shift[1]), axis=(0, 1))
-        soft, _ = _scores(t, spectra, slice(None))
-        hits.append(SyncHit(soft[0, :, 0, 0].copy(), energy, d, shift, lattice))
-        if len(hits) >= n_hits:
-            break
-    return hits
+    return search(prepare(image, lattice), key, codewords, n_hits=n_hits)
