@@ -34,7 +34,7 @@ import pywt
 from scipy import ndimage
 from skimage.transform import AffineTransform, warp
 
-from .dwt import LEVELS, MODE, N_LEVELS, TILE, WAVELET, _layout, soft_bits_from_folded
+from .dwt import LEVELS, MODE, N_LEVELS, TILE, WAVELET, _layout, block_reduce_to, soft_bits_from_folded
 from .keys import SiteKey
 from .payload import N_BITS
 
@@ -43,8 +43,8 @@ __all__ = ["Lattice", "SyncHit", "PreparedLattice", "lattice_candidates", "prepa
 
 N_TRANSLATIONS = TILE * TILE
 N_DIHEDRAL = 8
-MIN_PERIOD = 30.0  # px: below this the mark's finest periods are under 1 px of the leak
-MAX_PERIOD = 320.0  # px: 2.5x the working grid
+MIN_PERIOD = 30.0  # leak px: below this the mark's finest periods are under 1 px of the leak
+MAX_PERIOD = 320.0  # px of the spectrum image (leak reduced to _SPECTRUM_EDGE): 2.5x the grid
 _BAND = (8.0, 32.0)  # lattice indices |k| covered by the mark (periods 16..4 working px)
 _NMS_PX = 9  # two hits closer than this (working px, cyclic) are one peak
 _SEARCH_BITS = 32  # bits used to score positions; the full 256 are used at the best ones
@@ -81,7 +81,10 @@ def _whitened_spectrum(image: np.ndarray) -> tuple[np.ndarray, float]:
     """Power spectrum divided by its local mean (fftshifted), and the resampling factor used."""
     factor = min(1.0, _SPECTRUM_EDGE / max(image.shape))
     if factor < 1.0:
-        image = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 / factor), factor, order=1)
+        target = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
+        reduced = block_reduce_to(image, target)
+        zoom = factor * image.shape[0] / reduced.shape[0]
+        image = ndimage.zoom(ndimage.gaussian_filter(reduced, 0.5 / zoom), zoom, order=1)
     g = image - ndimage.uniform_filter(image, 9, mode="reflect")
     window = np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
     power = np.fft.fftshift(np.abs(np.fft.fft2(g * window)) ** 2)
@@ -143,8 +146,10 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
     """
     image = np.asarray(image, dtype=np.float64)
     spectrum, factor = _whitened_spectrum(image)
-    hi = min(MAX_PERIOD * factor, min(spectrum.shape) / 1.5)
-    lo = MIN_PERIOD * factor
+    # search range in px of the (possibly reduced) spectrum image: a leak larger than
+    # _SPECTRUM_EDGE is searched for proportionally larger periods too
+    hi = min(MAX_PERIOD, min(spectrum.shape) / 1.5)
+    lo = max(MIN_PERIOD * factor, 16.0)
     if hi <= lo:
         return []
     periods = np.exp(np.arange(np.log(lo), np.log(hi), 0.006))
@@ -224,6 +229,11 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     kept (enough tiles for any leak the mark survives in; bounds time and memory).
     """
     zoom = TILE / lattice.period
+    if zoom < 0.5:  # a very large leak: average blocks first (cheap antialiasing)
+        target = (max(1, round(image.shape[0] * zoom)), max(1, round(image.shape[1] * zoom)))
+        reduced = block_reduce_to(image, target)
+        zoom *= image.shape[0] / reduced.shape[0]
+        image = reduced
     rows, cols = image.shape
     out_shape = (min(_MAX_WORK, max(1, int(np.ceil(rows * zoom)))),
                  min(_MAX_WORK, max(1, int(np.ceil(cols * zoom)))))
