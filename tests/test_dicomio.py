@@ -170,7 +170,8 @@ def make_dicom(
     syntax = UID(syntax)
     ds.file_meta.TransferSyntaxUID = syntax
     if syntax.is_encapsulated:
-        compress(ds, syntax, arr=pixels, generate_instance_uid=False)
+        compress(ds, syntax, arr=pixels, generate_instance_uid=False,
+                 encoding_plugin="pydicom" if syntax == RLELossless else "")
     else:
         words = pixels if raw_words is None else raw_words
         order = ">" if syntax == ExplicitVRBigEndian else "<"

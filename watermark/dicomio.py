@@ -861,10 +861,19 @@ def _set_pixel_data(ds: Dataset, film: Film, values: np.ndarray) -> UID:
     return target
 
 
+# Encoder plugins in order of preference. GDCM (installed for decoding JPEG lossless) is never
+# used to encode: its RLE encoder aborts the whole process on some odd image sizes.
+_ENCODER_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom")
+
+
 def _encode_lossless(ds: Dataset, target: UID, values: np.ndarray) -> str | None:
     """Encode `values` into `ds` as `target`; None if the decoded result matches exactly."""
+    available = get_encoder(target).available_plugins
+    plugin = next((p for p in _ENCODER_PREFERENCE if p in available), None)
+    if plugin is None:
+        return f"no encoder other than GDCM for {target.name}"
     try:
-        compress(ds, target, arr=values, generate_instance_uid=False)
+        compress(ds, target, arr=values, generate_instance_uid=False, encoding_plugin=plugin)
         decoded, _ = get_decoder(target).as_array(ds)
     except Exception as exc:  # any encoder/decoder failure means: fall back to native
         return f"{type(exc).__name__}: {exc}"
