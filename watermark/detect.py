@@ -207,19 +207,27 @@ def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] 
     return result
 
 
-def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha, search) -> Detection:
-    """Score every (soft bits, geometry) hypothesis against every recipient; decode payloads."""
+def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha, search,
+              n_decode: int = 4) -> Detection:
+    """Score every (soft bits, geometry) hypothesis against every recipient; decode payloads.
+
+    The payload is decoded (Reed-Solomon + CRC, both polarities) for the ``n_decode``
+    hypotheses with the most energetic soft bits only: decoding is the slow part, and a
+    hypothesis that carries a mark has far more energy than one that does not.
+    """
+    energies = [float(np.sum(soft**2)) for soft, _ in hypotheses]
+    to_decode = set(np.argsort(energies)[::-1][:n_decode].tolist())
     per_recipient = np.zeros(len(numbers))
     best_z, best_geometry = 0.0, hypotheses[0][1]
     decoded, decoded_z = None, 0.0
-    for soft, geometry in hypotheses:
+    for index, (soft, geometry) in enumerate(hypotheses):
         if numbers:
             z = stats.normalised_correlation(soft, table)
             per_recipient = np.maximum(per_recipient, np.abs(z))
             i = int(np.argmax(np.abs(z)))
             if abs(z[i]) > abs(best_z):
                 best_z, best_geometry = float(z[i]), geometry
-        for polarity in (1, -1):
+        for polarity in ((1, -1) if index in to_decode else ()):
             number = payload.decode(polarity * soft, key)
             if number is None:
                 continue

@@ -76,7 +76,7 @@ def decode(soft: np.ndarray, key: SiteKey) -> int | None:
     """Decode soft bits to a recipient number, or ``None`` when no codeword passes the CRC.
 
     Hard decisions are decoded first; then the least reliable bytes (smallest summed
-    ``|soft|``) are declared erased, 2, 4, ... up to 26 of them, and decoding is retried
+    ``|soft|``) are declared erased, 8, 16 and 26 of them, and decoding is retried
     (errors-and-erasures decoding). The first result whose CRC checks is returned.
 
     Parameters
@@ -96,7 +96,7 @@ def decode(soft: np.ndarray, key: SiteKey) -> int | None:
     hard = np.packbits((soft < 0).astype(np.uint8)).tobytes()
     reliability = np.abs(soft).reshape(-1, 8).sum(axis=1)
     order = [int(i) for i in np.argsort(reliability)]
-    for n_erased in range(0, N_PARITY + 1, 2):
+    for n_erased in (0, 8, 16, N_PARITY):
         try:
             message = _RS.decode(bytearray(hard), erase_pos=order[:n_erased] or None)[0]
         except reedsolo.ReedSolomonError:

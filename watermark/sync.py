@@ -46,6 +46,8 @@ N_DIHEDRAL = 8
 MIN_PERIOD = 30.0  # leak px: below this the mark's finest periods are under 1 px of the leak
 MAX_PERIOD = 320.0  # px of the spectrum image (leak reduced to _SPECTRUM_EDGE): 2.5x the grid
 _BAND = (8.0, 32.0)  # lattice indices |k| covered by the mark (periods 16..4 working px)
+# Parseval weights of the half-plane (16 x 9) spectrum: columns 0 and 8 count once, others twice
+_HALF_WEIGHTS = np.tile(np.r_[1.0, np.full(7, 2.0), 1.0], 16)
 _NMS_PX = 9  # two hits closer than this (working px, cyclic) are one peak
 _SEARCH_BITS = 32  # bits used to score positions; the full 256 are used at the best ones
 _SPECTRUM_EDGE = 1024  # the spectrum is computed on at most this many px per side
@@ -205,8 +207,8 @@ def _polyphase(bands_by_level: dict) -> np.ndarray:
 def _bit_spectra(key: SiteKey) -> np.ndarray:
     """Conjugate FFTs of each bit's signed slot pattern on the level-3 grid.
 
-    Returns (256 bits, 256 frequencies, 15 components) complex128, laid out for a batched
-    matrix product over frequencies.
+    Returns (144 frequencies, 15 components, 256 bits) complex128 (the half plane of a real
+    16 x 16 transform), laid out for a batched matrix product over frequencies.
     """
     layout = _layout(key)
     masks = {}
@@ -217,7 +219,7 @@ def _bit_spectra(key: SiteKey) -> np.ndarray:
         for o in range(3):
             m[layout.bits[level][o], o, rows, cols] = layout.signs[level][o]
         masks[level] = m
-    spectra = np.conj(np.fft.fft2(_polyphase(masks)))  # (256, 15, 16, 16)
+    spectra = np.conj(np.fft.rfft2(_polyphase(masks)))  # (256, 15, 16, 9): real input, half plane
     n_bits, n_comp = spectra.shape[:2]
     return np.ascontiguousarray(spectra.reshape(n_bits, n_comp, -1).transpose(2, 1, 0))
 
@@ -312,12 +314,13 @@ def prepare(image: np.ndarray, lattice: Lattice) -> PreparedLattice:
 
 
 def _phase_spectra(tile: np.ndarray) -> np.ndarray:
-    """(256 frequencies, 64 phases, 15 components) spectra of a tile's shifted subbands."""
+    """(144 frequencies, 64 phases, 15 components) half-plane spectra of a tile's shifted subbands."""
     phases = np.stack([np.roll(tile, (-dy, -dx), axis=(0, 1)) for dy in range(8) for dx in range(8)])
     coeffs = pywt.wavedec2(phases, WAVELET, mode=MODE, level=N_LEVELS, axes=(-2, -1))
     comps = _polyphase({lvl: np.stack(coeffs[N_LEVELS + 1 - lvl], axis=1) for lvl in LEVELS})
     n_phase, n_comp, t, _ = comps.shape
-    return np.ascontiguousarray(np.fft.fft2(comps).reshape(n_phase, n_comp, t * t).transpose(2, 0, 1))
+    half = np.fft.rfft2(comps)
+    return np.ascontiguousarray(half.reshape(n_phase, n_comp, -1).transpose(2, 0, 1))
 
 
 def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None = None, *,
@@ -355,7 +358,7 @@ def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None
     for d, freq in enumerate(prepared.spectra):
         out = _correlate(freq, filters)  # (64 phases, k, 16, 16)
         if matched:
-            norm = np.sqrt(np.maximum((np.abs(freq) ** 2).sum(axis=(0, 2)), 1e-30))  # per phase
+            norm = np.sqrt(np.maximum(np.einsum("f,fpc->p", _HALF_WEIGHTS, np.abs(freq) ** 2), 1e-30))
             score = np.abs(out).max(axis=1) / norm[:, None, None]
         else:
             score = (out**2).sum(axis=1)
@@ -376,9 +379,9 @@ def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None
 def _correlate(freq: np.ndarray, filters: np.ndarray) -> np.ndarray:
     """Circular correlation of every phase with every filter: (64 phases, k, 16, 16) float64."""
     product = np.matmul(freq, filters)  # (f, p, k): a batched matrix product (BLAS)
-    t = int(round(np.sqrt(freq.shape[0])))
-    product = np.ascontiguousarray(product.transpose(1, 2, 0)).reshape(freq.shape[1], -1, t, t)
-    return np.fft.ifft2(product).real
+    t = TILE >> max(LEVELS)
+    product = np.ascontiguousarray(product.transpose(1, 2, 0)).reshape(freq.shape[1], -1, t, t // 2 + 1)
+    return np.fft.irfft2(product, s=(t, t))
 
 
 def fold_search(image: np.ndarray, lattice: Lattice, key: SiteKey, codewords=None, *,
