@@ -46,7 +46,7 @@ from .keys import SiteKey
 
 __all__ = ["Candidate", "Detection", "PreparedLeak", "detect", "detect_prepared", "N_LATTICES"]
 
-N_LATTICES = 4  # lattice candidates searched in the geometric family (sync.lattice_candidates)
+N_LATTICES = 6  # lattice candidates searched in the geometric family (sync.lattice_candidates)
 WHOLE_FILM_SHARE = 0.9  # share of alpha spent on the whole-film family
 
 

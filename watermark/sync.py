@@ -126,7 +126,7 @@ def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.n
 
 
 def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
-                       n: int = 4) -> list[Lattice]:
+                       n: int = 6) -> list[Lattice]:
     """Candidate (period, angle) of the mark's lattice in a leak, best first.
 
     Parameters
@@ -137,9 +137,9 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
         Largest rotation searched, degrees (both directions). Quarter turns and mirrors do
         not change the lattice; :func:`fold_search` resolves them.
     n : int
-        Most candidates returned: the best peak of the comb, its double period, the second
-        peak, the best peak's half period (a lattice also scores at its harmonics), in that
-        order, without duplicates and within the searchable range.
+        Most candidates returned: the three best peaks of the comb, each followed by its
+        double period (a lattice also scores at half its period), then the best peak's half
+        period, without duplicates and within the searchable range.
 
     Returns
     -------
@@ -168,11 +168,12 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
         fine = _comb(spectrum, fine_p, fine_a)
         fi, fj = np.unravel_index(np.argmax(fine), fine.shape)
         peaks.append(Lattice(float(fine_p[fi] / factor), float(fine_a[fj]), float(fine[fi, fj])))
-        if len(peaks) >= 2:
+        if len(peaks) >= 3:
             break
-    # a lattice also scores at half and double its period: try the harmonics of the best peak
+    # a lattice also scores at half its period (its even points): try each peak's double
     found: list[Lattice] = []
-    options = [peaks[0], _harmonic(peaks[0], 2.0)] + peaks[1:] + [_harmonic(peaks[0], 0.5)] if peaks else []
+    options = [lat for peak in peaks for lat in (peak, _harmonic(peak, 2.0))]
+    options += [_harmonic(peaks[0], 0.5)] if peaks else []
     for lat in options:
         if lo <= lat.period * factor <= hi \
                 and not any(abs(np.log(lat.period / f.period)) < 0.03 and abs(lat.angle - f.angle) < 2.5
