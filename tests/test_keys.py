@@ -30,6 +30,7 @@ def test_errors_name_the_file(tmp_path):
         load_key(tmp_path / "missing.key")
     bad = tmp_path / "bad.key"
     bad.write_text("not hex")
+    bad.chmod(0o600)
     with pytest.raises(KeyFileError, match=str(bad)):
         load_key(bad)
 
@@ -45,3 +46,32 @@ def test_permutation_round_trip_and_keying():
     assert a.permute_block(a.permute_block(block), inverse=True) == block
     assert a.permute_block(block) != b.permute_block(block)
     assert a.permute_block(block) != block
+
+
+def test_scoped_keys_are_hmac_derived_and_independent():
+    import hashlib
+    import hmac
+
+    key = SiteKey(bytes(range(32)))
+    a, b = key.scoped("ledger-a"), key.scoped("ledger-b")
+    assert a.secret == hmac.new(key.secret, b"scope\x00ledger-a", hashlib.sha256).digest()
+    assert a == key.scoped("ledger-a")  # deterministic
+    assert len({key.fingerprint, a.fingerprint, b.fingerprint}) == 3
+    assert a.permute_block(bytes(6)) != b.permute_block(bytes(6))
+    with pytest.raises(ValueError):
+        key.scoped("")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_key_others_can_read_is_used_with_a_warning(tmp_path):
+    path = tmp_path / "site.key"
+    key = create_key(path)
+    os.chmod(path, 0o644)
+    with pytest.warns(UserWarning, match=r"site\.key is readable by others \(mode 0644\); chmod 600 it"):
+        assert load_key(path).secret == key.secret
+    os.chmod(path, 0o600)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_key(path)  # no warning for a private key

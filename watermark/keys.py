@@ -12,6 +12,15 @@ The key is 32 random bytes, stored hex-encoded in a file that only its owner can
 
 Derived values use HMAC-SHA256 (RFC 2104) with a label per purpose, so patterns for
 different purposes are independent and a different key gives unrelated patterns.
+
+A key can be *scoped* to a label (:meth:`SiteKey.scoped`): the scoped key is a new key derived
+from the site key, and everything derived from it is unrelated to what the site key, or the
+same key scoped to another label, gives. leaktrace marks and detects with the site key scoped
+to the ledger's random ``ledger_id``, so a mark recorded in one ledger is not found with
+another ledger, even one using the same site key (recipient numbers are per ledger).
+
+A key file that others can read is still loaded, with a warning; only the owner should be
+able to read it.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +65,33 @@ class SiteKey:
     def fingerprint(self) -> str:
         """First 16 hex digits of SHA-256 over a label and the key: names a key, reveals nothing."""
         return hashlib.sha256(b"leaktrace-fingerprint\x00" + self.secret).hexdigest()[:16]
+
+    def scoped(self, label: str) -> SiteKey:
+        """A key for one scope (for leaktrace: one ledger), derived from this key.
+
+        The new key's secret is HMAC-SHA256(secret, ``"scope\\x00" + label``) (RFC 2104), so
+        its patterns are unrelated to this key's and to those of any other scope, and nobody
+        can get from a scoped key back to the site key. Its :attr:`fingerprint` differs from
+        the site key's; the ledger records the site key's fingerprint.
+
+        Parameters
+        ----------
+        label : str
+            The scope, e.g. a ledger's ``ledger_id``; any non-empty string (UTF-8).
+
+        Returns
+        -------
+        SiteKey
+
+        Raises
+        ------
+        ValueError
+            ``label`` is empty.
+        """
+        if not label:
+            raise ValueError("a key scope label must not be empty")
+        secret = hmac.new(self.secret, b"scope\x00" + label.encode("utf-8"), hashlib.sha256).digest()
+        return SiteKey(secret)
 
     def digest(self, label: str, data: bytes = b"") -> bytes:
         """HMAC-SHA256 of ``label`` and ``data`` under the key (32 bytes)."""
@@ -116,8 +154,15 @@ def load_key(path: str | os.PathLike | None = None) -> SiteKey:
     ------
     KeyFileError
         The file does not exist, cannot be read, or does not hold 64 hex digits.
+
+    Warns
+    -----
+    UserWarning
+        The file can be read by its group or by everyone (POSIX permissions); it is used
+        anyway, and the message says how to fix it.
     """
     p = Path(path).expanduser() if path is not None else default_key_path()
+    _warn_if_readable_by_others(p)
     try:
         text = p.read_text(encoding="ascii").strip()
     except FileNotFoundError:
@@ -134,6 +179,19 @@ def load_key(path: str | os.PathLike | None = None) -> SiteKey:
     if len(secret) != KEY_BYTES:
         raise KeyFileError(f"{p}: not a leaktrace site key (expected {2 * KEY_BYTES} hex digits)")
     return SiteKey(secret)
+
+
+def _warn_if_readable_by_others(p: Path) -> None:
+    """Warn when a key file's mode lets the group or everyone read it (POSIX only)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(p.stat().st_mode)
+    except OSError:
+        return  # missing or unreadable: load_key reports it
+    if mode & 0o044:
+        warnings.warn(f"{p} is readable by others (mode {mode:04o}); chmod 600 it",
+                      UserWarning, stacklevel=3)
 
 
 def create_key(path: str | os.PathLike | None = None) -> SiteKey:
