@@ -7,11 +7,10 @@ uses a key and a ledger of its own inside the demo folder, never the site's.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from watermark.dicomio import read_film
 from watermark.display import render
@@ -23,7 +22,7 @@ from .export import export_film
 from .ledger import Ledger
 from .trace import detect_leak
 
-__all__ = ["demo_film_path", "run_demo", "RECIPIENTS"]
+__all__ = ["demo_film_path", "prepare_folder", "run_demo", "RECIPIENTS"]
 
 RECIPIENTS = ("Dr. Ana Alvarez (referring physician)", "Northside Insurance Ltd.")
 
@@ -47,23 +46,52 @@ def demo_film_path() -> Path:
     return Path(path)
 
 
+def prepare_folder(folder: str | os.PathLike) -> Path:
+    """Create the demo folder (and its ``exports`` sub-folder) if needed; return it.
+
+    Raises
+    ------
+    InvalidInputError
+        The path exists and is not a folder, or the folder cannot be created or written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"{folder}: exists and is not a folder; give a folder for the "
+                                "demo's files")
+    try:
+        (folder / "exports").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"{folder}: cannot create the demo folder "
+                                f"({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{folder}: the demo folder is not writable")
+    return folder
+
+
 def run_demo(folder: Path, say: Callable[[str], None] = print) -> bool:
-    """Run the demo in ``folder``; returns True when the leak was traced to the right recipient."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Run the demo in ``folder``; returns True when the leak was traced to the right recipient.
+
+    Raises
+    ------
+    LeaktraceError
+        The folder cannot be created or written (``InvalidInputError``, naming it), the demo
+        film is missing, or a step of the demo failed.
+    """
+    folder = prepare_folder(folder)
     source = demo_film_path()
     key, _ = load_or_create_key(folder / "demo.key")
     say(f"leaktrace demo in {folder}")
     say(f"film: {source.name} (NEMA WG04 RG1, Philips CR chest PA, from pydicom-data)")
     with Ledger(folder / "ledger.sqlite") as book:
         copies = {}
-        for name in RECIPIENTS:
-            out = folder / "exports" / f"recipient-{book.recipient_number(name, create=True)}" / source.name
+        for i, name in enumerate(RECIPIENTS, start=1):
+            out = folder / "exports" / f"copy-{i}" / source.name
             out.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             rec = export_film(source, out, recipient=name, ledger=book, key=key, overwrite=True)
             copies[name] = out
-            say(f"  marked a copy for {name!r}: {out} ({time.perf_counter() - start:.1f} s, "
-                f"SOP Instance UID {rec.output_sop_uid})")
+            say(f"  marked a copy for {name!r} (recipient number {rec.recipient_number}): {out} "
+                f"({time.perf_counter() - start:.1f} s, SOP Instance UID {rec.output_sop_uid})")
 
         leaker = RECIPIENTS[0]
         film = read_film(copies[leaker])

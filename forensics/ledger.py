@@ -1,26 +1,42 @@
 """The export ledger: who received which marked copy of which film.
 
-One SQLite file (``sqlite3`` from the standard library). Default location, first match wins:
-the ``--ledger PATH`` option; the environment variable ``LEAKTRACE_LEDGER``;
-``$XDG_DATA_HOME/leaktrace/ledger.sqlite`` (``~/.local/share/leaktrace/ledger.sqlite``).
+One SQLite file (``sqlite3`` from the standard library), created readable by its owner only
+(mode 0600). Default location, first match wins: the ``--ledger PATH`` option; the environment
+variable ``LEAKTRACE_LEDGER``; ``$XDG_DATA_HOME/leaktrace/ledger.sqlite``
+(``~/.local/share/leaktrace/ledger.sqlite``).
 
 Tables
 ------
+``meta``
+    ``schema_version`` and ``ledger_id``: 16 random bytes (hex) drawn when the ledger is
+    created. Marks are made and detected with the site key scoped to it
+    (:meth:`watermark.keys.SiteKey.scoped`), because recipient numbers are per ledger: a mark
+    recorded in this ledger is not found with another ledger, even one sharing the site key.
 ``recipients``
-    ``number`` (the 32-bit recipient number carried in the mark), ``name`` (unique), ``created_utc``.
+    ``number`` (the 32-bit recipient number carried in the mark), ``name`` (unique, Unicode
+    NFC, no control characters), ``created_utc``.
 ``exports``
-    one row per marked copy written: recipient number, source SOP Instance UID, source path and
-    SHA-256, output path, output SOP Instance UID and SHA-256, payload (hex of the coded bits),
-    key fingerprint (never the key), UTC time, and ``record_hash``: SHA-256 over the previous
-    record's hash and this record's content, so that an edited, deleted, inserted or reordered
-    record breaks the chain (:meth:`Ledger.verify`).
+    one row per marked copy written: recipient number and name, source SOP Instance UID,
+    source path and SHA-256, output path, output SOP Instance UID and SHA-256, payload (hex of
+    the coded bits), key fingerprint (the site key's, never the key), UTC time, and
+    ``record_hash``: SHA-256 over the previous record's hash and this record's content, so that
+    an edited, deleted, inserted or reordered record breaks the chain (:meth:`Ledger.verify`).
+    The recipient's name is part of the content, so renaming or swapping recipients in
+    ``recipients`` is reported too.
 
 Transactions
 ------------
 Every change is one transaction (``BEGIN IMMEDIATE``, so concurrent writers queue rather than
-interleave). :meth:`Ledger.record_export` takes a callable that writes the output file inside
-the transaction: the row is committed only if the file was written, and the file is removed
-if the row cannot be committed.
+interleave). :meth:`Ledger.record_export` registers the recipient (if new) and calls a function
+that writes the output file inside the same transaction: the recipient and the row are
+committed only if the file was written, and the file is removed if the row cannot be committed.
+
+Readers (``Ledger(path, create=False)``) open the file read-only and never change it; a file
+that is not a leaktrace ledger (empty, another SQLite database, not SQLite) is refused.
+
+Ledgers of schema 1 (leaktrace 0.1.0, before ``ledger_id``) can still be read: their marks were
+made with the unscoped site key, so :attr:`Ledger.ledger_id` is ``None`` and detection uses the
+site key itself. No new exports are recorded in them.
 """
 
 from __future__ import annotations
@@ -29,7 +45,9 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -37,11 +55,14 @@ from pathlib import Path
 
 from watermark.errors import LedgerError
 
-__all__ = ["Ledger", "ExportRecord", "default_ledger_path", "LEDGER_ENV"]
+__all__ = ["Ledger", "ExportRecord", "default_ledger_path", "normalise_recipient", "LEDGER_ENV",
+           "MAX_NAME_LENGTH"]
 
 LEDGER_ENV = "LEAKTRACE_LEDGER"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_NAME_LENGTH = 1000
 _GENESIS = "0" * 64
+_LEDGER_TABLES = {"meta", "recipients", "exports"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +74,7 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE TABLE IF NOT EXISTS exports (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient_number   INTEGER NOT NULL REFERENCES recipients(number),
+    recipient_name     TEXT NOT NULL,
     source_sop_uid     TEXT NOT NULL,
     source_path        TEXT NOT NULL,
     source_sha256      TEXT NOT NULL,
@@ -66,16 +88,28 @@ CREATE TABLE IF NOT EXISTS exports (
     record_hash        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS exports_source ON exports(source_sop_uid);
+CREATE INDEX IF NOT EXISTS exports_output ON exports(output_sop_uid);
 """
 
-_CONTENT_FIELDS = ("recipient_number", "source_sop_uid", "source_path", "source_sha256",
-                   "output_path", "output_sop_uid", "output_sha256", "payload",
+# Fields covered by the record hash, per schema version (schema 1 had no recipient name).
+_CONTENT_FIELDS = ("recipient_number", "recipient_name", "source_sop_uid", "source_path",
+                   "source_sha256", "output_path", "output_sop_uid", "output_sha256", "payload",
                    "key_fingerprint", "created_utc")
+_CONTENT_FIELDS_V1 = tuple(f for f in _CONTENT_FIELDS if f != "recipient_name")
+
+# Characters a name must not contain besides categories Cc (controls: newline, tab, escape...)
+# and Cs (lone surrogates): line/paragraph separators and the bidirectional embedding,
+# override and isolate controls, which can make a name display as another.
+_FORBIDDEN_IN_NAMES = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+                                "\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
 class ExportRecord:
-    """One row of ``exports`` (see the module docstring for the fields)."""
+    """One row of ``exports`` (see the module docstring for the fields).
+
+    ``recipient_name`` is the name recorded with the export (covered by the hash chain).
+    """
 
     id: int
     recipient_number: int
@@ -105,9 +139,39 @@ def default_ledger_path() -> Path:
     return Path(base) / "leaktrace" / "ledger.sqlite"
 
 
-def _record_hash(prev_hash: str, content: dict) -> str:
-    body = json.dumps({k: content[k] for k in _CONTENT_FIELDS}, sort_keys=True,
-                      separators=(",", ":"))
+def normalise_recipient(name: str) -> str:
+    """The canonical form of a recipient name: Unicode NFC, surrounding spaces removed.
+
+    Two spellings that look the same (a precomposed "é" and "e" + combining accent) become
+    one recipient.
+
+    Raises
+    ------
+    LedgerError
+        The name is empty (or only spaces), longer than :data:`MAX_NAME_LENGTH` characters,
+        or contains a control character (newline, tab, escape...), a line or paragraph
+        separator or a bidirectional override; the message names the character and its
+        position.
+    """
+    if not isinstance(name, str):
+        raise LedgerError(f"a recipient name must be text, got {type(name).__name__}")
+    name = unicodedata.normalize("NFC", name)
+    for i, ch in enumerate(name, start=1):
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in _FORBIDDEN_IN_NAMES:
+            label = unicodedata.name(ch, "control character")
+            raise LedgerError(f"recipient name {name!r} contains U+{ord(ch):04X} ({label}) at "
+                              f"position {i}; names must not contain control characters")
+    name = name.strip()
+    if not name:
+        raise LedgerError("the recipient name is empty; give who receives the copies")
+    if len(name) > MAX_NAME_LENGTH:
+        raise LedgerError(f"the recipient name has {len(name)} characters; at most "
+                          f"{MAX_NAME_LENGTH} are allowed")
+    return name
+
+
+def _record_hash(prev_hash: str, content: dict, fields: tuple[str, ...] = _CONTENT_FIELDS) -> str:
+    body = json.dumps({k: content[k] for k in fields}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
@@ -123,37 +187,116 @@ class Ledger:
     path : path-like or None
         The SQLite file; ``None`` for :func:`default_ledger_path`.
     create : bool
-        Create the file (and its folder) if it does not exist. Detection opens with
-        ``create=False``: a missing ledger is an error there, not a new empty one.
+        Open for writing, creating the file (mode 0600) and its folder if they do not exist.
+        With ``create=False`` (detection, listing, verification) the file is opened read-only
+        (SQLite ``mode=ro``) and never changed; a missing ledger is an error there, not a new
+        empty one.
+
+    Attributes
+    ----------
+    path : Path
+    ledger_id : str or None
+        32 hex digits drawn when the ledger was created; ``None`` for a schema-1 ledger.
+    schema_version : int
 
     Raises
     ------
     LedgerError
-        The file is missing (and ``create`` is false), is not SQLite, or is not a leaktrace
-        ledger.
+        The file is missing (and ``create`` is false), is not SQLite, is not a leaktrace ledger
+        (an empty file or another database opened read-only, another application's database),
+        is from a newer leaktrace, or is a schema-1 ledger opened for writing.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
         self.path = Path(path).expanduser() if path is not None else default_ledger_path()
+        self.read_only = not create
+        if self.path.is_dir():
+            raise LedgerError(f"{self.path}: is a folder, not a ledger file")
         if not self.path.exists():
             if not create:
                 raise LedgerError(f"{self.path}: no ledger there (give one with --ledger or "
                                   f"{LEDGER_ENV}; `leaktrace embed` creates it)")
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LedgerError(f"{self.path}: cannot create the ledger folder ({exc})") from None
+            self._create_file()
         try:
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA foreign_keys = ON")
+            if create:
+                self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            else:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger ({exc})") from None
+        try:
             self._db.execute("PRAGMA busy_timeout = 60000")
-            with self._write():
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(statement)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                                 (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
+            if create:
+                self._db.execute("PRAGMA foreign_keys = ON")
+            self._check_or_initialise()
+        except sqlite3.OperationalError as exc:  # locked, read-only folder, I/O error...
+            self._db.close()
+            raise LedgerError(f"{self.path}: cannot read the ledger ({exc})") from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database" and the like
+            self._db.close()
             raise LedgerError(f"{self.path}: not a leaktrace ledger ({exc})") from None
+        except LedgerError:
+            self._db.close()
+            raise
+
+    def _create_file(self) -> None:
+        """Create the (empty) ledger file, readable and writable by its owner only."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise LedgerError(f"{self.path}: cannot create the ledger folder ({exc})") from None
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # another process created it a moment ago
+        except OSError as exc:
+            raise LedgerError(f"{self.path}: cannot create the ledger ({exc})") from None
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _check_or_initialise(self) -> None:
+        """Check that the file is a leaktrace ledger; initialise an empty file when writing."""
+        tables = self._tables()
+        if not tables and not self.read_only:
+            with self._write() as db:
+                if not self._tables():  # nobody initialised it meanwhile
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(statement)
+                    db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("ledger_id", secrets.token_hex(16)),
+                        ("created_utc", _utc_now()),
+                    ])
+            tables = self._tables()
+        if not _LEDGER_TABLES <= tables:
+            what = "an empty file" if not tables else "tables " + ", ".join(sorted(tables))
+            raise LedgerError(f"{self.path}: not a leaktrace ledger (it holds {what}, not the "
+                              "leaktrace tables meta, recipients and exports)")
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise LedgerError(f"{self.path}: not a leaktrace ledger (no schema version in "
+                              "its meta table)") from None
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"{self.path}: ledger schema {version} is newer than this "
+                              f"leaktrace understands ({SCHEMA_VERSION}); upgrade leaktrace")
+        if version < 1:
+            raise LedgerError(f"{self.path}: not a leaktrace ledger (schema version {version})")
+        self.schema_version = version
+        self.ledger_id = meta.get("ledger_id") if version >= 2 else None
+        if version >= 2 and not self.ledger_id:
+            raise LedgerError(f"{self.path}: the ledger has no ledger_id in its meta table; "
+                              "marks cannot be tied to it")
+        if version == 1 and not self.read_only:
+            raise LedgerError(
+                f"{self.path}: this ledger was made by leaktrace 0.1.0 (schema 1), whose marks "
+                "are not tied to their ledger; it can still be read (detect, ledger list, "
+                "ledger verify) but records no new exports: give a new ledger with --ledger "
+                f"or {LEDGER_ENV}"
+            )
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -167,71 +310,109 @@ class Ledger:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise LedgerError(f"{self.path}: opened read-only; nothing can be recorded")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     # -- recipients ---------------------------------------------------------------------
     def recipient_number(self, name: str, *, create: bool = False) -> int | None:
         """The number of the recipient called ``name``; with ``create``, register it if new.
 
-        Numbers are assigned 1, 2, 3, ... in order of registration.
+        Numbers are assigned 1, 2, 3, ... in order of registration. The name is normalised
+        first (:func:`normalise_recipient`). To register a recipient together with its first
+        export, use :meth:`record_export`, which does both in one transaction.
 
         Raises
         ------
         LedgerError
-            An empty name, or one longer than 1000 characters.
+            A name :func:`normalise_recipient` refuses, or ``create`` on a read-only ledger.
         """
-        name = name.strip()
-        if not name or len(name) > 1000:
-            raise LedgerError("a recipient name must have 1 to 1000 characters")
+        name = normalise_recipient(name)
         row = self._db.execute("SELECT number FROM recipients WHERE name = ?", (name,)).fetchone()
         if row or not create:
             return row[0] if row else None
         with self._write() as db:
-            row = db.execute("SELECT number FROM recipients WHERE name = ?", (name,)).fetchone()
-            if row:
-                return row[0]
-            cur = db.execute("INSERT INTO recipients(name, created_utc) VALUES (?, ?)",
-                             (name, _utc_now()))
-            return int(cur.lastrowid)
+            return self._number_in(db, name)
+
+    @staticmethod
+    def _number_in(db: sqlite3.Connection, name: str) -> int:
+        """Inside a write transaction: the number of ``name`` (normalised), registering it."""
+        row = db.execute("SELECT number FROM recipients WHERE name = ?", (name,)).fetchone()
+        if row:
+            return int(row[0])
+        cur = db.execute("INSERT INTO recipients(name, created_utc) VALUES (?, ?)",
+                         (name, _utc_now()))
+        return int(cur.lastrowid)
 
     def recipients(self) -> dict[int, str]:
-        """All recipients: ``{number: name}``."""
+        """All recipients as the recipients table names them: ``{number: name}``."""
         return dict(self._db.execute("SELECT number, name FROM recipients ORDER BY number"))
 
+    def recorded_names(self) -> dict[int, set[str]]:
+        """``{number: names}`` as recorded with each recipient's exports (hash-chained).
+
+        Empty for a schema-1 ledger, which did not record names with its exports.
+        """
+        if self.schema_version < 2:
+            return {}
+        names: dict[int, set[str]] = {}
+        for number, name in self._db.execute(
+                "SELECT DISTINCT recipient_number, recipient_name FROM exports"):
+            names.setdefault(number, set()).add(name)
+        return names
+
     # -- exports ------------------------------------------------------------------------
-    def record_export(self, write_output: Callable[[], dict], *, recipient_number: int,
+    def record_export(self, write_output: Callable[[int], dict], *, recipient: str,
                       source_sop_uid: str, source_path: str, source_sha256: str,
-                      payload: str, key_fingerprint: str) -> ExportRecord:
-        """Write an output file and record it, all or nothing.
+                      key_fingerprint: str) -> ExportRecord:
+        """Register the recipient if new, write an output file for it and record it, all or
+        nothing.
 
         Parameters
         ----------
         write_output : callable
-            Called inside the transaction; writes the file atomically and returns a dict with
-            ``output_path``, ``output_sop_uid`` and ``output_sha256``. If it raises, nothing
-            is recorded. If the record cannot be committed, the file it wrote is removed.
+            Called inside the transaction with the recipient's number; marks and writes the
+            file atomically and returns a dict with ``output_path``, ``output_sop_uid``,
+            ``output_sha256`` and ``payload`` (hex of the coded bits). If it raises, nothing is
+            recorded and a recipient registered for this export is not kept. If the record
+            cannot be committed, the file it wrote is removed.
+        recipient : str
+            The recipient's name (normalised with :func:`normalise_recipient`).
+        source_sop_uid, source_path, source_sha256, key_fingerprint : str
+            Recorded as given; ``key_fingerprint`` is the site key's.
 
         Returns
         -------
         ExportRecord
+
+        Raises
+        ------
+        LedgerError
+            A bad recipient name, a read-only ledger, or the record could not be committed.
+        Exception
+            Whatever ``write_output`` raises.
         """
+        name = normalise_recipient(recipient)
         out_path = None
         try:
             with self._write() as db:
-                written = write_output()
+                number = self._number_in(db, name)
+                written = write_output(number)
                 out_path = written["output_path"]
                 prev = db.execute("SELECT record_hash FROM exports ORDER BY id DESC LIMIT 1").fetchone()
                 prev_hash = prev[0] if prev else _GENESIS
-                content = dict(recipient_number=recipient_number, source_sop_uid=source_sop_uid,
-                               source_path=source_path, source_sha256=source_sha256,
-                               output_path=str(out_path), output_sop_uid=written["output_sop_uid"],
-                               output_sha256=written["output_sha256"], payload=payload,
+                content = dict(recipient_number=number, recipient_name=name,
+                               source_sop_uid=source_sop_uid, source_path=source_path,
+                               source_sha256=source_sha256, output_path=str(out_path),
+                               output_sop_uid=written["output_sop_uid"],
+                               output_sha256=written["output_sha256"], payload=written["payload"],
                                key_fingerprint=key_fingerprint, created_utc=_utc_now())
                 record_hash = _record_hash(prev_hash, content)
                 cur = db.execute(
@@ -240,47 +421,72 @@ class Ledger:
                     [content[k] for k in _CONTENT_FIELDS] + [prev_hash, record_hash],
                 )
                 export_id = int(cur.lastrowid)
-        except sqlite3.DatabaseError as exc:
-            if out_path is not None:
+        except BaseException as exc:
+            if out_path is not None:  # written but not recorded: an untraceable copy
                 with contextlib.suppress(OSError):
                     os.unlink(out_path)
-            raise LedgerError(f"{self.path}: could not record the export ({exc}); "
-                              f"the output file was removed") from None
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise LedgerError(f"{self.path}: could not record the export ({exc}); "
+                                  "the output file was removed") from None
+            raise
         return self.export(export_id)
 
-    _SELECT = ("SELECT e.id, e.recipient_number, r.name, e.source_sop_uid, e.source_path, "
-               "e.source_sha256, e.output_path, e.output_sop_uid, e.output_sha256, e.payload, "
-               "e.key_fingerprint, e.created_utc, e.prev_hash, e.record_hash "
-               "FROM exports e LEFT JOIN recipients r ON r.number = e.recipient_number")
+    def _select(self) -> str:
+        name = "e.recipient_name" if self.schema_version >= 2 else "r.name"
+        return (f"SELECT e.id, e.recipient_number, {name}, e.source_sop_uid, e.source_path, "
+                "e.source_sha256, e.output_path, e.output_sop_uid, e.output_sha256, e.payload, "
+                "e.key_fingerprint, e.created_utc, e.prev_hash, e.record_hash "
+                "FROM exports e LEFT JOIN recipients r ON r.number = e.recipient_number")
 
     def export(self, export_id: int) -> ExportRecord:
-        row = self._db.execute(self._SELECT + " WHERE e.id = ?", (export_id,)).fetchone()
+        row = self._db.execute(self._select() + " WHERE e.id = ?", (export_id,)).fetchone()
         if row is None:
             raise LedgerError(f"{self.path}: no export with id {export_id}")
         return ExportRecord(*row)
 
     def exports(self) -> list[ExportRecord]:
         """Every export, oldest first."""
-        return [ExportRecord(*row) for row in self._db.execute(self._SELECT + " ORDER BY e.id")]
+        return [ExportRecord(*row) for row in self._db.execute(self._select() + " ORDER BY e.id")]
+
+    def export_by_output_uid(self, sop_instance_uid: str) -> ExportRecord | None:
+        """The export whose marked copy has this SOP Instance UID, if any."""
+        row = self._db.execute(self._select() + " WHERE e.output_sop_uid = ? ORDER BY e.id",
+                               (str(sop_instance_uid),)).fetchone()
+        return ExportRecord(*row) if row else None
 
     def key_fingerprints(self) -> set[str]:
-        """Fingerprints of the keys that made the recorded exports."""
+        """Fingerprints of the (site) keys that made the recorded exports."""
         return {r[0] for r in self._db.execute("SELECT DISTINCT key_fingerprint FROM exports")}
 
     def verify(self) -> list[str]:
-        """Check the hash chain. Returns a list of problems, empty when the chain is intact.
+        """Check the hash chain and the recipients' names. Returns a list of problems, empty
+        when everything is intact.
 
         Each problem names the record (its id) and what is wrong: content that does not match
         its hash (edited), a previous-hash link that does not match the record before it
-        (a record deleted, inserted or moved).
+        (a record deleted, inserted or moved). Each recipient whose name in the recipients
+        table differs from the name recorded with its exports (renamed, or swapped with
+        another) is named too, as is a recipient missing from the table. Deleting the newest
+        records (tail truncation) is not detectable without an external anchor.
         """
+        fields = _CONTENT_FIELDS if self.schema_version >= 2 else _CONTENT_FIELDS_V1
         problems, prev_hash = [], _GENESIS
         for rec in self.exports():
-            content = {k: getattr(rec, k) for k in _CONTENT_FIELDS}
+            content = {k: getattr(rec, k) for k in fields}
             if rec.prev_hash != prev_hash:
                 problems.append(f"export {rec.id}: does not follow the record before it "
                                 "(a record was deleted, inserted or reordered here)")
-            if _record_hash(rec.prev_hash, content) != rec.record_hash:
+            if _record_hash(rec.prev_hash, content, fields) != rec.record_hash:
                 problems.append(f"export {rec.id}: content does not match its hash (edited)")
             prev_hash = rec.record_hash
+        table = self.recipients()
+        for number, recorded in sorted(self.recorded_names().items()):
+            shown = ", ".join(repr(n) for n in sorted(recorded))
+            if number not in table:
+                problems.append(f"recipient {number}: exported to as {shown}, but missing from "
+                                "the recipients table (deleted)")
+            elif recorded != {table[number]}:
+                problems.append(f"recipient {number}: the recipients table names it "
+                                f"{table[number]!r}, but its exports were recorded for {shown} "
+                                "(renamed or swapped)")
         return problems

@@ -80,3 +80,45 @@ def load_film(dicom_films: dict[str, Path]):
         return read_film(dicom_films[name])
 
     return _load
+
+
+def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2",
+                window: tuple[float, float] | None = None, bits_stored: int | None = None,
+                frames: int | None = None, transfer_syntax: str | None = None) -> Path:
+    """Write a small synthetic Secondary Capture DICOM file for tests and return its path.
+
+    ``pixels`` is (rows, columns) for grayscale, (rows, columns, 3) for RGB/YBR_FULL, or with a
+    leading frame axis when ``frames`` is given; uint8 or uint16. Written uncompressed
+    (Explicit VR Little Endian) unless ``transfer_syntax`` says otherwise.
+    """
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.ascontiguousarray(pixels)
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    shape = pixels.shape[1:] if frames else pixels.shape
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.ImageType = "TEST", "OT", ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if frames:
+        ds.NumberOfFrames = frames
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)

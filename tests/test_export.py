@@ -1,0 +1,185 @@
+"""File-level export: ledger binding of the mark, refusal of marked copies, flat films,
+min..max films, one run never overwriting its own outputs, failures that do not stop a batch,
+no recipient left behind by a failed export."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+import typer
+
+from conftest import write_dicom
+from forensics import export as export_module
+from forensics import leaks
+from forensics.export import export_film, export_many, mark_film
+from forensics.ledger import Ledger
+from forensics.trace import detect_leak
+from watermark.dicomio import read_film
+from watermark.display import render
+from watermark.errors import CapacityError, InvalidInputError
+from watermark.keys import SiteKey
+
+KEY = SiteKey(bytes(range(32)))
+FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"  # small: fast to mark
+NIH = "nih_cxr14_dx_8bit_1024px_nccid.dcm"  # no window, no VOI LUT: shown min..max
+
+
+def _leak_png(marked_path, out_path):
+    leaks.save_image(leaks.quantize_8bit(render(read_film(marked_path))), out_path)
+    return out_path
+
+
+def test_a_mark_is_only_found_with_the_ledger_that_recorded_it(tmp_path, dicom_films):
+    """The tester's scenario: one site key, two ledgers, recipient "7" is number 1 in A and
+    "Innocent Bob" is number 1 in B. A's leak must not name Bob when read with B."""
+    with Ledger(tmp_path / "a.sqlite") as a, Ledger(tmp_path / "b.sqlite") as b:
+        assert a.ledger_id != b.ledger_id
+        rec_a = export_film(dicom_films[FUJI], tmp_path / "a.dcm", recipient="7", ledger=a, key=KEY)
+        rec_b = export_film(dicom_films[FUJI], tmp_path / "b.dcm", recipient="Innocent Bob",
+                            ledger=b, key=KEY)
+        assert rec_a.recipient_number == rec_b.recipient_number == 1
+        assert rec_a.key_fingerprint == rec_b.key_fingerprint == KEY.fingerprint  # the site key's
+        assert rec_a.payload != rec_b.payload
+        leak = _leak_png(rec_a.output_path, tmp_path / "leak_a.png")
+
+        with_b = detect_leak(leak, ledger=b, key=KEY)
+        assert with_b.decision == "not_found" and with_b.recipient is None
+        assert with_b.detection.decoded_number is None
+        assert with_b.as_dict()["ledger_id"] == b.ledger_id
+
+        with_a = detect_leak(leak, ledger=a, key=KEY)
+        assert with_a.decision == "traced" and with_a.recipient == "7"
+        assert with_a.warnings == []
+
+        other = detect_leak(leak, ledger=a, key=SiteKey(bytes(range(1, 33))))
+        assert other.decision == "not_found"
+        assert any("not with the key given" in w for w in other.warnings)
+
+
+def test_marked_copies_are_refused(tmp_path, dicom_films):
+    with Ledger(tmp_path / "l.sqlite") as book:
+        rec = export_film(dicom_films[FUJI], tmp_path / "copy.dcm", recipient="Dr. Ana",
+                          ledger=book, key=KEY)
+        with pytest.raises(InvalidInputError,
+                           match=r"copy\.dcm: is already a leaktrace-marked copy \(for 'Dr\. Ana'\); "
+                                 "mark the original instead"):
+            export_film(rec.output_path, tmp_path / "again.dcm", recipient="Mallory",
+                        ledger=book, key=KEY)
+        assert book.recipients() == {1: "Dr. Ana"} and len(book.exports()) == 1
+    with Ledger(tmp_path / "other.sqlite") as other:  # not in this ledger: the description says it
+        with pytest.raises(InvalidInputError, match=r"copy\.dcm: is already a leaktrace-marked copy; "):
+            export_film(rec.output_path, tmp_path / "again.dcm", recipient="Mallory",
+                        ledger=other, key=KEY)
+
+    ds = pydicom.dcmread(rec.output_path)  # description removed: the ledger's UID still says it
+    del ds.DerivationDescription
+    ds.save_as(tmp_path / "stripped.dcm")
+    with Ledger(tmp_path / "l.sqlite") as book:
+        with pytest.raises(InvalidInputError, match=r"already a leaktrace-marked copy \(for 'Dr\. Ana'\)"):
+            export_film(tmp_path / "stripped.dcm", tmp_path / "again.dcm", recipient="Mallory",
+                        ledger=book, key=KEY)
+    assert not (tmp_path / "again.dcm").exists()
+
+
+def _flat_films(folder):
+    rng = np.random.default_rng(0)
+    texture_below_window = rng.integers(0, 100, (256, 256)).astype(np.uint16)
+    return {
+        "black.dcm": write_dicom(folder / "black.dcm", np.zeros((256, 256), np.uint16), bits_stored=12),
+        "white.dcm": write_dicom(folder / "white.dcm", np.full((256, 256), 4095, np.uint16), bits_stored=12),
+        "grey_window.dcm": write_dicom(folder / "grey_window.dcm", np.full((256, 256), 128, np.uint8),
+                                       window=(128, 256)),
+        "black_window.dcm": write_dicom(folder / "black_window.dcm", np.zeros((256, 256), np.uint8),
+                                        window=(128, 256)),
+        "outside_window.dcm": write_dicom(folder / "outside_window.dcm", texture_below_window,
+                                          bits_stored=12, window=(3000, 200)),
+    }
+
+
+def test_flat_films_are_refused_and_the_batch_goes_on(tmp_path, dicom_films):
+    films = _flat_films(tmp_path)
+    for path in films.values():
+        with pytest.raises(CapacityError, match=f"{path.name}: flat image: nothing to carry the mark"):
+            mark_film(read_film(path), 1, KEY)
+    out = tmp_path / "out"
+    out.mkdir()
+    pairs = [(p, out / name) for name, p in films.items()] + [(dicom_films[FUJI], out / FUJI)]
+    with Ledger(tmp_path / "l.sqlite") as book:
+        outcomes = export_many(pairs, recipient="Ghost", ledger=book, key=KEY)
+        assert [o.error is None for o in outcomes] == [False] * len(films) + [True]
+        assert all("flat image" in o.error and o.source.name in o.error for o in outcomes[:-1])
+        assert len(book.exports()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [FUJI]
+
+
+def test_failed_export_leaves_no_recipient(tmp_path):
+    film = write_dicom(tmp_path / "black.dcm", np.zeros((256, 256), np.uint8))
+    with Ledger(tmp_path / "l.sqlite") as book:
+        with pytest.raises(CapacityError):
+            export_film(film, tmp_path / "out.dcm", recipient="Ghost", ledger=book, key=KEY)
+        assert book.recipients() == {} and book.exports() == []
+
+
+def test_min_max_films_keep_their_displayed_range(tmp_path, dicom_films, load_film):
+    film = load_film(NIH)
+    assert "WindowCenter" not in film.dataset and "VOILUTSequence" not in film.dataset
+    with Ledger(tmp_path / "l.sqlite") as book:
+        rec = export_film(dicom_films[NIH], tmp_path / "nih.dcm", recipient="a", ledger=book, key=KEY)
+    marked = read_film(rec.output_path).pixels
+    assert (marked.min(), marked.max()) == (film.pixels.min(), film.pixels.max())
+    assert np.count_nonzero(marked != film.pixels) > 0.1 * marked.size
+    # a min..max viewer maps the copy exactly as the source: display differs by the mark only
+    diff = render(read_film(rec.output_path)) - render(film, marked)
+    assert np.abs(diff).max() < 1e-9
+
+
+def test_one_run_never_overwrites_its_own_output(tmp_path, dicom_films):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(dicom_films[FUJI], a / "x.dcm")
+    shutil.copy(dicom_films["veterinary_canine_thorax_dx_mono1_8bit.dcm"], b / "x.dcm")
+    out = tmp_path / "out"
+    pairs = [(a / "x.dcm", out / "x.dcm"), (b / "x.dcm", out / "x.dcm")]
+    with Ledger(tmp_path / "l.sqlite") as book:
+        first, second = export_many(pairs, recipient="r", ledger=book, key=KEY, overwrite=True)
+        assert first.record is not None
+        assert second.record is None
+        assert f"{b / 'x.dcm'}: its output {out / 'x.dcm'} was already written in this run" in second.error
+        assert len(book.exports()) == 1
+    from watermark.dicomio import sha256_file
+
+    assert sha256_file(out / "x.dcm") == first.record.output_sha256
+    with Ledger(tmp_path / "l.sqlite") as book:  # a later run may overwrite when asked
+        (again,) = export_many(pairs[1:], recipient="r", ledger=book, key=KEY, overwrite=True)
+        assert again.record is not None
+
+
+def test_an_unexpected_value_error_fails_one_file_only(tmp_path, dicom_films, monkeypatch):
+    real = export_module.mark_film
+
+    def flaky(film, *args, **kwargs):
+        if film.path.name == "bad.dcm":
+            raise ValueError("something odd")
+        return real(film, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "mark_film", flaky)
+    shutil.copy(dicom_films[FUJI], tmp_path / "bad.dcm")
+    pairs = [(tmp_path / "bad.dcm", tmp_path / "out" / "bad.dcm"),
+             (dicom_films[FUJI], tmp_path / "out" / "good.dcm")]
+    with Ledger(tmp_path / "l.sqlite") as book:
+        bad, good = export_many(pairs, recipient="r", ledger=book, key=KEY)
+    assert bad.error == f"{tmp_path / 'bad.dcm'}: cannot be marked (ValueError: something odd)"
+    assert good.record is not None
+
+
+def test_a_deliberate_exit_is_never_swallowed(tmp_path, dicom_films, monkeypatch):
+    def stop(*args, **kwargs):
+        raise typer.Exit(3)
+
+    monkeypatch.setattr(export_module, "export_film", stop)
+    with Ledger(tmp_path / "l.sqlite") as book:
+        with pytest.raises(typer.Exit):
+            export_many([(dicom_films[FUJI], tmp_path / "o.dcm")], recipient="r", ledger=book, key=KEY)
