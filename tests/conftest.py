@@ -7,8 +7,11 @@ that decides where that folder is:
 * the environment variable ``LEAKTRACE_TEST_DATA``, if set;
 * otherwise ``<repo>/../shared/data/cxr``, computed from this file's location (not the CWD).
 
-When the folder is missing, every test that needs a film is skipped with the reason. When it
-exists, all films listed in :data:`DICOM_FILMS` must be there (a missing one fails).
+When the folder is missing, every test that needs a film is skipped with the reason, except
+under CI (the environment variable ``CI`` set to anything but empty, ``0``, ``false`` or ``no``,
+as CI services do with ``CI=true``): there the same message is a failure, so a wrong data path
+can never give a green run. When the folder exists, all films listed in :data:`DICOM_FILMS`
+must be there (a missing one fails).
 """
 
 from __future__ import annotations
@@ -48,15 +51,22 @@ def film_params(names: tuple[str, ...] | list[str] = DICOM_FILMS) -> list:
     return [pytest.param(name, id=name) for name in names]
 
 
+def running_in_ci() -> bool:
+    """True when the environment variable ``CI`` is set to a true-ish value (``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared film folder; skips the test when it does not exist."""
+    """The shared film folder; skips the test when it does not exist (fails it under CI)."""
     folder = film_data_dir()
     if not (folder / "dicom").is_dir():
-        pytest.skip(
-            f"test films not found: {folder / 'dicom'} does not exist; set {DATA_ENV} to the "
-            "folder holding dicom/ and png/ (see its PROVENANCE.md)"
-        )
+        message = (f"test films not found: {folder / 'dicom'} does not exist; set {DATA_ENV} to "
+                   "the folder holding dicom/ and png/ (see its PROVENANCE.md)")
+        if running_in_ci():
+            pytest.fail(message + " [CI is set, so this fails instead of skipping]",
+                        pytrace=False)
+        pytest.skip(message)
     return folder
 
 
