@@ -6,10 +6,16 @@ stdout, one JSON object, so it can be piped into ``jq``.
 
 Exit codes
 ----------
-``detect``: 0 traced (a recipient is named), 1 not found, 2 error (bad file, bad arguments).
-``embed``: 0 every file exported, 1 at least one file failed (the others were still exported),
-2 error before any file (bad arguments, key or ledger).
-``demo``: 0 when the demo traced the right recipient, 1 otherwise.
+``detect``: 0 traced (a recipient is named), 1 not found, 2 error (bad file, bad arguments,
+key or ledger, not enough memory).
+``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
+or no file was found, 2 error before any file (bad arguments, output folder, key or ledger).
+``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
+problem found, 2 the ledger cannot be read.
+``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
+
+With ``--json``, ``embed`` and ``detect`` print exactly one JSON object on stdout, also when
+they fail before doing anything (it then has an ``error`` field).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from watermark import __version__
@@ -29,24 +37,26 @@ from watermark.errors import LeaktraceError
 from watermark.keys import load_key, load_or_create_key
 
 from .export import collect_sources, export_many
-from .ledger import Ledger
+from .ledger import Ledger, normalise_recipient
 from .trace import detect_leak
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mark exported chest films with an invisible recipient ID, and trace leaked copies.")
 ledger_app = typer.Typer(no_args_is_help=True, help="Inspect and check the export ledger.")
 app.add_typer(ledger_app, name="ledger")
-err = Console(stderr=True, highlight=False)
+# soft_wrap: long messages stay on one line in pipes and logs (rich would wrap at 80 columns)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LedgerOpt = Annotated[Optional[Path], typer.Option(
     "--ledger", help="Export ledger (SQLite). Default: $LEAKTRACE_LEDGER, else "
-                     "~/.local/share/leaktrace/ledger.sqlite.")]
+                     "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
 KeyOpt = Annotated[Optional[Path], typer.Option(
-    "--key", help="Site key file. Default: $LEAKTRACE_KEY, else ~/.config/leaktrace/site.key.")]
+    "--key", help="Site key file. Default: $LEAKTRACE_KEY, else "
+                  "$XDG_CONFIG_HOME/leaktrace/site.key (~/.config/leaktrace/site.key).")]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     return typer.Exit(code)
 
 
@@ -60,42 +70,64 @@ def _version(value: bool) -> None:
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """leaktrace: forensic watermarks for radiographs."""
+    warnings.showwarning = _show_warning
 
 
 @app.command()
 def embed(
     sources: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
-    recipient: Annotated[str, typer.Option("--recipient", help="Who receives these copies (any name; registered in the ledger).")],
+    recipient: Annotated[str, typer.Option("--recipient", help="Who receives these copies (any name without control characters; registered in the ledger).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder; created if missing.")],
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never one written earlier in the same run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every outcome on stdout.")] = False,
 ) -> None:
-    """Mark each film for RECIPIENT, write the marked DICOM copies to OUT and record them."""
+    """Mark each film for RECIPIENT, write the marked DICOM copies to OUT and record them.
+
+    Files that are already leaktrace-marked copies are refused: mark the original.
+    """
+    def fatal(message: str, code: int = 2) -> typer.Exit:
+        if as_json:
+            print(json.dumps({"recipient": name, "ledger": str(book.path) if book else None,
+                              "exported": [], "failed": [], "error": message}))
+        return _fail(message, code)
+
+    name, book = None, None
+    try:
+        name = normalise_recipient(recipient)
+    except LeaktraceError as exc:
+        raise fatal(f"bad arguments: --recipient: {exc}") from None
+    if out.exists() and not out.is_dir():
+        raise fatal(f"bad arguments: --out {out}: exists and is not a folder")
     try:
         site_key, created = load_or_create_key(key)
         if created:
-            err.print(f"created a new site key (fingerprint {site_key.fingerprint}); keep it safe and private")
-        out.mkdir(parents=True, exist_ok=True)
+            err.print(f"created a new site key (fingerprint {site_key.fingerprint}); keep it "
+                      "safe and private, and back it up with the ledger")
         book = Ledger(ledger)
     except LeaktraceError as exc:
-        raise _fail(str(exc)) from None
-    except OSError as exc:
-        raise _fail(f"{out}: cannot create the output folder ({exc})") from None
-    pairs = list(collect_sources(sources, out))
-    with book, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, disable=len(pairs) < 2) as bar:
-        task = bar.add_task("marking", total=len(pairs))
-        outcomes = export_many(pairs, recipient=recipient, ledger=book, key=site_key,
-                               overwrite=overwrite, progress=lambda _: bar.advance(task))
+        raise fatal(str(exc)) from None
+    with book:
+        pairs = list(collect_sources(sources, out))
+        if not pairs:
+            raise fatal("no DICOM files found under " + ", ".join(map(str, sources)), code=1)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fatal(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, disable=len(pairs) < 2) as bar:
+            task = bar.add_task("marking", total=len(pairs))
+            outcomes = export_many(pairs, recipient=name, ledger=book, key=site_key,
+                                   overwrite=overwrite, progress=lambda _: bar.advance(task))
     failed = [o for o in outcomes if o.error]
     for o in failed:
-        err.print(f"[red]failed:[/] {o.error}", soft_wrap=True)
+        err.print(f"[red]failed:[/] {escape(o.error)}")
     err.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} file(s) marked for "
-              f"'{recipient.strip()}' in {out} (ledger {book.path})")
+              f"{escape(repr(name))} in {escape(str(out))} (ledger {escape(str(book.path))})")
     if as_json:
-        print(json.dumps({"recipient": recipient.strip(), "ledger": str(book.path),
+        print(json.dumps({"recipient": name, "ledger": str(book.path),
                           "exported": [o.record.as_dict() for o in outcomes if o.record],
                           "failed": [{"source": str(o.source), "error": o.error} for o in failed]}))
     if failed or not outcomes:
@@ -104,7 +136,7 @@ def embed(
 
 @app.command()
 def detect(
-    leak: Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP or DICOM.")],
+    leak: Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")],
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
@@ -115,15 +147,21 @@ def detect(
         with Ledger(ledger, create=False) as book:
             report = detect_leak(leak, ledger=book, key=site_key)
     except LeaktraceError as exc:
+        message = str(exc)
+    except MemoryError:
+        message = f"{leak}: not enough memory to read and analyse this image; scale it down"
+    else:
+        message = None
+    if message is not None:
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
-                              "error": str(exc)}))
-        raise _fail(str(exc)) from None
+                              "error": message}))
+        raise _fail(message)
     if as_json:
         print(json.dumps(report.as_dict()))
     else:
         for w in report.warnings:
-            err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(w)}")
         print(f"{leak}: {report.summary()}")
     raise typer.Exit(0 if report.decision == "traced" else 1)
 
@@ -131,7 +169,7 @@ def detect(
 @ledger_app.command("list")
 def ledger_list(ledger: LedgerOpt = None,
                 as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False) -> None:
-    """List recipients and exports."""
+    """List recipients and exports (the ledger is opened read-only)."""
     try:
         with Ledger(ledger, create=False) as book:
             recipients, exports = book.recipients(), book.exports()
@@ -149,7 +187,8 @@ def ledger_list(ledger: LedgerOpt = None,
 
 @ledger_app.command("verify")
 def ledger_verify(ledger: LedgerOpt = None) -> None:
-    """Check the ledger's hash chain. Exit 0 intact, 1 broken (each problem is named)."""
+    """Check the ledger's hash chain and recipient names. Exit 0 intact, 1 broken (each problem
+    is named), 2 the ledger cannot be read."""
     try:
         with Ledger(ledger, create=False) as book:
             problems, n = book.verify(), len(book.exports())
@@ -164,25 +203,28 @@ def ledger_verify(ledger: LedgerOpt = None) -> None:
 @app.command()
 def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the demo's files (default: a new temporary folder).")] = None) -> None:
     """Mark a real chest film for two recipients, leak one as a re-sent screenshot, trace it."""
-    from .demo import run_demo
+    from .demo import prepare_folder, run_demo
 
-    folder = out or Path(tempfile.mkdtemp(prefix="leaktrace-demo-"))
+    try:
+        folder = prepare_folder(out) if out is not None else Path(tempfile.mkdtemp(prefix="leaktrace-demo-"))
+    except LeaktraceError as exc:
+        raise _fail(f"bad arguments: --out: {exc}") from None
     try:
         ok = run_demo(folder, say=lambda text: print(text, flush=True))
     except LeaktraceError as exc:
         raise _fail(str(exc), code=1) from None
+    except OSError as exc:
+        raise _fail(f"{folder}: {exc}", code=1) from None
     raise typer.Exit(0 if ok else 1)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (odd but readable DICOM, etc.) as one plain line on stderr, no source lines."""
-    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    """Warnings (odd but readable DICOM, a key others can read...) as one plain line on stderr."""
+    err.print(f"[yellow]warning:[/] {escape(str(message))}")
 
 
 def main() -> None:
     """Console-script entry point."""
-    import warnings
-
     warnings.showwarning = _show_warning
     app(prog_name="leaktrace")
 

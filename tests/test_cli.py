@@ -1,0 +1,243 @@
+"""The command line: exit codes, JSON on stdout, one-line errors on stderr, --help, --version.
+
+Every test gives --key and --ledger inside tmp_path (and points HOME and the XDG folders there),
+so the real site key and ledger are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import write_dicom
+from forensics import cli, leaks
+from watermark.dicomio import read_film
+from watermark.display import render
+
+FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"  # small: fast to mark and detect
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    for var in ("LEAKTRACE_KEY", "LEAKTRACE_LEDGER"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def site(tmp_path):
+    """--key and --ledger options inside tmp_path."""
+    return ["--key", str(tmp_path / "site.key"), "--ledger", str(tmp_path / "ledger.sqlite")]
+
+
+def run(*args):
+    result = runner.invoke(cli.app, [str(a) for a in args])
+    if isinstance(result.exception, Exception) and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def one_json(result) -> dict:
+    """stdout must hold exactly one JSON object (one line)."""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    obj = json.loads(lines[0])
+    assert isinstance(obj, dict)
+    return obj
+
+
+def _leak(marked_path, out_path):
+    leaks.save_image(leaks.quantize_8bit(render(read_film(marked_path))), out_path, quality=80)
+    return out_path
+
+
+@pytest.fixture
+def exported(tmp_path, site, dicom_films):
+    result = run("embed", dicom_films[FUJI], "--recipient", "Dr. Ana Alvarez", "--out",
+                 tmp_path / "out", *site, "--json")
+    assert result.exit_code == 0, result.output
+    return one_json(result)
+
+
+def test_embed_then_detect_round_trip(tmp_path, site, exported, dicom_films):
+    assert exported["recipient"] == "Dr. Ana Alvarez" and exported["failed"] == []
+    (record,) = exported["exported"]
+    assert record["recipient_number"] == 1 and record["recipient_name"] == "Dr. Ana Alvarez"
+    leak = _leak(record["output_path"], tmp_path / "leak.jpg")
+    result = run("detect", leak, *site, "--json")
+    assert result.exit_code == 0, result.output
+    report = one_json(result)
+    assert report["recipient"] == "Dr. Ana Alvarez" and report["decision"] == "traced"
+    assert report["p_value"] <= 1e-6
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
+        (ledger_id,) = db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()
+    assert report["ledger_id"] == ledger_id
+
+    human = run("detect", leak, *site)
+    assert human.exit_code == 0 and "TRACED to recipient 'Dr. Ana Alvarez'" in human.stdout
+
+
+def test_unmarked_film_is_not_found(tmp_path, site, exported, dicom_films):
+    leaks.save_image(leaks.quantize_8bit(render(read_film(dicom_films[FUJI]))), tmp_path / "u.png")
+    result = run("detect", tmp_path / "u.png", *site, "--json")
+    assert result.exit_code == 1, result.output
+    report = one_json(result)
+    assert report["decision"] == "not_found" and report["recipient"] is None
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: d / "missing.png", "missing.png: no such file"),
+    (lambda d: d, "is a directory"),
+    (lambda d: Image.new("L", (30, 30), 9).save(d / "tiny.png") or d / "tiny.png",
+     "tiny.png: image of 30 x 30 px is too small"),
+])
+def test_detect_errors_exit_2_with_one_json_object(tmp_path, site, exported, make, expected):
+    leak = make(tmp_path)
+    result = run("detect", leak, *site, "--json")
+    assert result.exit_code == 2, result.output
+    obj = one_json(result)
+    assert obj["decision"] == "error" and obj["recipient"] is None and obj["p_value"] is None
+    assert expected in obj["error"]
+    assert expected in result.stderr and "Traceback" not in result.output
+
+
+def test_detect_out_of_memory_is_an_error_not_a_traceback(tmp_path, site, exported, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "detect_leak", exhausted)
+    Image.new("L", (100, 100)).save(tmp_path / "x.png")
+    result = run("detect", tmp_path / "x.png", *site, "--json")
+    assert result.exit_code == 2
+    assert "not enough memory" in one_json(result)["error"]
+
+
+def test_detect_never_writes_into_a_file_that_is_not_a_ledger(tmp_path, site, exported):
+    Image.new("L", (100, 100)).save(tmp_path / "x.png")
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    for command in (["detect", tmp_path / "x.png", "--key", tmp_path / "site.key"],
+                    ["ledger", "list"], ["ledger", "verify"]):
+        result = run(*command, "--ledger", empty)
+        assert result.exit_code == 2 and "not a leaktrace ledger" in result.stderr
+        assert empty.stat().st_size == 0
+
+
+def test_ledger_verify_exit_codes(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    result = run("ledger", "verify", "--ledger", ledger)
+    assert result.exit_code == 0 and "chain intact" in result.stdout
+    listed = run("ledger", "list", "--ledger", ledger, "--json")
+    assert listed.exit_code == 0
+    assert json.loads(listed.stdout)["recipients"] == [{"number": 1, "name": "Dr. Ana Alvarez"}]
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE recipients SET name = 'Innocent Bob' WHERE number = 1")
+    result = run("ledger", "verify", "--ledger", ledger)
+    assert result.exit_code == 1
+    assert "recipient 1" in result.stdout and "'Innocent Bob'" in result.stdout
+    assert run("ledger", "verify", "--ledger", tmp_path / "none.sqlite").exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["", "   ", "Bob\nAlice", "tab\there"])
+def test_bad_recipient_is_refused_before_anything_happens(tmp_path, site, dicom_films, name):
+    result = run("embed", dicom_films[FUJI], "--recipient", name, "--out", tmp_path / "out",
+                 *site, "--json")
+    assert result.exit_code == 2
+    assert "bad arguments: --recipient" in result.stderr
+    assert one_json(result)["error"].startswith("bad arguments: --recipient")
+    assert not any((tmp_path / n).exists() for n in ("out", "site.key", "ledger.sqlite"))
+
+
+def test_embed_fatal_errors_print_one_json_object_and_create_no_output_folder(tmp_path, site,
+                                                                             dicom_films):
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE t (x)")
+    result = run("embed", dicom_films[FUJI], "--recipient", "a", "--out", tmp_path / "out",
+                 "--key", tmp_path / "site.key", "--ledger", foreign, "--json")
+    assert result.exit_code == 2
+    assert "not a leaktrace ledger" in one_json(result)["error"]
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "file").write_text("x")
+    result = run("embed", dicom_films[FUJI], "--recipient", "a", "--out", tmp_path / "file",
+                 *site, "--json")
+    assert result.exit_code == 2 and "is not a folder" in one_json(result)["error"]
+
+
+def test_embed_empty_folder(tmp_path, site):
+    (tmp_path / "empty").mkdir()
+    result = run("embed", tmp_path / "empty", "--recipient", "a", "--out", tmp_path / "out", *site)
+    assert result.exit_code == 1
+    assert f"no DICOM files found under {tmp_path / 'empty'}" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_embed_batch_failures_do_not_stop_the_batch(tmp_path, site, dicom_films, exported):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(dicom_films[FUJI], a / "x.dcm")
+    shutil.copy(dicom_films[FUJI], b / "x.dcm")
+    write_dicom(tmp_path / "black.dcm", np.zeros((128, 128), np.uint8))
+    marked = exported["exported"][0]["output_path"]
+    result = run("embed", a / "x.dcm", b / "x.dcm", tmp_path / "black.dcm", marked,
+                 "--recipient", "Bob", "--out", tmp_path / "o2", "--overwrite", *site, "--json")
+    assert result.exit_code == 1, result.output
+    obj = one_json(result)
+    assert [r["source_path"] for r in obj["exported"]] == [str(a / "x.dcm")]
+    errors = [f["error"] for f in obj["failed"]]
+    assert "was already written in this run" in errors[0]
+    assert "black.dcm: flat image: nothing to carry the mark" in errors[1]
+    assert "is already a leaktrace-marked copy (for 'Dr. Ana Alvarez'); mark the original" in errors[2]
+    assert "Traceback" not in result.output
+
+
+def test_long_messages_are_not_wrapped(tmp_path, site, exported):
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "missing-leak-file.png"
+    result = run("detect", deep, *site)
+    assert result.exit_code == 2
+    assert f"error: {deep}: no such file\n" == result.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_key_others_can_read_gives_a_warning(tmp_path, site, exported):
+    os.chmod(tmp_path / "site.key", 0o644)
+    Image.new("L", (100, 100)).save(tmp_path / "x.png")
+    result = run("detect", tmp_path / "x.png", *site)
+    assert f"warning: {tmp_path / 'site.key'} is readable by others (mode 0644); chmod 600 it" \
+        in result.stderr
+
+
+def test_demo_bad_out_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", "/proc/leaktrace-demo"):
+        result = run("demo", "--out", out)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: bad arguments")
+
+
+@pytest.mark.parametrize("command", [[], ["embed"], ["detect"], ["ledger"], ["ledger", "list"],
+                                     ["ledger", "verify"], ["demo"]])
+def test_help(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+def test_version_with_python_m():
+    from watermark import __version__
+
+    done = subprocess.run([sys.executable, "-m", "forensics.cli", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"leaktrace {__version__}"
