@@ -40,6 +40,7 @@ class LeakReport:
     detection: Detection
     recipient: str | None
     names: dict = field(default_factory=dict)
+    recipient_names: dict = field(default_factory=dict)
     key_fingerprint: str = ""
     ledger_path: str = ""
     ledger_id: str | None = None
@@ -52,6 +53,13 @@ class LeakReport:
     def summary(self) -> str:
         """One or two plain sentences for an investigator."""
         d = self.detection
+        if d.decision == "traced" and len(d.recipient_numbers) > 1:
+            named = " and ".join(f"'{self.recipient_names[n]}' (number {n}, p-value "
+                                 f"{self._p(n):.2e})" for n in d.recipient_numbers)
+            return (f"TRACED to {len(d.recipient_numbers)} recipients: {named}. The leak shows "
+                    "copies marked for each of them (for example two films side by side); each "
+                    "p-value bounds the probability that a copy not marked for that recipient "
+                    "scores this high.")
         if d.decision == "traced":
             return (f"TRACED to recipient '{self.recipient}' (number {d.recipient_number}). "
                     f"p-value {d.p_value:.2e}: the probability that a copy not marked for this "
@@ -63,17 +71,28 @@ class LeakReport:
                      "ledger does not list: is it the right ledger?")
         return text
 
+    def _p(self, number: int) -> float:
+        return next((c.p_value for c in self.detection.candidates if c.number == number), 1.0)
+
     def as_dict(self) -> dict:
-        """Plain JSON-ready dict; ``recipient``, ``p_value`` and ``decision`` are the contract."""
+        """Plain JSON-ready dict; ``recipient``, ``p_value`` and ``decision`` are the contract.
+
+        ``recipient`` is the best-scoring named recipient; ``recipients`` lists every named one
+        (two when a leak shows two recipients' copies), each with its own p-value.
+        """
         d = self.detection
         return {
             "recipient": self.recipient,
             "p_value": d.p_value,
             "decision": d.decision,
             "recipient_number": d.recipient_number,
+            "recipients": [{"recipient": self.recipient_names.get(n), "recipient_number": n,
+                            "p_value": self._p(n)} for n in d.recipient_numbers],
             "z": d.z,
             "polarity": "as_marked" if d.polarity > 0 else "inverted",
-            "working_grid_long_edge": d.long_edge,
+            "search": d.search,
+            "geometry": d.geometry,
+            "working_grid_long_edge": d.long_edge or None,
             "n_tests": d.n_tests,
             "false_accusation_rate": FALSE_ACCUSATION_RATE,
             "decoded_number": d.decoded_number,
@@ -126,18 +145,26 @@ def detect_leak(path: str | os.PathLike, *, ledger: Ledger, key: SiteKey,
         warnings.append("this ledger was made by leaktrace 0.1.0 (schema 1): its marks are not "
                         "tied to it, so a mark recorded in another ledger under the same key "
                         "would be read as one of its recipients")
-    recipient = None
-    if detection.recipient_number is not None:
-        recipient = names.get(detection.recipient_number)
-        recorded = ledger.recorded_names().get(detection.recipient_number, set())
-        if recorded and recorded != {recipient}:
-            warnings.append(f"the ledger's recipients table names recipient "
-                            f"{detection.recipient_number} {recipient!r}, but its exports were "
-                            f"recorded for {', '.join(repr(n) for n in sorted(recorded))}: the "
-                            "ledger was changed; run `leaktrace ledger verify`")
+    # a named recipient is called by the name its exports were recorded under (covered by the
+    # hash chain), not by the editable recipients table, whenever the two disagree
+    recorded_names = ledger.recorded_names()
+    recipient_names = {}
+    for number in detection.recipient_numbers:
+        table_name = names.get(number)
+        recorded = recorded_names.get(number, set())
+        recipient_names[number] = table_name
+        if recorded and recorded != {table_name}:
+            if len(recorded) == 1:
+                recipient_names[number] = next(iter(recorded))
+            warnings.append(f"the ledger's recipients table names recipient {number} "
+                            f"{table_name!r}, but its exports were recorded for "
+                            f"{', '.join(repr(n) for n in sorted(recorded))}: the ledger was "
+                            "changed; the recorded name is reported; run `leaktrace ledger verify`")
+    recipient = recipient_names.get(detection.recipient_number)
     return LeakReport(
         leak_path=Path(path), leak_sha256=leak.sha256, leak_format=leak.format,
         width=leak.gray.shape[1], height=leak.gray.shape[0], detection=detection,
-        recipient=recipient, names=names, key_fingerprint=key.fingerprint,
+        recipient=recipient, names=names, recipient_names=recipient_names,
+        key_fingerprint=key.fingerprint,
         ledger_path=str(ledger.path), ledger_id=ledger.ledger_id, warnings=warnings,
     )

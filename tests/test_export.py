@@ -183,3 +183,23 @@ def test_a_deliberate_exit_is_never_swallowed(tmp_path, dicom_films, monkeypatch
     with Ledger(tmp_path / "l.sqlite") as book:
         with pytest.raises(typer.Exit):
             export_many([(dicom_films[FUJI], tmp_path / "o.dcm")], recipient="r", ledger=book, key=KEY)
+
+
+def test_a_renamed_recipient_is_reported_by_its_recorded_name(tmp_path, dicom_films):
+    """Editing the recipients table (not covered by the hash chain) must not move an
+    accusation onto another name: detect reports the name the export was recorded under."""
+    import sqlite3
+
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as book:
+        rec = export_film(dicom_films[FUJI], tmp_path / "bob.dcm", recipient="Bob", ledger=book, key=KEY)
+    leak = _leak_png(rec.output_path, tmp_path / "leak.png")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE recipients SET name = 'Mallory' WHERE name = 'Bob'")
+    db.commit()
+    db.close()
+    with Ledger(path, create=False) as book:
+        report = detect_leak(leak, ledger=book, key=KEY)
+    assert report.recipient == "Bob"
+    assert report.as_dict()["recipients"][0]["recipient"] == "Bob"
+    assert any("recorded for 'Bob'" in w for w in report.warnings)
