@@ -22,7 +22,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -32,6 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity  # noqa: E402
 
+from common import film_data_dir, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
 from forensics.export import export_film  # noqa: E402
 from forensics.ledger import Ledger  # noqa: E402
@@ -41,12 +41,6 @@ from watermark.display import render, to_uint8  # noqa: E402
 from watermark.keys import SiteKey  # noqa: E402
 
 LEAKS = {"png8": ({}, None), "jpeg_q75": ({}, 75), "scale_0.5": ({"factor": 0.5}, None)}
-
-
-def default_films() -> Path:
-    base = os.environ.get("LEAKTRACE_TEST_DATA")
-    root = Path(base) if base else Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
-    return root / "dicom"
 
 
 def _leak_files(display: np.ndarray, folder: Path, stem: str) -> dict[str, Path]:
@@ -110,9 +104,7 @@ def run(films: Path, out: Path, repeat: int) -> dict:
                       file=sys.stderr)
     display_psnr = [r["psnr_display_db"] for r in rows]
     result = {
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "cores_used": 1},
+        **run_description(cores_used=1),
         "films": rows,
         "summary": {
             "films": len(rows),
@@ -131,7 +123,7 @@ def run(films: Path, out: Path, repeat: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--films", type=Path, default=default_films())
+    parser.add_argument("--films", type=Path, default=film_data_dir() / "dicom")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/embed_detect.json"))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -29,7 +29,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
@@ -38,6 +37,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from common import film_data_dir, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
 from watermark import dwt, payload  # noqa: E402
 from watermark.detect import PreparedLeak, detect_prepared  # noqa: E402
@@ -48,11 +48,6 @@ from watermark.stats import FALSE_ACCUSATION_RATE  # noqa: E402
 
 OTHER_KEY = SiteKey(bytes(range(200, 232)))
 DISPLAY_PIPELINES = [n for n, p in leaks.PIPELINES.items() if not p[0][0].startswith("dicom_")]
-
-
-def default_data() -> Path:
-    base = os.environ.get("LEAKTRACE_TEST_DATA")
-    return Path(base) if base else Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
 
 
 def _displays(data: Path) -> list[tuple[str, np.ndarray]]:
@@ -111,9 +106,7 @@ def run(args) -> dict:
         writer.writerows(rows)
     p = np.array([r["p_value"] for r in rows])
     summary = {
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "workers": args.workers},
+        **run_description(workers=args.workers),
         "seconds": elapsed,
         "queries": len(rows),
         "control_leaks": args.leaks,
@@ -159,7 +152,7 @@ def _plot(p: np.ndarray, path: Path, summary: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--films", type=Path, default=default_data())
+    parser.add_argument("--films", type=Path, default=film_data_dir())
     parser.add_argument("--leaks", type=int, default=40)
     parser.add_argument("--keys", type=int, default=250)
     parser.add_argument("--ledger", type=int, default=20)

@@ -26,7 +26,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from common import film_data_dir, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
 from forensics.export import mark_film  # noqa: E402
 from watermark import dwt, payload  # noqa: E402
@@ -47,11 +47,6 @@ from watermark.keys import SiteKey  # noqa: E402
 KEY = SiteKey(bytes(range(32)))
 STORED_SIDE = ("dicom_jpeg", "dicom_j2k")  # pipelines that act on stored values
 LEDGER = [1000 + 7 * i for i in range(20)]  # recipient numbers "in the ledger"
-
-
-def default_data() -> Path:
-    base = os.environ.get("LEAKTRACE_TEST_DATA")
-    return Path(base) if base else Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
 
 
 def _pipelines(names):
@@ -164,9 +159,7 @@ def run(args) -> dict:
         writer.writeheader()
         writer.writerows(summary)
     _plot(summary, args.out / "robustness.png")
-    meta = {"command": " ".join([Path(sys.executable).name] + sys.argv), "seconds": elapsed,
-            "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                        "workers": args.workers},
+    meta = {**run_description(workers=args.workers), "seconds": elapsed,
             "films": [p.name for p in films], "recipients_per_film": args.recipients,
             "ledger_size": len(LEDGER), "summary": summary}
     (args.out / "robustness.json").write_text(json.dumps(meta, indent=2))
@@ -206,7 +199,7 @@ def _plot(summary, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--films", type=Path, default=default_data())
+    parser.add_argument("--films", type=Path, default=film_data_dir())
     parser.add_argument("--png", type=int, default=4, help="PNG/JPEG films to add (0: none)")
     parser.add_argument("--recipients", type=int, default=2)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
