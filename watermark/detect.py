@@ -34,7 +34,6 @@ Independently, the soft bits are decoded through the Reed-Solomon code and CRC
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
