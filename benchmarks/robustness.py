@@ -30,6 +30,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from functools import lru_cache  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -71,10 +72,16 @@ def _prepare(path: Path, numbers: list[int]):
     return path.name, "png", image, marked
 
 
+@lru_cache(maxsize=4)
+def _film(path: Path):
+    """Each worker reads a film once, not once per query (tasks of one film run together)."""
+    return read_film(path)
+
+
 def _leak(kind: str, path: Path, values: np.ndarray, pipeline, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "dicom":
-        film = read_film(path)
+        film = _film(path)
         if not pipeline:  # raw16_stored
             return values.copy()
         if pipeline[0][0].startswith(STORED_SIDE):

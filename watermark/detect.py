@@ -45,7 +45,7 @@ from .keys import SiteKey
 
 __all__ = ["Candidate", "Detection", "PreparedLeak", "detect", "detect_prepared", "N_LATTICES"]
 
-N_LATTICES = 6  # lattice candidates searched in the geometric family (sync.lattice_candidates)
+N_LATTICES = sync.N_LATTICES  # lattice candidates searched in the geometric family
 WHOLE_FILM_SHARE = 0.9  # share of alpha spent on the whole-film family
 
 
@@ -167,7 +167,7 @@ class PreparedLeak:
         """Prepared lattice candidates for the geometric search (computed on first use)."""
         if self._lattices is None:
             self._lattices = [sync.prepare(self.image, lattice)
-                              for lattice in sync.lattice_candidates(self.image)[:N_LATTICES]]
+                              for lattice in sync.lattice_candidates(self.image, n=N_LATTICES)]
         return self._lattices
 
 

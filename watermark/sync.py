@@ -39,10 +39,11 @@ from .keys import SiteKey
 from .payload import N_BITS
 
 __all__ = ["Lattice", "SyncHit", "PreparedLattice", "lattice_candidates", "prepare", "search", "fold_search", "N_TRANSLATIONS",
-           "N_DIHEDRAL", "MIN_PERIOD", "MAX_PERIOD"]
+           "N_DIHEDRAL", "N_LATTICES", "MIN_PERIOD", "MAX_PERIOD"]
 
 N_TRANSLATIONS = TILE * TILE
 N_DIHEDRAL = 8
+N_LATTICES = 6  # most lattice candidates returned, hence searched (counted in the union bound)
 MIN_PERIOD = 30.0  # leak px: below this the mark's finest periods are under 1 px of the leak
 MAX_PERIOD = 320.0  # px of the spectrum image (leak reduced to _SPECTRUM_EDGE): 2.5x the grid
 _BAND = (8.0, 32.0)  # lattice indices |k| covered by the mark (periods 16..4 working px)
@@ -126,7 +127,7 @@ def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.n
 
 
 def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
-                       n: int = 6) -> list[Lattice]:
+                       n: int = N_LATTICES) -> list[Lattice]:
     """Candidate (period, angle) of the mark's lattice in a leak, best first.
 
     Parameters
@@ -161,7 +162,7 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
     for index in np.argsort(coarse, axis=None)[::-1]:
         i, j = np.unravel_index(index, coarse.shape)
         p, a = periods[i], angles[j]
-        if any(abs(np.log(p / (f.period * factor))) < 0.03 and abs(a - f.angle) < 2.5 for f in peaks):
+        if any(_same_lattice(p / factor, a, f) for f in peaks):
             continue
         fine_p = p * np.exp(np.arange(-0.009, 0.0091, 0.0015))
         fine_a = a + np.arange(-0.75, 0.76, 0.25)
@@ -175,11 +176,15 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
     options = [lat for peak in peaks for lat in (peak, _harmonic(peak, 2.0))]
     options += [_harmonic(peaks[0], 0.5)] if peaks else []
     for lat in options:
-        if lo <= lat.period * factor <= hi \
-                and not any(abs(np.log(lat.period / f.period)) < 0.03 and abs(lat.angle - f.angle) < 2.5
-                            for f in found):
+        if lo <= lat.period * factor <= hi and not any(_same_lattice(lat.period, lat.angle, f)
+                                                        for f in found):
             found.append(lat)
     return found[:n]
+
+
+def _same_lattice(period: float, angle: float, other: Lattice) -> bool:
+    """Within 3 % in period and 2.5 degrees in angle of ``other``: one candidate, not two."""
+    return abs(np.log(period / other.period)) < 0.03 and abs(angle - other.angle) < 2.5
 
 
 def _harmonic(lattice: Lattice, ratio: float) -> Lattice:
