@@ -6,15 +6,15 @@ stdout, one JSON object, so it can be piped into ``jq``.
 
 Exit codes
 ----------
-``detect``: 0 traced (a recipient is named), 1 not found, 2 error (bad file, bad arguments,
-key or ledger, not enough memory).
+``detect`` and ``trace``: 0 traced (a recipient is named), 1 not found, 2 error (bad file,
+bad arguments, key or ledger, not enough memory, a report that cannot be written).
 ``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
 or no file was found, 2 error before any file (bad arguments, output folder, key or ledger).
 ``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
 problem found, 2 the ledger cannot be read.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
 
-With ``--json``, ``embed`` and ``detect`` print exactly one JSON object on stdout, also when
+With ``--json``, ``embed``, ``detect`` and ``trace`` print exactly one JSON object on stdout, also when
 they fail before doing anything (it then has an ``error`` field).
 """
 
@@ -38,7 +38,7 @@ from watermark.keys import load_key, load_or_create_key
 
 from .export import collect_sources, export_many
 from .ledger import Ledger, normalise_recipient
-from .trace import detect_leak
+from .trace import detect_leak, trace_leak
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mark exported chest films with an invisible recipient ID, and trace leaked copies.")
@@ -134,22 +134,27 @@ def embed(
         raise typer.Exit(1)
 
 
-@app.command()
-def detect(
-    leak: Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")],
-    ledger: LedgerOpt = None,
-    key: KeyOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
-) -> None:
-    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error."""
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+LeakArg = Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")]
+ReportOpt = Annotated[Optional[Path], typer.Option(
+    "--report", help="Write an evidence report (report.html, self-contained, and report.json) into this folder.")]
+
+
+def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
+            report_dir: Path | None) -> None:
+    """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
+    report, exit."""
     try:
         site_key = load_key(key)
         with Ledger(ledger, create=False) as book:
-            report = detect_leak(leak, ledger=book, key=site_key)
+            report = query(book, site_key)
+            files = _write_report(report, book, report_dir) if report_dir is not None else None
     except LeaktraceError as exc:
         message = str(exc)
     except MemoryError:
         message = f"{leak}: not enough memory to read and analyse this image; scale it down"
+    except OSError as exc:
+        message = f"{report_dir}: cannot write the report ({exc})"
     else:
         message = None
     if message is not None:
@@ -158,12 +163,52 @@ def detect(
                               "error": message}))
         raise _fail(message)
     if as_json:
-        print(json.dumps(report.as_dict()))
+        out = report.as_dict()
+        if files is not None:
+            out["report"] = {"html": str(files.html), "json": str(files.json)}
+        print(json.dumps(out))
     else:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/] {escape(w)}")
         print(f"{leak}: {report.summary()}")
+        if files is not None:
+            err.print(f"report: {escape(str(files.html))}")
     raise typer.Exit(0 if report.decision == "traced" else 1)
+
+
+def _write_report(report, book: Ledger, directory: Path):
+    from .report import write_report
+
+    evidence = report.as_dict()
+    problems = book.verify()
+    evidence["ledger_check"] = {"ok": not problems, "problems": problems,
+                                "n_records": len(book.exports())}
+    figures = report.figures
+    return write_report(directory, evidence, leak_image=figures["leak_image"],
+                        original_image=figures.get("original_image"),
+                        aligned_leak=figures.get("aligned_leak"))
+
+
+@app.command()
+def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
+           report: ReportOpt = None, as_json: JsonOpt = False) -> None:
+    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error."""
+    _answer(leak, lambda book, site_key: detect_leak(leak, ledger=book, key=site_key),
+            ledger=ledger, key=key, as_json=as_json, report_dir=report)
+
+
+@app.command()
+def trace(
+    leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
+    original: Annotated[Optional[Path], typer.Option(
+        "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
+    report: ReportOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Find whose copy LEAK is, with the exported originals (informed detection; the strongest
+    test). Exit 0 traced, 1 not found, 2 error."""
+    _answer(leak, lambda book, site_key: trace_leak(leak, ledger=book, key=site_key,
+                                                    original=original),
+            ledger=ledger, key=key, as_json=as_json, report_dir=report)
 
 
 @ledger_app.command("list")

@@ -30,6 +30,7 @@ from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, L
 from watermark.keys import SiteKey
 
 from .ledger import ExportRecord, Ledger, normalise_recipient
+from .register import film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "collect_sources", "marked_copy_of",
            "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
@@ -178,12 +179,16 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         return {"output_path": str(rec.path), "output_sop_uid": str(rec.sop_instance_uid),
                 "output_sha256": rec.sha256, "payload": np.packbits(coded < 0).tobytes().hex()}
 
-    return ledger.record_export(
+    record = ledger.record_export(
         write, recipient=name,
         source_sop_uid=str(film.dataset.get("SOPInstanceUID", "")),
         source_path=str(source.resolve()), source_sha256=source_sha256,
         key_fingerprint=key.fingerprint,
     )
+    if not ledger.has_source_features(source_sha256):
+        # once per source film: what `leaktrace trace` needs to find the film in a leak
+        ledger.store_source_features(source_sha256, film_features(render(film)).to_bytes())
+    return record
 
 
 def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike

@@ -23,6 +23,10 @@ Tables
     an edited, deleted, inserted or reordered record breaks the chain (:meth:`Ledger.verify`).
     The recipient's name is part of the content, so renaming or swapping recipients in
     ``recipients`` is reported too.
+``sources``
+    per exported source film (by SHA-256), its keypoint features
+    (:func:`forensics.register.film_features`), so that ``leaktrace trace`` can find the film
+    a leak shows without reading every original.
 
 Transactions
 ------------
@@ -89,6 +93,12 @@ CREATE TABLE IF NOT EXISTS exports (
 );
 CREATE INDEX IF NOT EXISTS exports_source ON exports(source_sop_uid);
 CREATE INDEX IF NOT EXISTS exports_output ON exports(output_sop_uid);
+""" + """
+CREATE TABLE IF NOT EXISTS sources (
+    source_sha256 TEXT PRIMARY KEY,
+    features      BLOB NOT NULL,
+    created_utc   TEXT NOT NULL
+);
 """
 
 # Fields covered by the record hash, per schema version (schema 1 had no recipient name).
@@ -297,6 +307,11 @@ class Ledger:
                 "ledger verify) but records no new exports: give a new ledger with --ledger "
                 f"or {LEDGER_ENV}"
             )
+        self._has_sources = "sources" in tables
+        if not self._has_sources and not self.read_only:
+            with self._write() as db:  # a ledger from before source features: add the table
+                db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS sources"):])
+            self._has_sources = True
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -453,6 +468,34 @@ class Ledger:
         row = self._db.execute(self._select() + " WHERE e.output_sop_uid = ? ORDER BY e.id",
                                (str(sop_instance_uid),)).fetchone()
         return ExportRecord(*row) if row else None
+
+    def exports_of_source(self, source_sha256: str) -> list[ExportRecord]:
+        """Every export made from the source file with this SHA-256, oldest first."""
+        return [ExportRecord(*row) for row in self._db.execute(
+            self._select() + " WHERE e.source_sha256 = ? ORDER BY e.id", (source_sha256,))]
+
+    # -- source features (for finding the film a leak shows) -----------------------------
+    def store_source_features(self, source_sha256: str, features: bytes) -> None:
+        """Keep the keypoint features of a source film (:mod:`forensics.register`), once per
+        source. Not part of the hash chain: they are derived from the source file, whose
+        SHA-256 is, and a trace checks the original against that hash before using it."""
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO sources(source_sha256, features, created_utc) "
+                       "VALUES (?, ?, ?)", (source_sha256, sqlite3.Binary(features), _utc_now()))
+
+    def has_source_features(self, source_sha256: str) -> bool:
+        if not self._has_sources:
+            return False
+        return self._db.execute("SELECT 1 FROM sources WHERE source_sha256 = ?",
+                                (source_sha256,)).fetchone() is not None
+
+    def source_features(self) -> dict[str, bytes]:
+        """``{source SHA-256: features}`` for every exported source that has them."""
+        if not self._has_sources:
+            return {}
+        return {sha: bytes(blob) for sha, blob in self._db.execute(
+            "SELECT s.source_sha256, s.features FROM sources s WHERE EXISTS "
+            "(SELECT 1 FROM exports e WHERE e.source_sha256 = s.source_sha256)")}
 
     def key_fingerprints(self) -> set[str]:
         """Fingerprints of the (site) keys that made the recorded exports."""

@@ -1,5 +1,11 @@
 """Tracing a leaked file back to a recipient in the ledger.
 
+:func:`trace_leak` is the investigator's path (``leaktrace trace``): it finds which exported
+film the leak shows (keypoint features kept in the ledger, :mod:`forensics.register`),
+registers the leak onto the original, subtracts the original and tests every recipient who
+received that film (informed detection, :mod:`watermark.informed`); when no exported film is
+found in the leak, or the informed test names nobody, it falls back to blind detection.
+
 :func:`detect_leak` is the blind path (the leak alone, with the key and the ledger's list of
 recipients); it composes :func:`watermark.imageio.read_leak` and :func:`watermark.detect.detect`
 and attaches the ledger's names. Marks are tied to the ledger that recorded them: they are
@@ -10,19 +16,34 @@ with the same site key, finds nothing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from watermark import __version__
-from watermark.detect import Detection, detect
-from watermark.errors import CapacityError
-from watermark.imageio import read_leak
+import numpy as np
+
+from watermark import __version__, dwt, payload
+from watermark.detect import Candidate, Detection, detect
+from watermark.dicomio import Film, read_film, sha256_file
+from watermark.display import render
+from watermark.errors import CapacityError, InvalidInputError, LeaktraceError
+from watermark.imageio import LeakImage, read_leak
+from watermark.informed import informed_residual, informed_soft_bits, name_recipients
 from watermark.keys import SiteKey
 from watermark.stats import FALSE_ACCUSATION_RATE
 
-from .ledger import Ledger
+from . import register
+from .ledger import ExportRecord, Ledger
 
-__all__ = ["LeakReport", "detect_leak"]
+__all__ = ["LeakReport", "detect_leak", "trace_leak", "trace_array", "INFORMED_SHARE",
+           "MAX_SOURCES"]
+
+#: Share of the false-accusation rate spent on the informed test when it runs (the rest
+#: goes to the blind detection that follows it if the informed test names nobody).
+INFORMED_SHARE = 0.9
+#: Most exported films tested in one leak (two films side by side in one screenshot).
+MAX_SOURCES = 2
+#: Keypoint inliers a second film needs (and a quarter of the first film's).
+SECOND_FILM_INLIERS = 30
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,11 @@ class LeakReport:
     ledger_path: str = ""
     ledger_id: str | None = None
     warnings: list = field(default_factory=list)
+    mode: str = "blind"
+    alpha: float = FALSE_ACCUSATION_RATE
+    source: dict | None = None
+    alignment: dict | None = None
+    figures: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def decision(self) -> str:
@@ -100,8 +126,12 @@ class LeakReport:
             "candidates": [
                 {"recipient": self.names.get(c.number), "recipient_number": c.number,
                  "score": c.z, "p_value": c.p_value}
-                for c in d.candidates[:10]
+                for c in d.candidates[:10 if self.mode == "blind" else None]
             ],
+            "threshold": self.alpha,
+            "mode": self.mode,
+            "source": self.source,
+            "alignment": self.alignment,
             "leak": {"path": str(self.leak_path), "sha256": self.leak_sha256,
                      "format": self.leak_format, "width": self.width, "height": self.height},
             "key_fingerprint": self.key_fingerprint,
@@ -128,13 +158,32 @@ def detect_leak(path: str | os.PathLike, *, ledger: Ledger, key: SiteKey,
         file.
     """
     leak = read_leak(path)
-    names = ledger.recipients()
-    mark_key = key.scoped(ledger.ledger_id) if ledger.ledger_id is not None else key
     try:
-        detection = detect(leak.gray, mark_key, list(names), alpha=alpha)
+        detection = detect(leak.gray, _mark_key(ledger, key), list(ledger.recipients()),
+                           alpha=alpha)
     except CapacityError as exc:
         raise CapacityError(f"{path}: {exc}") from None
-    warnings = []
+    return _report(leak.gray, detection, ledger=ledger, key=key, warnings=[], mode="blind",
+                   informed=[], leak_info=leak, alpha=alpha)
+
+
+def trace_leak(path: str | os.PathLike, *, ledger: Ledger, key: SiteKey,
+               original: str | os.PathLike | None = None,
+               alpha: float = FALSE_ACCUSATION_RATE) -> LeakReport:
+    """Trace a leaked file: :func:`trace_array` on the image read by
+    :func:`watermark.imageio.read_leak` (same parameters, returns and errors; messages name
+    the file)."""
+    leak = read_leak(path)
+    return trace_array(leak.gray, ledger=ledger, key=key, original=original, alpha=alpha,
+                       leak_info=leak)
+
+
+def _report(leak: np.ndarray, detection: Detection, *, ledger: Ledger, key: SiteKey,
+            warnings: list[str], mode: str, informed: list, leak_info: LeakImage | None,
+            alpha: float) -> LeakReport:
+    """Attach the ledger's names, the source and alignment, and the warnings."""
+    names = ledger.recipients()
+    warnings = list(warnings)
     used = ledger.key_fingerprints()
     if used and key.fingerprint not in used:
         warnings.append(f"this ledger's exports were made with key(s) {', '.join(sorted(used))}, "
@@ -160,11 +209,262 @@ def detect_leak(path: str | os.PathLike, *, ledger: Ledger, key: SiteKey,
                             f"{table_name!r}, but its exports were recorded for "
                             f"{', '.join(repr(n) for n in sorted(recorded))}: the ledger was "
                             "changed; the recorded name is reported; run `leaktrace ledger verify`")
-    recipient = recipient_names.get(detection.recipient_number)
+    source, alignment, figures = None, None, {}
+    if informed:
+        primary = next((inf for inf in informed if any(
+            inf.numbers[r.index] == detection.recipient_number for r in inf.results if r.named)),
+            informed[0])
+        source = _source_dict(primary, detection.recipient_number)
+        if len(informed) > 1:
+            source["other_films"] = [_source_dict(inf, None) for inf in informed if inf is not primary]
+        alignment, figures = primary.alignment, dict(primary.figures)
+    path = leak_info.path if leak_info is not None else Path("<array>")
     return LeakReport(
-        leak_path=Path(path), leak_sha256=leak.sha256, leak_format=leak.format,
-        width=leak.gray.shape[1], height=leak.gray.shape[0], detection=detection,
-        recipient=recipient, names=names, recipient_names=recipient_names,
-        key_fingerprint=key.fingerprint,
+        leak_path=Path(path), leak_sha256=leak_info.sha256 if leak_info else "",
+        leak_format=leak_info.format if leak_info else "array",
+        width=leak.shape[1], height=leak.shape[0], detection=detection,
+        recipient=recipient_names.get(detection.recipient_number), names=names,
+        recipient_names=recipient_names, key_fingerprint=key.fingerprint,
         ledger_path=str(ledger.path), ledger_id=ledger.ledger_id, warnings=warnings,
+        mode=mode, alpha=alpha, source=source, alignment=alignment,
+        figures={"leak_image": leak, **figures},
     )
+
+
+def _source_dict(inf: _Informed, number: int | None) -> dict:
+    """The ``source`` field: the exported film, and the export record of ``number``'s copy."""
+    mine = [e for e in inf.exports if e.recipient_number == number]
+    record = mine[-1] if mine else None
+    return {
+        "sop_instance_uid": str(inf.film.dataset.get("SOPInstanceUID", "")),
+        "sha256": inf.sha256,
+        "path": str(inf.film.path),
+        "export": record.as_dict() if record else None,
+        "export_time": record.created_utc if record else None,
+        "exports": [{"id": e.id, "recipient": e.recipient_name,
+                     "recipient_number": e.recipient_number, "created_utc": e.created_utc}
+                    for e in inf.exports],
+    }
+
+
+@dataclass(frozen=True)
+class _Informed:
+    """Result of the informed test on one source film."""
+
+    sha256: str
+    film: Film
+    exports: list
+    alignment: dict
+    numbers: list
+    results: list  # of watermark.informed.Named
+    n_tests: int
+    figures: dict
+
+
+def _mark_key(ledger: Ledger, key: SiteKey) -> SiteKey:
+    return key.scoped(ledger.ledger_id) if ledger.ledger_id is not None else key
+
+
+def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Alignment,
+              exports: list[ExportRecord], key: SiteKey, *, alpha: float) -> _Informed:
+    """Register ``leak`` onto ``film`` (given the keypoint alignment), subtract it, test its
+    recipients at level ``alpha``."""
+    display = render(film)
+    wshape = dwt.working_shape(display.shape)
+    original = dwt.resample(display, wshape)
+    to_work = np.diag([wshape[1] / display.shape[1], wshape[0] / display.shape[0], 1.0])
+    homography = to_work @ alignment.leak_to_film(leak.shape)
+    aligned = register.warp_into(leak, homography, wshape)
+    residual, usable = informed_residual(aligned, original)
+    correction = register.refine(np.where(usable, residual + original, np.nan), original)
+    homography = correction @ homography
+    aligned = register.warp_into(leak, homography, wshape)
+    residual, usable = informed_residual(aligned, original)
+    soft = informed_soft_bits(residual, original, key)
+    numbers = sorted({e.recipient_number for e in exports})
+    codewords = np.stack([payload.encode(n, key) for n in numbers])
+    results, n_tests = name_recipients(soft, codewords, alpha=alpha)
+    leak_to_film = np.linalg.inv(to_work) @ homography
+    inside = np.isfinite(aligned)
+    info = alignment.as_dict(leak.shape)
+    info.update(transform=(leak_to_film / leak_to_film[2, 2]).round(8).tolist(),
+                overlap_fraction=round(float(inside.mean()), 4),
+                usable_fraction=round(float(usable.mean()), 4),
+                refinement_px=round(float(np.hypot(*correction[:2, 2])), 3),
+                film_shape=list(display.shape))
+    figures = {"original_image": np.clip(original, 0, 255).astype(np.uint8),
+               "aligned_leak": np.where(usable, residual + original, np.nan)}
+    return _Informed(sha256, film, exports, info, numbers, results, n_tests, figures)
+
+
+def _load_original(exports: list[ExportRecord], sha256: str) -> tuple[Film | None, str | None]:
+    """The original of an exported film, from the path its exports recorded, checked against
+    the recorded SHA-256: (film, None), or (None, why not)."""
+    tried = []
+    for path in dict.fromkeys(e.source_path for e in reversed(exports)):
+        if not Path(path).is_file():
+            tried.append(f"{path} (missing)")
+            continue
+        try:
+            if sha256_file(path) != sha256:
+                tried.append(f"{path} (changed since export: SHA-256 differs)")
+                continue
+            return read_film(path), None
+        except (OSError, LeaktraceError) as exc:
+            tried.append(f"{path} ({exc})")
+    return None, "; ".join(tried)
+
+
+def _given_original(path: str | os.PathLike, ledger: Ledger
+                    ) -> tuple[Film, str, list[ExportRecord]]:
+    """Read ``--original`` and find its exports in the ledger (by SHA-256, else by SOP
+    Instance UID). Refuses a marked copy and a film this ledger never exported."""
+    film = read_film(path)
+    sha = sha256_file(path)
+    uid = str(film.dataset.get("SOPInstanceUID", ""))
+    copy = ledger.export_by_output_uid(uid) if uid else None
+    if copy is not None:
+        raise InvalidInputError(f"{path}: is a marked copy (export {copy.id}, for "
+                                f"'{copy.recipient_name}'), not an original; give its source "
+                                f"{copy.source_path}")
+    exports = ledger.exports_of_source(sha)
+    if not exports and uid:
+        exports = [e for e in ledger.exports() if e.source_sop_uid == uid]
+    if not exports:
+        raise InvalidInputError(f"{path}: this ledger records no export of this film (SHA-256 "
+                                f"{sha[:16]}..., SOP Instance UID {uid or 'none'})")
+    return film, sha, exports
+
+
+def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
+                original: str | os.PathLike | None = None,
+                alpha: float = FALSE_ACCUSATION_RATE,
+                leak_info: LeakImage | None = None) -> LeakReport:
+    """Trace a leaked image (array) against the ledger, with the originals.
+
+    Parameters
+    ----------
+    leak : (rows, columns) float array
+        The leak in grey values (any scale), e.g. :attr:`LeakImage.gray`.
+    ledger, key
+        The export ledger and the site key.
+    original : path, optional
+        The original film the leak shows (skips the search over the ledger's exports).
+    alpha : float
+        False-accusation probability of the whole query.
+    leak_info : LeakImage, optional
+        The file the array came from (for the report's file name, SHA-256 and format).
+
+    Returns
+    -------
+    LeakReport
+        ``mode`` is ``"informed"`` (a film was found and registered, its recipients tested
+        with the original subtracted), ``"informed+blind"`` (the informed test named nobody,
+        blind detection followed) or ``"blind"`` (no exported film found in the leak).
+
+    Raises
+    ------
+    LeaktraceError
+        A bad ``original`` (unreadable, a marked copy, never exported in this ledger), or a
+        leak too small to analyse.
+
+    Notes
+    -----
+    The false-accusation rate is split, whatever the image: when a film is found, the
+    informed test gets ``INFORMED_SHARE * alpha`` over up to :data:`MAX_SOURCES` films and
+    every recipient who received them (union bound, :func:`watermark.informed.name_recipients`)
+    and the blind detection ``(1 - INFORMED_SHARE) * alpha``; when none is found, the blind
+    detection gets ``alpha``. Which branch runs depends on the image content only, not on
+    the key, so the overall rate stays at most ``alpha``.
+    """
+    leak = np.asarray(leak, dtype=np.float64)
+    mark_key = _mark_key(ledger, key)
+    warnings: list[str] = []
+    found: list[tuple[str, Film, list[ExportRecord], register.Alignment]] = []
+    if original is not None:
+        film, sha, exports = _given_original(original, ledger)
+        features = register.film_features(render(film))
+        hits = register.register(leak, [features])
+        if hits:
+            found.append((sha, film, exports, hits[0][1]))
+        else:
+            warnings.append(f"the film {original} was not found in the leak (too few matching "
+                            "keypoints): blind detection only")
+        n_sources = 1
+    else:
+        stored = ledger.source_features()
+        if not stored:
+            warnings.append("the ledger keeps no film features (exports made before leaktrace "
+                            "0.2, or none yet): blind detection only; give --original FILE to "
+                            "use an original")
+        shas = list(stored)
+        hits = register.register(leak, [register.FilmFeatures.from_bytes(stored[s])
+                                        for s in shas]) if shas else []
+        for index, alignment in hits[:MAX_SOURCES]:
+            if found and alignment.inliers < max(SECOND_FILM_INLIERS, 0.25 * hits[0][1].inliers):
+                break  # a weak second match is chance resemblance between two chest films
+            sha = shas[index]
+            exports = ledger.exports_of_source(sha)
+            film, why = _load_original(exports, sha)
+            if film is None:
+                warnings.append(f"the leak shows the film exported as {exports[0].source_sop_uid} "
+                                f"(exports {', '.join(str(e.id) for e in exports)}), but its "
+                                f"original cannot be used: {why}; give --original FILE")
+                continue
+            found.append((sha, film, exports, alignment))
+        n_sources = MAX_SOURCES
+    informed = []
+    for sha, film, exports, alignment in found:
+        try:
+            informed.append(_informed(leak, sha, film, alignment, exports, mark_key,
+                                      alpha=INFORMED_SHARE * alpha / n_sources))
+        except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
+            warnings.append(f"{film.path}: the leak could not be aligned onto it ({exc})")
+    named = [(inf, r) for inf in informed for r in inf.results if r.named]
+    detection, mode = None, "blind"
+    if informed:
+        mode = "informed"
+        candidates = _informed_candidates(informed, n_sources)
+        numbers = list(dict.fromkeys(inf.numbers[r.index] for inf, r in named))
+        best = candidates[0]
+        if numbers:
+            detection = Detection(
+                decision="traced", recipient_number=numbers[0], p_value=best.p_value, z=best.z,
+                n_tests=sum(inf.n_tests for inf in informed),
+                long_edge=dwt.working_long_edge(informed[0].film.pixels.shape),
+                polarity=-1 if informed[0].alignment["inverted"] else 1,
+                candidates=candidates, recipient_numbers=numbers, search="informed")
+    if detection is None:
+        blind_alpha = alpha if not informed else (1.0 - INFORMED_SHARE) * alpha
+        try:
+            detection = detect(leak, mark_key, list(ledger.recipients()), alpha=blind_alpha)
+        except CapacityError as exc:
+            where = leak_info.path if leak_info is not None else "leak"
+            raise CapacityError(f"{where}: {exc}") from None
+        if informed:
+            mode = "informed+blind"
+            detection = _with_informed_candidates(detection, informed, n_sources)
+    return _report(leak, detection, ledger=ledger, key=key, warnings=warnings, mode=mode,
+                   informed=informed, leak_info=leak_info, alpha=alpha)
+
+
+def _with_informed_candidates(detection: Detection, informed: list[_Informed],
+                              n_sources: int) -> Detection:
+    """A blind detection that found nobody new keeps the informed candidates' scores."""
+    if detection.decision == "traced":
+        return detection
+    return replace(detection, candidates=_informed_candidates(informed, n_sources)
+                   + list(detection.candidates))
+
+
+def _informed_candidates(informed: list[_Informed], n_sources: int) -> list[Candidate]:
+    """Every recipient tested, best result first, one entry per recipient; p-values on the
+    scale of the query's false-accusation rate (named when at most ``alpha``)."""
+    best: dict[int, Candidate] = {}
+    for inf in informed:
+        for r in inf.results:
+            c = Candidate(inf.numbers[r.index], r.z,
+                          min(1.0, r.p_value * n_sources / INFORMED_SHARE))
+            if c.number not in best or (c.p_value, -c.z) < (best[c.number].p_value, -best[c.number].z):
+                best[c.number] = c
+    return sorted(best.values(), key=lambda c: (c.p_value, -c.z))

@@ -182,6 +182,30 @@ def _activity(bands) -> np.ndarray:
     return np.sqrt(np.maximum(ndimage.uniform_filter(energy, _ACTIVITY_WINDOW, mode="reflect"), 0.0))
 
 
+def embedding_strength(bands) -> np.ndarray:
+    """Perceptual strength of the mark per coefficient of one level (before global scaling).
+
+    ``bands`` are the level's three detail subbands of the host (display grey levels); the
+    result has their shape: local activity raised to 0.6, zero where the host is flat.
+    """
+    act = _activity(bands)
+    return np.where(act > _FLAT, act, 0.0) ** 0.6
+
+
+def luminance_mask(display: np.ndarray) -> np.ndarray:
+    """Luminance masking: 0 where the display is (nearly) black or white, ramping to 1 over
+    8 grey levels (same shape, float64)."""
+    return np.clip(np.minimum(display, 255.0 - display) / 8.0, 0.0, 1.0)
+
+
+def fold_tiles(band: np.ndarray, t: int) -> np.ndarray:
+    """Sum a 2-D array over ``t x t`` tiles anchored at (0, 0) (zero-padded): (t, t) float64."""
+    rows, cols = band.shape
+    padded = np.zeros((-(-rows // t) * t, -(-cols // t) * t))
+    padded[:rows, :cols] = band
+    return padded.reshape(padded.shape[0] // t, t, padded.shape[1] // t, t).sum(axis=(0, 2))
+
+
 def _check_codeword(codeword) -> np.ndarray:
     c = np.asarray(codeword)
     if c.shape != (N_BITS,) or not np.all(np.abs(c) == 1):
@@ -233,8 +257,7 @@ def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
         if level not in LEVELS:
             mark.append(tuple(np.zeros_like(b) for b in bands))
             continue
-        act = _activity(bands)
-        strength = np.where(act > _FLAT, act, 0.0) ** 0.6
+        strength = embedding_strength(bands)
         marked = []
         for o, band in enumerate(bands):
             pattern = _tiled(layout.signs[level][o] * c[layout.bits[level][o]], band.shape)
@@ -242,9 +265,7 @@ def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
         mark.append(tuple(marked))
     residual_work = pywt.waverec2(mark, WAVELET, mode=MODE)[: wshape[0], : wshape[1]]
     residual = _resample(residual_work, display.shape)
-    # luminance masking: no mark where the display is (nearly) black or white
-    lum = np.clip(np.minimum(display, 255.0 - display) / 8.0, 0.0, 1.0)
-    residual *= lum
+    residual *= luminance_mask(display)
     current = float(np.sqrt(np.mean(residual**2)))
     if current == 0.0:
         return residual
@@ -295,11 +316,7 @@ def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarra
         t = TILE >> level
         folded = []
         for band in bands:
-            white = np.clip(band / np.maximum(act, floor), -4.0, 4.0)
-            rows, cols = white.shape
-            padded = np.zeros((-(-rows // t) * t, -(-cols // t) * t))
-            padded[:rows, :cols] = white
-            folded.append(padded.reshape(padded.shape[0] // t, t, padded.shape[1] // t, t).sum(axis=(0, 2)))
+            folded.append(fold_tiles(np.clip(band / np.maximum(act, floor), -4.0, 4.0), t))
         out[level] = np.stack(folded)
     return out
 
@@ -342,3 +359,12 @@ def soft_bits(image: np.ndarray, key: SiteKey, *, long_edge: int) -> np.ndarray:
         An image smaller than ``MIN_DETECT_EDGE`` on a side.
     """
     return soft_bits_from_folded(folded_subbands(image, long_edge=long_edge), key)
+
+
+def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The resampling used between an image and its working grid: antialiased linear
+    (``skimage.transform.resize``, after block averaging of a very large image).
+
+    ``image`` (rows, columns) any real dtype; returns ``shape`` (rows, columns) float64.
+    """
+    return _resample(np.asarray(image), tuple(shape))

@@ -1,0 +1,407 @@
+"""Finding an exported film in a leak and registering the leak onto it.
+
+Two jobs, both on grey images and both key-independent:
+
+1. **Features.** :func:`film_features` describes a film (its default display) by ORB
+   keypoints (Rublee, Rabaud, Konolige & Bradski, "ORB: an efficient alternative to SIFT or
+   SURF", ICCV 2011, doi:10.1109/ICCV.2011.6126544; scikit-image's implementation). They are
+   computed once per source film at export time and kept in the ledger
+   (:meth:`forensics.ledger.Ledger.store_source_features`), so that a leak can be matched
+   against every exported film without reading the originals.
+2. **Registration.** :func:`register` matches a leak's keypoints to a film's (Hamming
+   distance, Lowe's ratio test) and fits a homography with RANSAC (Fischler & Bolles,
+   CACM 24(6), 1981, doi:10.1145/358669.358692; ``skimage.measure.ransac``). The leak is
+   tried as it is, inverted (a viewer's invert, MONOCHROME1 shown the other way) and mirrored,
+   because ORB descriptors are invariant to neither. A homography covers crop, scale,
+   rotation, translation, UI margins and the perspective of a photo of a screen.
+   Keypoints are taken at two smoothing levels: fine detail first (crops at full
+   resolution), then anatomy only (photos of a screen, whose moire and blur make fine
+   corners unstable). :func:`refine` then corrects what the keypoints leave (up to a px or
+   two on a small leak) with an affine fit to local shifts measured by cross-correlation
+   (phase-correlation-style block matching, Kuglin & Hines, Proc. IEEE Int. Conf.
+   Cybernetics and Society 1975).
+
+Coordinates: images are (row, column) arrays; transforms are 3 x 3 homogeneous matrices
+acting on (x, y) = (column, row) points, as in ``skimage.transform.ProjectiveTransform``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import ORB
+from skimage.measure import ransac
+from skimage.transform import ProjectiveTransform, resize, warp
+
+__all__ = ["FilmFeatures", "KeypointSet", "Alignment", "film_features", "leak_keypoints",
+           "register", "refine", "warp_into", "FEATURE_EDGE", "MIN_INLIERS", "SMOOTHING"]
+
+FEATURE_EDGE = 768  # long edge (px) at which features are computed
+N_KEYPOINTS = 1000
+FAST_THRESHOLD = 0.02  # chest films are smooth: the default 0.08 finds too few corners
+MAX_HAMMING = 64  # of 256 bits: a farther pair is not a match
+RATIO = 0.85  # Lowe's ratio test on Hamming distances
+SMOOTHING = (0.0, 1.5)  # Gaussian sigmas (px at FEATURE_EDGE): fine detail, then anatomy only
+MIN_INLIERS = 12  # fewer RANSAC inliers: the film is not in the leak
+_RANSAC_TRIALS = 2000
+_RANSAC_SEED = 20260411  # RANSAC is seeded: the same leak always gives the same alignment
+
+# leak variants tried: (mirrored, inverted)
+_VARIANTS = ((False, False), (False, True), (True, False), (True, True))
+
+
+@dataclass(frozen=True)
+class KeypointSet:
+    """ORB keypoints of one image at one smoothing level.
+
+    Attributes
+    ----------
+    points : (n, 2) float32
+        Keypoint positions (x, y) = (column, row) in the image's px.
+    descriptors : (n, 32) uint8
+        256-bit binary descriptors, packed.
+    """
+
+    points: np.ndarray
+    descriptors: np.ndarray
+
+
+@dataclass(frozen=True)
+class FilmFeatures:
+    """ORB keypoints of one image, one :class:`KeypointSet` per level of :data:`SMOOTHING`.
+
+    ``shape`` (rows, columns) is the image's, in px; positions refer to it.
+    """
+
+    shape: tuple[int, int]
+    sets: tuple[KeypointSet, ...]
+
+    def to_bytes(self) -> bytes:
+        """Compact serialisation (``numpy.savez_compressed``, no pickle) for the ledger."""
+        arrays = {"shape": np.asarray(self.shape, dtype=np.int64)}
+        for i, ks in enumerate(self.sets):
+            arrays[f"points{i}"] = ks.points.astype(np.float32)
+            arrays[f"descriptors{i}"] = ks.descriptors.astype(np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FilmFeatures:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            sets = tuple(KeypointSet(z[f"points{i}"], z[f"descriptors{i}"])
+                         for i in range(len(SMOOTHING)) if f"points{i}" in z)
+            return cls(tuple(int(v) for v in z["shape"]), sets)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where a leak lies on a film.
+
+    Attributes
+    ----------
+    matrix : (3, 3) float64
+        Homography from leak px to film px, acting on (x, y) = (column, row); if ``mirrored``,
+        it applies to the leak mirrored left-right (column ``c`` -> ``width - 1 - c``) first.
+    mirrored, inverted : bool
+        The leak variant that matched (inverted: dark and bright swapped).
+    inliers : int
+        RANSAC inliers (keypoint pairs consistent with the homography).
+    matches : int
+        Keypoint pairs that passed the ratio test.
+    """
+
+    matrix: np.ndarray
+    mirrored: bool
+    inverted: bool
+    inliers: int
+    matches: int
+
+    def leak_to_film(self, leak_shape: tuple[int, int]) -> np.ndarray:
+        """The full (3, 3) homography from the leak's own px (mirror included) to film px."""
+        if not self.mirrored:
+            return self.matrix
+        flip = np.array([[-1.0, 0.0, leak_shape[1] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        return self.matrix @ flip
+
+    def as_dict(self, leak_shape: tuple[int, int]) -> dict:
+        m = self.leak_to_film(leak_shape)
+        return {"transform": (m / m[2, 2]).round(8).tolist(), "mirrored": self.mirrored,
+                "inverted": self.inverted, "inliers": self.inliers, "matches": self.matches,
+                "scale": round(_scale_of(m), 5), "rotation_degrees": round(_rotation_of(m), 3),
+                "method": "ORB keypoints, RANSAC homography, block-matching affine refinement"}
+
+
+def _scale_of(m: np.ndarray) -> float:
+    """Mean linear scale of a homography's affine part (film px per leak px)."""
+    a = m[:2, :2] / m[2, 2]
+    return float(math.sqrt(abs(np.linalg.det(a))))
+
+
+def _rotation_of(m: np.ndarray) -> float:
+    a = m[:2, :2] / m[2, 2]
+    return float(np.degrees(np.arctan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1])))
+
+
+def _normalised(image: np.ndarray) -> np.ndarray:
+    """Grey image scaled to 0..1 by its 0.5 and 99.5 percentiles (float64)."""
+    image = np.asarray(image, dtype=np.float64)
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return np.zeros_like(image)
+    lo, hi = np.percentile(finite, [0.5, 99.5])
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((np.nan_to_num(image, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _orb(image01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints (x, y) and packed descriptors of a 0..1 image; empty arrays if none."""
+    orb = ORB(n_keypoints=N_KEYPOINTS, fast_threshold=FAST_THRESHOLD)
+    try:
+        orb.detect_and_extract(image01)
+    except RuntimeError:  # no features at all (a flat image)
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    points = orb.keypoints[:, ::-1].astype(np.float32)  # (row, col) -> (x, y)
+    return points, np.packbits(orb.descriptors, axis=1)
+
+
+def _keypoints(image01: np.ndarray, smooth: float, *, upsample: bool) -> KeypointSet:
+    """ORB keypoints of a 0..1 image resized to a long edge of ``FEATURE_EDGE`` px (only
+    reduced, unless ``upsample``) and smoothed by ``smooth`` px; positions in the image's px."""
+    scale = FEATURE_EDGE / max(image01.shape)
+    if not upsample:
+        scale = min(scale, 1.0)
+    small = image01
+    if scale != 1.0:
+        small = resize(image01, (max(1, round(image01.shape[0] * scale)),
+                                 max(1, round(image01.shape[1] * scale))), anti_aliasing=True)
+    if smooth > 0:  # quantum noise, moire and JPEG blocks make unstable corners
+        small = ndimage.gaussian_filter(small, smooth)
+    points, desc = _orb(small)
+    sy, sx = image01.shape[0] / small.shape[0], image01.shape[1] / small.shape[1]
+    return KeypointSet((points * np.array([sx, sy], np.float32)).astype(np.float32), desc)
+
+
+def film_features(display: np.ndarray) -> FilmFeatures:
+    """ORB features of a film's default display, for the ledger.
+
+    Parameters
+    ----------
+    display : (rows, columns) array
+        The film as shown by default (:func:`watermark.display.render`), any grey scale.
+
+    Returns
+    -------
+    FilmFeatures
+        Up to :data:`N_KEYPOINTS` keypoints per smoothing level, computed at a long edge of
+        :data:`FEATURE_EDGE` px, positions in the film's px. A flat film has none.
+    """
+    image = _normalised(display)
+    return FilmFeatures((int(image.shape[0]), int(image.shape[1])),
+                        tuple(_keypoints(image, s, upsample=True) for s in SMOOTHING))
+
+
+def leak_keypoints(leak: np.ndarray, level: int, *, mirrored: bool = False,
+                   inverted: bool = False) -> KeypointSet:
+    """ORB keypoints of one variant of a leak (mirrored left-right and/or inverted) at
+    smoothing level ``level`` (index into :data:`SMOOTHING`); positions in px of the variant."""
+    image = _normalised(leak)
+    if mirrored:
+        image = image[:, ::-1]
+    if inverted:
+        image = 1.0 - image
+    return _keypoints(image, SMOOTHING[level], upsample=False)
+
+
+def _match(a: KeypointSet, b: KeypointSet) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ia, ib) of keypoint pairs that pass the distance and ratio tests."""
+    if len(a.descriptors) < 2 or len(b.descriptors) < 2:
+        return np.zeros(0, int), np.zeros(0, int)
+    xor = a.descriptors[:, None, :] ^ b.descriptors[None, :, :]
+    dist = np.bitwise_count(xor).sum(axis=2, dtype=np.int32)
+    order = np.argsort(dist, axis=1)[:, :2]
+    rows = np.arange(len(dist))
+    best, second = dist[rows, order[:, 0]], dist[rows, order[:, 1]]
+    keep = (best <= MAX_HAMMING) & (best < RATIO * second)
+    ia, ib = rows[keep], order[keep, 0]
+    # one-to-one: each film keypoint keeps its closest leak keypoint only
+    order_b = np.lexsort((best[keep], ib))
+    ia, ib = ia[order_b], ib[order_b]
+    first = np.r_[True, ib[1:] != ib[:-1]]
+    return ia[first], ib[first]
+
+
+def _fit(leak: KeypointSet, film: KeypointSet, film_shape: tuple[int, int]
+         ) -> tuple[np.ndarray | None, int, int]:
+    """RANSAC homography leak px -> film px: (matrix or None, inliers, matches)."""
+    ia, ib = _match(leak, film)
+    if len(ia) < MIN_INLIERS:
+        return None, 0, len(ia)
+    src, dst = leak.points[ia].astype(np.float64), film.points[ib].astype(np.float64)
+    tolerance = max(2.0, 3.0 * max(film_shape) / FEATURE_EDGE)
+    model, inliers = ransac((src, dst), ProjectiveTransform, min_samples=4,
+                            residual_threshold=tolerance, max_trials=_RANSAC_TRIALS,
+                            rng=_RANSAC_SEED)
+    if model is None or inliers is None:
+        return None, 0, len(ia)
+    n = int(inliers.sum())
+    if n >= MIN_INLIERS:  # re-fit on every inlier
+        refit = ProjectiveTransform.from_estimate(src[inliers], dst[inliers])
+        if refit:
+            model = refit
+    m = np.asarray(model.params, dtype=np.float64)
+    if not np.all(np.isfinite(m)) or abs(m[2, 2]) < 1e-12:
+        return None, 0, len(ia)
+    a = m[:2, :2] / m[2, 2]
+    if np.linalg.det(a) <= 0:  # a mirror image: the mirrored variant covers it
+        return None, 0, len(ia)
+    scale = _scale_of(m)
+    if not 0.02 < scale < 50.0:
+        return None, 0, len(ia)
+    return m / m[2, 2], n, len(ia)
+
+
+def register(leak: np.ndarray, films: list[FilmFeatures], *, good: int = 30
+             ) -> list[tuple[int, Alignment]]:
+    """Find which of ``films`` a leak shows, and where.
+
+    Parameters
+    ----------
+    leak : (rows, columns) array
+        The leak, grey, any scale.
+    films : list of FilmFeatures
+        Candidate films (from :func:`film_features`).
+    good : int
+        Inliers that end the search: the variants of the leak (as is, inverted, mirrored,
+        both) and the smoothing levels are tried in turn until some film has this many.
+
+    Returns
+    -------
+    list of (index into films, Alignment)
+        Every film with at least :data:`MIN_INLIERS` inliers, best first (by inliers).
+        Empty if none is found.
+    """
+    leak = np.asarray(leak, dtype=np.float64)
+    best: dict[int, Alignment] = {}
+    for level in range(len(SMOOTHING)):
+        for mirrored, inverted in _VARIANTS:
+            variant = leak_keypoints(leak, level, mirrored=mirrored, inverted=inverted)
+            for i, film in enumerate(films):
+                if level >= len(film.sets):
+                    continue
+                m, n, n_matches = _fit(variant, film.sets[level], film.shape)
+                if m is not None and (i not in best or n > best[i].inliers):
+                    best[i] = Alignment(m, mirrored, inverted, n, n_matches)
+            if best and max(a.inliers for a in best.values()) >= good:
+                return sorted(best.items(), key=lambda item: -item[1].inliers)
+    return sorted(best.items(), key=lambda item: -item[1].inliers)
+
+
+def warp_into(leak: np.ndarray, leak_to_target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a leak into a target frame.
+
+    Parameters
+    ----------
+    leak : (rows, columns) array
+    leak_to_target : (3, 3) array
+        Homography from leak px to target px ((x, y) = (column, row)).
+    shape : (rows, columns)
+        Target frame.
+
+    Returns
+    -------
+    (rows, columns) float64
+        Bilinear samples of the leak (low-pass filtered first where the leak is larger than
+        the target, against aliasing); NaN where the target is outside the leak.
+    """
+    leak = np.asarray(leak, dtype=np.float64)
+    scale = _scale_of(leak_to_target)  # target px per leak px
+    if scale < 1.0:
+        leak = ndimage.gaussian_filter(leak, sigma=0.5 * (1.0 / scale - 1.0), mode="nearest")
+    inverse = ProjectiveTransform(matrix=np.linalg.inv(leak_to_target))
+    return warp(leak, inverse, output_shape=shape, order=1, mode="constant", cval=np.nan,
+                preserve_range=True)
+
+
+def _shift(reference: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
+    """(d_row, d_col) that moves ``moving`` onto ``reference``: the peak of their FFT
+    cross-correlation (both windowed, mean removed), to a fraction of a px by fitting a
+    parabola through the peak and its neighbours on each axis."""
+    window = np.outer(np.hanning(reference.shape[0]), np.hanning(reference.shape[1]))
+    fr = np.fft.rfft2((reference - reference.mean()) * window)
+    fm = np.fft.rfft2((moving - moving.mean()) * window)
+    corr = np.fft.irfft2(fr * np.conj(fm), s=reference.shape)
+    peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    shift = []
+    for axis, n in enumerate(corr.shape):
+        at = list(peak)
+        c0 = corr[tuple(at)]
+        at[axis] = (peak[axis] - 1) % n
+        cm = corr[tuple(at)]
+        at[axis] = (peak[axis] + 1) % n
+        cp = corr[tuple(at)]
+        denom = cm - 2 * c0 + cp
+        frac = 0.5 * (cm - cp) / denom if denom < 0 else 0.0
+        s = peak[axis] + float(np.clip(frac, -0.5, 0.5))
+        shift.append(s - n if s > n / 2 else s)
+    return shift[0], shift[1]
+
+
+def refine(aligned: np.ndarray, reference: np.ndarray, *, patch: int = 128) -> np.ndarray:
+    """Affine correction that brings ``aligned`` onto ``reference``, from local shifts.
+
+    Parameters
+    ----------
+    aligned : (rows, columns) float array
+        The leak in the reference's frame and grey scale (after an intensity fit); NaN
+        outside the leak.
+    reference : (rows, columns) float array
+        The original in the same frame.
+    patch : int
+        Side (px) of the square patches whose shifts are measured (cross-correlation of
+        gradient magnitudes, sub-pixel by a parabola fit).
+
+    Returns
+    -------
+    (3, 3) float64
+        Homogeneous affine matrix acting on (x, y) of the frame: compose it after the
+        leak-to-frame homography. The identity when fewer than one patch is usable; a pure
+        translation with fewer than 4 patches; shifts over ``patch / 4`` px are discarded.
+    """
+    valid = np.isfinite(aligned)
+    a = ndimage.gaussian_gradient_magnitude(np.where(valid, aligned, 0.0), 1.0)
+    r = ndimage.gaussian_gradient_magnitude(np.asarray(reference, dtype=np.float64), 1.0)
+    inner = ndimage.binary_erosion(valid, iterations=3)
+    rows, cols = valid.shape
+    src, shifts = [], []
+    for top in range(0, rows - patch + 1, patch):
+        for left in range(0, cols - patch + 1, patch):
+            window = (slice(top, top + patch), slice(left, left + patch))
+            if inner[window].mean() < 0.95 or r[window].std() == 0:
+                continue
+            shift = _shift(r[window], a[window])
+            if np.hypot(*shift) <= patch / 4:
+                src.append((left + patch / 2, top + patch / 2))
+                shifts.append((shift[1], shift[0]))  # (dx, dy)
+    correction = np.eye(3)
+    if not src:
+        return correction
+    src, shifts = np.asarray(src), np.asarray(shifts)
+    if len(src) < 4:
+        correction[:2, 2] = np.median(shifts, axis=0)
+        return correction
+    design = np.c_[src, np.ones(len(src))]
+    keep = np.ones(len(src), bool)
+    for _ in range(2):  # least squares, then again without the patches it fits worst
+        coef, *_ = np.linalg.lstsq(design[keep], shifts[keep], rcond=None)
+        error = np.hypot(*(design @ coef - shifts).T)
+        keep = error <= max(1.0, 2.5 * float(np.median(error)))
+        if keep.sum() < 4:
+            break
+    correction[:2, :] += coef.T
+    return correction
