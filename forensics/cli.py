@@ -11,7 +11,9 @@ key or ledger, not enough memory).
 ``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
 or no file was found, 2 error before any file (bad arguments, output folder, key or ledger).
 ``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
-problem found, 2 the ledger cannot be read.
+problem found (``--expect-head`` not in the chain included), 2 the ledger cannot be read.
+``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
+ledger cannot be read or the output cannot be written.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
 
 With ``--json``, ``embed`` and ``detect`` print exactly one JSON object on stdout, also when
@@ -37,7 +39,8 @@ from watermark.errors import LeaktraceError
 from watermark.keys import load_key, load_or_create_key
 
 from .export import collect_sources, export_many
-from .ledger import Ledger, normalise_recipient
+from ._files import atomic_write
+from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
 from .trace import detect_leak
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -185,19 +188,71 @@ def ledger_list(ledger: LedgerOpt = None,
         print(f"export {e.id}: {e.created_utc} {e.recipient_name} <- {e.source_path} -> {e.output_path}")
 
 
+ExpectHeadOpt = Annotated[Optional[str], typer.Option(
+    "--expect-head", metavar="HASH",
+    help="A chain head noted earlier (printed by `ledger verify` and `ledger export`) and kept "
+         "outside the ledger: it must still be in the chain, else the newest records were "
+         "deleted or the chain rewritten (exit 1). Records added after it are fine.")]
+
+
 @ledger_app.command("verify")
-def ledger_verify(ledger: LedgerOpt = None) -> None:
+def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
+                  as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor.")] = False) -> None:
     """Check the ledger's hash chain and recipient names. Exit 0 intact, 1 broken (each problem
-    is named), 2 the ledger cannot be read."""
+    is named), 2 the ledger cannot be read. Prints the chain head: note it elsewhere and give
+    it back with --expect-head to detect deleted newest records."""
     try:
         with Ledger(ledger, create=False) as book:
-            problems, n = book.verify(), len(book.exports())
+            check = book.check(expect_head)
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "problems": [], "error": str(exc)}))
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(check.as_dict()))
+    else:
+        for p in check.problems:
+            print(p)
+        print(f"{check.n_records} export record(s): "
+              + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)"))
+        print(f"head_hash: {check.head_hash}")
+        if check.anchor and check.anchor["found"]:
+            print(f"expected head found ({check.anchor['records_since']} record(s) added since)")
+    raise typer.Exit(0 if check.ok else 1)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    fmt: Annotated[str, typer.Option("--format", metavar="csv|json", help="csv (one row per export, after '#' lines with the ledger id and chain check) or json.")],
+    ledger: LedgerOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file (atomically, readable by its owner only) instead of stdout; an existing file is replaced.")] = None,
+    expect_head: ExpectHeadOpt = None,
+) -> None:
+    """Every export record with its hashes, the ledger id and the chain check, as CSV or JSON.
+    The key is never in it (only key fingerprints). Exit 0 intact, 1 written but the chain
+    check found problems, 2 the ledger or output cannot be used."""
+    if fmt not in EXPORT_FORMATS:
+        raise _fail(f"bad arguments: --format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if out is not None and out.is_dir():
+        raise _fail(f"bad arguments: --out {out}: is a folder")
+    try:
+        with Ledger(ledger, create=False) as book:
+            text, check = export_table(book, fmt, expect_head=expect_head)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
-    for p in problems:
-        print(p)
-    print(f"{n} export record(s): " + ("chain intact" if not problems else f"{len(problems)} problem(s)"))
-    raise typer.Exit(1 if problems else 0)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            atomic_write(out, text.encode("utf-8"))
+        except OSError as exc:
+            raise _fail(f"{out}: cannot write the export ({exc.strerror or exc})") from None
+    for p in check.problems:
+        err.print(f"[red]problem:[/] {escape(p)}")
+    err.print(f"{check.n_records} export record(s), "
+              + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
+              + f", head_hash {check.head_hash}" + (f", written to {escape(str(out))}" if out else ""))
+    raise typer.Exit(0 if check.ok else 1)
 
 
 @app.command()
