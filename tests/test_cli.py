@@ -149,6 +149,59 @@ def test_ledger_verify_exit_codes(tmp_path, site, exported):
     assert run("ledger", "verify", "--ledger", tmp_path / "none.sqlite").exit_code == 2
 
 
+def test_ledger_verify_prints_the_head_and_checks_it(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    result = run("ledger", "verify", "--ledger", ledger, "--json")
+    assert result.exit_code == 0, result.output
+    check = one_json(result)
+    head = exported["exported"][0]["record_hash"]
+    assert check["ok"] and check["n_records"] == 1 and check["head_hash"] == head
+    human = run("ledger", "verify", "--ledger", ledger, "--expect-head", head)
+    assert human.exit_code == 0 and f"head_hash: {head}" in human.stdout
+    assert "expected head found (0 record(s) added since)" in human.stdout
+    with sqlite3.connect(ledger) as db:  # the newest (only) record deleted
+        db.execute("DELETE FROM exports")
+    assert run("ledger", "verify", "--ledger", ledger).exit_code == 0  # the chain cannot tell
+    result = run("ledger", "verify", "--ledger", ledger, "--expect-head", head, "--json")
+    assert result.exit_code == 1
+    assert "tail truncation" in one_json(result)["problems"][0]
+    result = run("ledger", "verify", "--ledger", ledger, "--expect-head", "abc")
+    assert result.exit_code == 2 and "not a SHA-256" in result.stderr
+
+
+def test_ledger_export_json_and_csv(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    (record,) = exported["exported"]
+    result = run("ledger", "export", "--ledger", ledger, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["exports"] == [record] and doc["chain"]["ok"]
+    assert doc["chain"]["head_hash"] == record["record_hash"]
+    key_hex = (tmp_path / "site.key").read_text().strip()
+    assert len(key_hex) == 64 and key_hex not in result.stdout
+    assert doc["exports"][0]["key_fingerprint"] in result.stdout
+
+    out = tmp_path / "exports" / "ledger.csv"
+    out.parent.mkdir()
+    result = run("ledger", "export", "--ledger", ledger, "--format", "csv", "--out", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    text = out.read_text()
+    assert record["record_hash"] in text and key_hex not in text
+    assert f"head_hash {record['record_hash']}" in result.stderr
+    assert sorted(os.listdir(out.parent)) == ["ledger.csv"]  # no temporary file left
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE exports SET recipient_name = 'Innocent Bob'")
+    result = run("ledger", "export", "--ledger", ledger, "--format", "json")
+    assert result.exit_code == 1 and "export 1: content does not match" in result.stderr
+    assert json.loads(result.stdout)["chain"]["ok"] is False
+    for bad, message in ((["--format", "xml"], "--format 'xml'"),
+                         (["--format", "csv", "--out", tmp_path], "is a folder")):
+        result = run("ledger", "export", "--ledger", ledger, *bad)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+
+
 @pytest.mark.parametrize("name", ["", "   ", "Bob\nAlice", "tab\there"])
 def test_bad_recipient_is_refused_before_anything_happens(tmp_path, site, dicom_films, name):
     result = run("embed", dicom_films[FUJI], "--recipient", name, "--out", tmp_path / "out",
@@ -228,7 +281,7 @@ def test_demo_bad_out_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", [[], ["embed"], ["detect"], ["ledger"], ["ledger", "list"],
-                                     ["ledger", "verify"], ["demo"]])
+                                     ["ledger", "verify"], ["ledger", "export"], ["demo"]])
 def test_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.stdout
