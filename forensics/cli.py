@@ -7,7 +7,8 @@ stdout, one JSON object, so it can be piped into ``jq``.
 Exit codes
 ----------
 ``detect``: 0 traced (a recipient is named), 1 not found, 2 error (bad file, bad arguments,
-key or ledger, not enough memory).
+key or ledger, not enough memory, or a ``--report`` that could not be written: the detection
+result is still printed, and its JSON then has ``report.error``).
 ``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
 or no file was found, 2 error before any file (bad arguments, output folder, key or ledger).
 ``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
@@ -137,36 +138,89 @@ def embed(
         raise typer.Exit(1)
 
 
+ReportOpt = Annotated[Optional[Path], typer.Option(
+    "--report", metavar="DIR",
+    help="Also write an evidence report into DIR (created if missing): report.html (one "
+         "self-contained file with figures) and report.json. A folder that holds a report "
+         "already is refused.")]
+
+
+def _report_folder_problem(folder: Path) -> str | None:
+    """Why ``--report folder`` cannot be used, checked before any work; ``None`` if it can."""
+    from .report import REPORT_HTML, REPORT_JSON
+
+    if folder.exists() and not folder.is_dir():
+        return f"bad arguments: --report {folder}: exists and is not a folder"
+    there = [n for n in (REPORT_HTML, REPORT_JSON) if (folder / n).exists()]
+    if there:
+        return (f"bad arguments: --report {folder}: holds a report already ({', '.join(there)}); "
+                "give another folder")
+    return None
+
+
 @app.command()
 def detect(
     leak: Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")],
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
+    report_dir: ReportOpt = None,
 ) -> None:
-    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error."""
-    try:
-        site_key = load_key(key)
-        with Ledger(ledger, create=False) as book:
-            report = detect_leak(leak, ledger=book, key=site_key)
-    except LeaktraceError as exc:
-        message = str(exc)
-    except MemoryError:
-        message = f"{leak}: not enough memory to read and analyse this image; scale it down"
-    else:
-        message = None
+    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error
+    (also when the --report cannot be written; the result is still printed)."""
+    files, report_error = None, None
+    message = _report_folder_problem(report_dir) if report_dir is not None else None
+    if message is None:
+        try:
+            site_key = load_key(key)
+            with Ledger(ledger, create=False) as book:
+                report = detect_leak(leak, ledger=book, key=site_key)
+                if report_dir is not None:
+                    files, report_error = _blind_report(report_dir, report, book)
+        except LeaktraceError as exc:
+            message = str(exc)
+        except MemoryError:
+            message = f"{leak}: not enough memory to read and analyse this image; scale it down"
     if message is not None:
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
                               "error": message}))
         raise _fail(message)
     if as_json:
-        print(json.dumps(report.as_dict()))
+        result = report.as_dict()
+        if report_dir is not None:
+            result["report"] = ({"html": str(files.html), "json": str(files.json)} if files
+                                else {"error": report_error})
+        print(json.dumps(result))
     else:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/] {escape(w)}")
         print(f"{leak}: {report.summary()}")
+        if files:
+            err.print(f"evidence report: {escape(str(files.html))} and {escape(str(files.json))}")
+    if report_error:
+        raise _fail(report_error)
     raise typer.Exit(0 if report.decision == "traced" else 1)
+
+
+def _blind_report(folder: Path, report, book: Ledger):
+    """Write the evidence report of a blind detection: ``(ReportFiles, None)`` or
+    ``(None, error message)``."""
+    from watermark.imageio import read_leak
+
+    from .report import blind_evidence, write_report
+
+    try:
+        leak = read_leak(report.leak_path)
+        if leak.sha256 != report.leak_sha256:
+            return None, (f"{report.leak_path}: the file changed while it was analysed; no "
+                          "report written")
+        evidence = blind_evidence(report.as_dict(), book.check().as_dict())
+        return write_report(folder, evidence, leak_image=leak.gray), None
+    except LeaktraceError as exc:
+        return None, f"no report written: {exc}"
+    except MemoryError:
+        return None, f"{folder}: not enough memory to draw the report's figures"
 
 
 @ledger_app.command("list")

@@ -88,6 +88,54 @@ def test_embed_then_detect_round_trip(tmp_path, site, exported, dicom_films):
     assert human.exit_code == 0 and "TRACED to recipient 'Dr. Ana Alvarez'" in human.stdout
 
 
+def test_detect_report(tmp_path, site, exported):
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    folder = tmp_path / "evidence" / "case-1"
+    result = run("detect", leak, *site, "--json", "--report", folder)
+    assert result.exit_code == 0, result.output
+    obj = one_json(result)
+    assert obj["decision"] == "traced"
+    assert obj["report"] == {"html": str(folder / "report.html"), "json": str(folder / "report.json")}
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Dr. Ana Alvarez" in page and obj["leak"]["sha256"] in page
+    assert page.count('src="data:image/png;base64,') == 2  # the leak and the scores
+    key_hex = (tmp_path / "site.key").read_text().strip()
+    assert key_hex not in page and key_hex not in (folder / "report.json").read_text()
+    evidence = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert evidence["mode"] == "blind" and evidence["ledger_check"]["ok"] is True
+    assert evidence["recipient"] == "Dr. Ana Alvarez" and evidence["threshold"] == 1e-6
+
+    human = run("detect", leak, *site, "--report", tmp_path / "second")
+    assert human.exit_code == 0 and "evidence report:" in human.stderr
+    assert (tmp_path / "second" / "report.html").is_file()
+
+    before = (folder / "report.html").read_bytes()
+    again = run("detect", leak, *site, "--json", "--report", folder)  # refused before detecting
+    assert again.exit_code == 2
+    assert "holds a report already (report.html, report.json)" in one_json(again)["error"]
+    assert (folder / "report.html").read_bytes() == before
+    (tmp_path / "file").write_text("x")
+    result = run("detect", leak, *site, "--report", tmp_path / "file")
+    assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
+def test_detect_report_that_cannot_be_written_still_prints_the_result(tmp_path, site, exported,
+                                                                     monkeypatch):
+    from forensics import report
+
+    def disk_full(folder, *args, **kwargs):
+        raise report.ReportError(f"{folder}: cannot write the report (No space left on device)")
+
+    monkeypatch.setattr(report, "write_report", disk_full)
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    result = run("detect", leak, *site, "--json", "--report", tmp_path / "r")
+    assert result.exit_code == 2
+    obj = one_json(result)
+    assert obj["decision"] == "traced" and obj["recipient"] == "Dr. Ana Alvarez"
+    assert obj["report"]["error"].startswith("no report written: ")
+    assert "No space left on device" in result.stderr and "Traceback" not in result.output
+
+
 def test_unmarked_film_is_not_found(tmp_path, site, exported, dicom_films):
     leaks.save_image(leaks.quantize_8bit(render(read_film(dicom_films[FUJI]))), tmp_path / "u.png")
     result = run("detect", tmp_path / "u.png", *site, "--json")
