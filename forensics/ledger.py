@@ -22,7 +22,19 @@ Tables
     ``record_hash``: SHA-256 over the previous record's hash and this record's content, so that
     an edited, deleted, inserted or reordered record breaks the chain (:meth:`Ledger.verify`).
     The recipient's name is part of the content, so renaming or swapping recipients in
-    ``recipients`` is reported too.
+    ``recipients`` is reported too. Exactly: ``record_hash = sha256(prev_hash +
+    json.dumps(content, sort_keys=True, separators=(",", ":")))`` in hex, where ``content``
+    holds the fields from ``recipient_number`` to ``created_utc`` and the first record's
+    ``prev_hash`` is 64 zeros.
+
+Chain head
+----------
+The newest record's hash (:attr:`ChainCheck.head_hash`) stands for the whole chain. The
+chain is not keyed, so someone who can write the file can delete the newest records, append
+records, or recompute every hash from a changed record on; only a head noted outside the
+ledger catches that (:meth:`Ledger.check` with ``expect_head``, ``leaktrace ledger verify
+--expect-head``). :func:`export_table` writes the records with their hashes and the check as
+CSV or JSON.
 
 Transactions
 ------------
