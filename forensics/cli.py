@@ -7,11 +7,14 @@ stdout, one JSON object, so it can be piped into ``jq``.
 Exit codes
 ----------
 ``detect`` and ``trace``: 0 traced (a recipient is named), 1 not found, 2 error (bad file,
-bad arguments, key or ledger, not enough memory, a report that cannot be written).
+bad arguments, key or ledger, not enough memory, or a ``--report`` that could not be
+written: the result is still printed, and its JSON then has ``report.error``).
 ``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
 or no file was found, 2 error before any file (bad arguments, output folder, key or ledger).
 ``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
-problem found, 2 the ledger cannot be read.
+problem found (``--expect-head`` not in the chain included), 2 the ledger cannot be read.
+``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
+ledger cannot be read or the output cannot be written.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
 
 With ``--json``, ``embed``, ``detect`` and ``trace`` print exactly one JSON object on stdout, also when
@@ -37,7 +40,8 @@ from watermark.errors import LeaktraceError
 from watermark.keys import load_key, load_or_create_key
 
 from .export import collect_sources, export_many
-from .ledger import Ledger, normalise_recipient
+from ._files import atomic_write
+from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
 from .trace import detect_leak, trace_leak
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -137,64 +141,93 @@ def embed(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 LeakArg = Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")]
 ReportOpt = Annotated[Optional[Path], typer.Option(
-    "--report", help="Write an evidence report (report.html, self-contained, and report.json) into this folder.")]
+    "--report", metavar="DIR",
+    help="Also write an evidence report into DIR (created if missing): report.html (one "
+         "self-contained file with figures) and report.json. A folder that holds a report "
+         "already is refused.")]
+
+
+def _report_folder_problem(folder: Path) -> str | None:
+    """Why ``--report folder`` cannot be used, checked before any work; ``None`` if it can."""
+    from .report import REPORT_HTML, REPORT_JSON
+
+    if folder.exists() and not folder.is_dir():
+        return f"bad arguments: --report {folder}: exists and is not a folder"
+    there = [n for n in (REPORT_HTML, REPORT_JSON) if (folder / n).exists()]
+    if there:
+        return (f"bad arguments: --report {folder}: holds a report already ({', '.join(there)}); "
+                "give another folder")
+    return None
 
 
 def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
             report_dir: Path | None) -> None:
     """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
-    report, exit."""
-    try:
-        site_key = load_key(key)
-        with Ledger(ledger, create=False) as book:
-            report = query(book, site_key)
-            files = _write_report(report, book, report_dir) if report_dir is not None else None
-    except LeaktraceError as exc:
-        message = str(exc)
-    except MemoryError:
-        message = f"{leak}: not enough memory to read and analyse this image; scale it down"
-    except OSError as exc:
-        message = f"{report_dir}: cannot write the report ({exc})"
-    else:
-        message = None
+    evidence report, exit."""
+    files, report_error = None, None
+    message = _report_folder_problem(report_dir) if report_dir is not None else None
+    if message is None:
+        try:
+            site_key = load_key(key)
+            with Ledger(ledger, create=False) as book:
+                report = query(book, site_key)
+                if report_dir is not None:
+                    files, report_error = _evidence_report(report_dir, report, book)
+        except LeaktraceError as exc:
+            message = str(exc)
+        except MemoryError:
+            message = f"{leak}: not enough memory to read and analyse this image; scale it down"
     if message is not None:
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
                               "error": message}))
         raise _fail(message)
     if as_json:
-        out = report.as_dict()
-        if files is not None:
-            out["report"] = {"html": str(files.html), "json": str(files.json)}
-        print(json.dumps(out))
+        result = report.as_dict()
+        if report_dir is not None:
+            result["report"] = ({"html": str(files.html), "json": str(files.json)} if files
+                                else {"error": report_error})
+        print(json.dumps(result))
     else:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/] {escape(w)}")
         print(f"{leak}: {report.summary()}")
-        if files is not None:
-            err.print(f"report: {escape(str(files.html))}")
+        if files:
+            err.print(f"evidence report: {escape(str(files.html))} and {escape(str(files.json))}")
+    if report_error:
+        raise _fail(report_error)
     raise typer.Exit(0 if report.decision == "traced" else 1)
 
 
-def _write_report(report, book: Ledger, directory: Path):
-    from .report import write_report
+def _evidence_report(folder: Path, report, book: Ledger):
+    """Write the evidence report of a detection or trace: ``(ReportFiles, None)`` or
+    ``(None, error message)``."""
+    from watermark.dicomio import sha256_file
 
-    evidence = report.as_dict()
-    problems = book.verify()
-    evidence["ledger_check"] = {"ok": not problems, "problems": problems,
-                                "n_records": len(book.exports())}
-    figures = report.figures
-    return write_report(directory, evidence, leak_image=figures["leak_image"],
-                        original_image=figures.get("original_image"),
-                        aligned_leak=figures.get("aligned_leak"))
+    from .report import blind_evidence, write_report
+
+    try:
+        if report.leak_sha256 != sha256_file(report.leak_path):
+            return None, (f"{report.leak_path}: the file changed while it was analysed; no "
+                          "report written")
+        evidence = blind_evidence(report.as_dict(), book.check().as_dict())
+        figures = report.figures
+        return write_report(folder, evidence, leak_image=figures["leak_image"],
+                            original_image=figures.get("original_image"),
+                            aligned_leak=figures.get("aligned_leak")), None
+    except (LeaktraceError, OSError) as exc:
+        return None, f"no report written: {exc}"
+    except MemoryError:
+        return None, f"{folder}: not enough memory to draw the report's figures"
 
 
 @app.command()
 def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
-           report: ReportOpt = None, as_json: JsonOpt = False) -> None:
-    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error."""
+           as_json: JsonOpt = False, report_dir: ReportOpt = None) -> None:
+    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error
+    (also when the --report cannot be written; the result is still printed)."""
     _answer(leak, lambda book, site_key: detect_leak(leak, ledger=book, key=site_key),
-            ledger=ledger, key=key, as_json=as_json, report_dir=report)
+            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
 
 
 @app.command()
@@ -202,13 +235,14 @@ def trace(
     leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
     original: Annotated[Optional[Path], typer.Option(
         "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
-    report: ReportOpt = None, as_json: JsonOpt = False,
+    report_dir: ReportOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Find whose copy LEAK is, with the exported originals (informed detection; the strongest
-    test). Exit 0 traced, 1 not found, 2 error."""
+    """Find whose copy LEAK is, with the exported originals (informed detection: register the
+    leak onto the original, subtract it, test every recipient of that film; blind detection
+    when no exported film is found in the leak). Exit 0 traced, 1 not found, 2 error."""
     _answer(leak, lambda book, site_key: trace_leak(leak, ledger=book, key=site_key,
                                                     original=original),
-            ledger=ledger, key=key, as_json=as_json, report_dir=report)
+            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
 
 
 @ledger_app.command("list")
@@ -230,19 +264,71 @@ def ledger_list(ledger: LedgerOpt = None,
         print(f"export {e.id}: {e.created_utc} {e.recipient_name} <- {e.source_path} -> {e.output_path}")
 
 
+ExpectHeadOpt = Annotated[Optional[str], typer.Option(
+    "--expect-head", metavar="HASH",
+    help="A chain head noted earlier (printed by `ledger verify` and `ledger export`) and kept "
+         "outside the ledger: it must still be in the chain, else the newest records were "
+         "deleted or the chain rewritten (exit 1). Records added after it are fine.")]
+
+
 @ledger_app.command("verify")
-def ledger_verify(ledger: LedgerOpt = None) -> None:
+def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
+                  as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor.")] = False) -> None:
     """Check the ledger's hash chain and recipient names. Exit 0 intact, 1 broken (each problem
-    is named), 2 the ledger cannot be read."""
+    is named), 2 the ledger cannot be read. Prints the chain head: note it elsewhere and give
+    it back with --expect-head to detect deleted newest records."""
     try:
         with Ledger(ledger, create=False) as book:
-            problems, n = book.verify(), len(book.exports())
+            check = book.check(expect_head)
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "problems": [], "error": str(exc)}))
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(check.as_dict()))
+    else:
+        for p in check.problems:
+            print(p)
+        print(f"{check.n_records} export record(s): "
+              + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)"))
+        print(f"head_hash: {check.head_hash}")
+        if check.anchor and check.anchor["found"]:
+            print(f"expected head found ({check.anchor['records_since']} record(s) added since)")
+    raise typer.Exit(0 if check.ok else 1)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    fmt: Annotated[str, typer.Option("--format", metavar="csv|json", help="csv (one row per export, after '#' lines with the ledger id and chain check) or json.")],
+    ledger: LedgerOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file (atomically, readable by its owner only) instead of stdout; an existing file is replaced.")] = None,
+    expect_head: ExpectHeadOpt = None,
+) -> None:
+    """Every export record with its hashes, the ledger id and the chain check, as CSV or JSON.
+    The key is never in it (only key fingerprints). Exit 0 intact, 1 written but the chain
+    check found problems, 2 the ledger or output cannot be used."""
+    if fmt not in EXPORT_FORMATS:
+        raise _fail(f"bad arguments: --format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if out is not None and out.is_dir():
+        raise _fail(f"bad arguments: --out {out}: is a folder")
+    try:
+        with Ledger(ledger, create=False) as book:
+            text, check = export_table(book, fmt, expect_head=expect_head)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
-    for p in problems:
-        print(p)
-    print(f"{n} export record(s): " + ("chain intact" if not problems else f"{len(problems)} problem(s)"))
-    raise typer.Exit(1 if problems else 0)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            atomic_write(out, text.encode("utf-8"))
+        except OSError as exc:
+            raise _fail(f"{out}: cannot write the export ({exc.strerror or exc})") from None
+    for p in check.problems:
+        err.print(f"[red]problem:[/] {escape(p)}")
+    err.print(f"{check.n_records} export record(s), "
+              + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
+              + f", head_hash {check.head_hash}" + (f", written to {escape(str(out))}" if out else ""))
+    raise typer.Exit(0 if check.ok else 1)
 
 
 @app.command()

@@ -22,11 +22,23 @@ Tables
     ``record_hash``: SHA-256 over the previous record's hash and this record's content, so that
     an edited, deleted, inserted or reordered record breaks the chain (:meth:`Ledger.verify`).
     The recipient's name is part of the content, so renaming or swapping recipients in
-    ``recipients`` is reported too.
+    ``recipients`` is reported too. Exactly: ``record_hash = sha256(prev_hash +
+    json.dumps(content, sort_keys=True, separators=(",", ":")))`` in hex, where ``content``
+    holds the fields from ``recipient_number`` to ``created_utc`` and the first record's
+    ``prev_hash`` is 64 zeros.
 ``sources``
     per exported source film (by SHA-256), its keypoint features
     (:func:`forensics.register.film_features`), so that ``leaktrace trace`` can find the film
     a leak shows without reading every original.
+
+Chain head
+----------
+The newest record's hash (:attr:`ChainCheck.head_hash`) stands for the whole chain. The
+chain is not keyed, so someone who can write the file can delete the newest records, append
+records, or recompute every hash from a changed record on; only a head noted outside the
+ledger catches that (:meth:`Ledger.check` with ``expect_head``, ``leaktrace ledger verify
+--expect-head``). :func:`export_table` writes the records with their hashes and the check as
+CSV or JSON.
 
 Transactions
 ------------
@@ -46,21 +58,23 @@ site key itself. No new exports are recorded in them.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import secrets
 import sqlite3
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from watermark.errors import LedgerError
 
-__all__ = ["Ledger", "ExportRecord", "default_ledger_path", "normalise_recipient", "LEDGER_ENV",
-           "MAX_NAME_LENGTH"]
+__all__ = ["Ledger", "ExportRecord", "ChainCheck", "export_table", "EXPORT_FORMATS",
+           "default_ledger_path", "normalise_recipient", "LEDGER_ENV", "MAX_NAME_LENGTH"]
 
 LEDGER_ENV = "LEAKTRACE_LEDGER"
 SCHEMA_VERSION = 2
@@ -503,25 +517,81 @@ class Ledger:
 
     def verify(self) -> list[str]:
         """Check the hash chain and the recipients' names. Returns a list of problems, empty
-        when everything is intact.
+        when everything is intact (:meth:`check` also gives the chain head).
 
-        Each problem names the record (its id) and what is wrong: content that does not match
-        its hash (edited), a previous-hash link that does not match the record before it
-        (a record deleted, inserted or moved). Each recipient whose name in the recipients
-        table differs from the name recorded with its exports (renamed, or swapped with
-        another) is named too, as is a recipient missing from the table. Deleting the newest
-        records (tail truncation) is not detectable without an external anchor.
+        Each problem names the record (its id) and what is wrong:
+
+        * content that does not match the record's own hash: the record was edited;
+        * a record whose previous-hash link does not match the record before it. The link
+          says which record it was chained to when it was written, so the problem says what
+          happened: the record it followed is gone (ids missing: deleted), it followed an
+          earlier record and others now stand between them (inserted), it followed a record
+          that now comes after it (reordered), or it followed no record still in the ledger
+          while no id is missing (the record before it was edited and its own hash recomputed
+          to hide it, or records were deleted and the rest renumbered).
+
+        Each recipient whose name in the recipients table differs from the name recorded with
+        its exports (renamed, or swapped with another) is named too, as is a recipient missing
+        from the table.
+
+        The chain is not keyed: whoever can write the file can recompute every hash after
+        the records it changed. Deleting the newest records (tail truncation), rewriting the
+        chain from some record on, or appending forged records is therefore only detected
+        against a chain head kept elsewhere (:meth:`check` with ``expect_head``).
+        """
+        return self.check().problems
+
+    def check(self, expect_head: str | None = None) -> ChainCheck:
+        """Verify the ledger (:meth:`verify`) and report the head of its hash chain.
+
+        Parameters
+        ----------
+        expect_head : str, optional
+            A chain head (64 hex digits) noted earlier, for example from
+            ``leaktrace ledger verify`` or ``ledger export``, and kept outside the ledger
+            (printed, e-mailed, in another system). It must still be the hash of a record in
+            the chain; records added after it are fine. If it is not, the newest records up
+            to and including it were deleted (tail truncation) or the chain was rewritten
+            since the head was noted, and a problem says so.
+
+        Returns
+        -------
+        ChainCheck
+
+        Raises
+        ------
+        LedgerError
+            ``expect_head`` is not 64 hexadecimal digits.
         """
         fields = _CONTENT_FIELDS if self.schema_version >= 2 else _CONTENT_FIELDS_V1
-        problems, prev_hash = [], _GENESIS
-        for rec in self.exports():
-            content = {k: getattr(rec, k) for k in fields}
-            if rec.prev_hash != prev_hash:
-                problems.append(f"export {rec.id}: does not follow the record before it "
-                                "(a record was deleted, inserted or reordered here)")
-            if _record_hash(rec.prev_hash, content, fields) != rec.record_hash:
-                problems.append(f"export {rec.id}: content does not match its hash (edited)")
-            prev_hash = rec.record_hash
+        records = self.exports()
+        problems = _chain_problems(records, fields)
+        problems += self._name_problems()
+        head = records[-1].record_hash if records else _GENESIS
+        anchor = None
+        if expect_head is not None:
+            wanted = expect_head.strip().lower()
+            if len(wanted) != 64 or any(c not in "0123456789abcdef" for c in wanted):
+                raise LedgerError(f"expected chain head {expect_head!r} is not a SHA-256 "
+                                  "(64 hexadecimal digits)")
+            position = {r.record_hash: i for i, r in enumerate(records)}
+            position.setdefault(_GENESIS, -1)
+            if wanted in position:
+                i = position[wanted]
+                anchor = {"head_hash": wanted, "found": True,
+                          "export_id": records[i].id if i >= 0 else None,
+                          "records_since": len(records) - 1 - i}
+            else:
+                anchor = {"head_hash": wanted, "found": False, "export_id": None,
+                          "records_since": None}
+                problems.append(f"chain head {wanted} (given as expected) is not in the "
+                                "ledger: the newest records were deleted (tail truncation) or "
+                                "the chain was rewritten since that head was noted")
+        return ChainCheck(ok=not problems, problems=problems, n_records=len(records),
+                          head_hash=head, ledger_id=self.ledger_id, anchor=anchor)
+
+    def _name_problems(self) -> list[str]:
+        problems = []
         table = self.recipients()
         for number, recorded in sorted(self.recorded_names().items()):
             shown = ", ".join(repr(n) for n in sorted(recorded))
@@ -533,3 +603,163 @@ class Ledger:
                                 f"{table[number]!r}, but its exports were recorded for {shown} "
                                 "(renamed or swapped)")
         return problems
+
+
+def _ids(ids: list[int]) -> str:
+    return ("export " if len(ids) == 1 else "exports ") + ", ".join(map(str, ids))
+
+
+def _chain_problems(records: list[ExportRecord], fields: tuple[str, ...]) -> list[str]:
+    """The hash-chain problems of ``records`` (oldest first), each naming a record."""
+    problems = []
+    index_of = {}
+    for i, rec in enumerate(records):
+        index_of.setdefault(rec.record_hash, i)
+    prev = None
+    for i, rec in enumerate(records):
+        content = {k: getattr(rec, k) for k in fields}
+        expected = prev.record_hash if prev is not None else _GENESIS
+        if rec.prev_hash != expected:
+            where = f"export {prev.id}" if prev is not None else "the start of the ledger"
+            lead = f"export {rec.id}: does not follow the record before it ({where}): "
+            j = index_of.get(rec.prev_hash)
+            if rec.prev_hash == _GENESIS:
+                problems.append(lead + "it was recorded as the ledger's first export, so "
+                                f"{_ids([r.id for r in records[:i]])} were inserted before it "
+                                "or it was moved (reordered)")
+            elif j is not None and j < i:
+                between = [r.id for r in records[j + 1:i]]
+                verb = "stands" if len(between) == 1 else "stand"
+                problems.append(lead + f"it was recorded right after export {records[j].id}; "
+                                f"{_ids(between)} now {verb} between them (inserted there, or "
+                                "moved: reordered)")
+            elif j is not None:
+                problems.append(lead + f"it was recorded right after export {records[j].id}, "
+                                "which now comes after it (records reordered)")
+            else:
+                first = prev.id + 1 if prev is not None else 1
+                missing = list(range(first, rec.id))
+                if missing:
+                    problems.append(lead + f"the record it was chained to is gone: "
+                                    f"{_ids(missing)} deleted")
+                elif prev is not None:
+                    problems.append(lead + f"export {prev.id} was changed after it was recorded "
+                                    "and its own hash recomputed to hide it (edited), or records "
+                                    f"between exports {prev.id} and {rec.id} were deleted and "
+                                    "the rest renumbered")
+                else:
+                    problems.append(lead + "the records before it were deleted and the rest "
+                                    "renumbered, or it was edited")
+        if _record_hash(rec.prev_hash, content, fields) != rec.record_hash:
+            problems.append(f"export {rec.id}: content does not match its hash (edited)")
+        prev = rec
+    return problems
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """The result of :meth:`Ledger.check`.
+
+    Attributes
+    ----------
+    ok : bool
+        No problem found.
+    problems : list of str
+        Each names the record or recipient concerned (see :meth:`Ledger.verify`).
+    n_records : int
+        Export records in the ledger.
+    head_hash : str
+        The newest record's hash (64 hex digits; 64 zeros for an empty ledger). Note it
+        outside the ledger: a later check against it (``expect_head``) detects the deletion
+        of the newest records, which the chain alone cannot.
+    ledger_id : str or None
+    anchor : dict or None
+        With ``expect_head``: ``head_hash``, ``found`` (bool), ``export_id`` (the record it
+        names, ``None`` for the empty ledger's head or when not found) and ``records_since``
+        (records added after it).
+    """
+
+    ok: bool
+    problems: list
+    n_records: int
+    head_hash: str
+    ledger_id: str | None = None
+    anchor: dict | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Formats of :func:`export_table`.
+EXPORT_FORMATS = ("csv", "json")
+
+
+def export_table(ledger: Ledger, fmt: str, *,
+                 expect_head: str | None = None) -> tuple[str, ChainCheck]:
+    """Every export record of ``ledger``, with its hashes, the ledger id and a chain check, as
+    text to hand on (an auditor, a court, a spreadsheet).
+
+    Nothing secret is in it: the ledger holds key fingerprints, never the key.
+
+    Parameters
+    ----------
+    ledger : Ledger
+    fmt : {"csv", "json"}
+        ``"json"``: one object with ``ledger`` (path), ``ledger_id``, ``schema_version``,
+        ``exported_utc``, ``leaktrace_version``, ``chain`` (:meth:`ChainCheck.as_dict`:
+        ``ok``, ``problems``, ``n_records``, ``head_hash``...), ``recipients`` (``number``,
+        ``name``) and ``exports`` (every :class:`ExportRecord` field, ``prev_hash`` and
+        ``record_hash`` included, oldest first).
+        ``"csv"``: RFC 4180 CSV (``csv`` module, UTF-8), first some lines starting with
+        ``#`` (ledger, ledger id, chain check, head hash; skip them with e.g.
+        ``pandas.read_csv(..., comment="#")``), then a header row and one row per export:
+        ``ledger_id`` and every :class:`ExportRecord` field. Values are written verbatim, so
+        the record hashes can be recomputed from the file; a spreadsheet may interpret a
+        recipient name starting with ``=`` as a formula.
+    expect_head : str, optional
+        Passed to :meth:`Ledger.check`.
+
+    Returns
+    -------
+    text : str
+    check : ChainCheck
+
+    Raises
+    ------
+    LedgerError
+        ``fmt`` is not one of :data:`EXPORT_FORMATS`, or a bad ``expect_head``.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise LedgerError(f"unknown export format {fmt!r}; use one of "
+                          f"{', '.join(EXPORT_FORMATS)}")
+    from watermark import __version__
+
+    check = ledger.check(expect_head)
+    records = ledger.exports()
+    if fmt == "json":
+        doc = {"ledger": str(ledger.path), "ledger_id": ledger.ledger_id,
+               "schema_version": ledger.schema_version, "exported_utc": _utc_now(),
+               "leaktrace_version": __version__, "chain": check.as_dict(),
+               "recipients": [{"number": n, "name": name}
+                              for n, name in ledger.recipients().items()],
+               "exports": [r.as_dict() for r in records]}
+        return json.dumps(doc, indent=1, ensure_ascii=False) + "\n", check
+    buf = io.StringIO()
+    state = "intact" if check.ok else f"{len(check.problems)} problem(s)"
+    buf.write(f"# leaktrace ledger export, leaktrace {__version__}, {_utc_now()}\n")
+    buf.write(f"# ledger: {_one_line(str(ledger.path))}\n")
+    buf.write(f"# ledger_id: {ledger.ledger_id}\n")
+    buf.write(f"# chain: {state}; n_records: {check.n_records}; head_hash: {check.head_hash}\n")
+    for problem in check.problems:
+        buf.write(f"# problem: {_one_line(problem)}\n")
+    columns = ["ledger_id"] + [f.name for f in dataclass_fields(ExportRecord)]
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\r\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({"ledger_id": ledger.ledger_id, **r.as_dict()})
+    return buf.getvalue(), check
+
+
+def _one_line(text: str) -> str:
+    """``text`` safe for a ``#`` comment line (a tampered ledger can hold any character)."""
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text

@@ -88,6 +88,54 @@ def test_embed_then_detect_round_trip(tmp_path, site, exported, dicom_films):
     assert human.exit_code == 0 and "TRACED to recipient 'Dr. Ana Alvarez'" in human.stdout
 
 
+def test_detect_report(tmp_path, site, exported):
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    folder = tmp_path / "evidence" / "case-1"
+    result = run("detect", leak, *site, "--json", "--report", folder)
+    assert result.exit_code == 0, result.output
+    obj = one_json(result)
+    assert obj["decision"] == "traced"
+    assert obj["report"] == {"html": str(folder / "report.html"), "json": str(folder / "report.json")}
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Dr. Ana Alvarez" in page and obj["leak"]["sha256"] in page
+    assert page.count('src="data:image/png;base64,') == 2  # the leak and the scores
+    key_hex = (tmp_path / "site.key").read_text().strip()
+    assert key_hex not in page and key_hex not in (folder / "report.json").read_text()
+    evidence = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert evidence["mode"] == "blind" and evidence["ledger_check"]["ok"] is True
+    assert evidence["recipient"] == "Dr. Ana Alvarez" and evidence["threshold"] == 1e-6
+
+    human = run("detect", leak, *site, "--report", tmp_path / "second")
+    assert human.exit_code == 0 and "evidence report:" in human.stderr
+    assert (tmp_path / "second" / "report.html").is_file()
+
+    before = (folder / "report.html").read_bytes()
+    again = run("detect", leak, *site, "--json", "--report", folder)  # refused before detecting
+    assert again.exit_code == 2
+    assert "holds a report already (report.html, report.json)" in one_json(again)["error"]
+    assert (folder / "report.html").read_bytes() == before
+    (tmp_path / "file").write_text("x")
+    result = run("detect", leak, *site, "--report", tmp_path / "file")
+    assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
+def test_detect_report_that_cannot_be_written_still_prints_the_result(tmp_path, site, exported,
+                                                                     monkeypatch):
+    from forensics import report
+
+    def disk_full(folder, *args, **kwargs):
+        raise report.ReportError(f"{folder}: cannot write the report (No space left on device)")
+
+    monkeypatch.setattr(report, "write_report", disk_full)
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    result = run("detect", leak, *site, "--json", "--report", tmp_path / "r")
+    assert result.exit_code == 2
+    obj = one_json(result)
+    assert obj["decision"] == "traced" and obj["recipient"] == "Dr. Ana Alvarez"
+    assert obj["report"]["error"].startswith("no report written: ")
+    assert "No space left on device" in result.stderr and "Traceback" not in result.output
+
+
 def test_unmarked_film_is_not_found(tmp_path, site, exported, dicom_films):
     leaks.save_image(leaks.quantize_8bit(render(read_film(dicom_films[FUJI]))), tmp_path / "u.png")
     result = run("detect", tmp_path / "u.png", *site, "--json")
@@ -147,6 +195,59 @@ def test_ledger_verify_exit_codes(tmp_path, site, exported):
     assert result.exit_code == 1
     assert "recipient 1" in result.stdout and "'Innocent Bob'" in result.stdout
     assert run("ledger", "verify", "--ledger", tmp_path / "none.sqlite").exit_code == 2
+
+
+def test_ledger_verify_prints_the_head_and_checks_it(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    result = run("ledger", "verify", "--ledger", ledger, "--json")
+    assert result.exit_code == 0, result.output
+    check = one_json(result)
+    head = exported["exported"][0]["record_hash"]
+    assert check["ok"] and check["n_records"] == 1 and check["head_hash"] == head
+    human = run("ledger", "verify", "--ledger", ledger, "--expect-head", head)
+    assert human.exit_code == 0 and f"head_hash: {head}" in human.stdout
+    assert "expected head found (0 record(s) added since)" in human.stdout
+    with sqlite3.connect(ledger) as db:  # the newest (only) record deleted
+        db.execute("DELETE FROM exports")
+    assert run("ledger", "verify", "--ledger", ledger).exit_code == 0  # the chain cannot tell
+    result = run("ledger", "verify", "--ledger", ledger, "--expect-head", head, "--json")
+    assert result.exit_code == 1
+    assert "tail truncation" in one_json(result)["problems"][0]
+    result = run("ledger", "verify", "--ledger", ledger, "--expect-head", "abc")
+    assert result.exit_code == 2 and "not a SHA-256" in result.stderr
+
+
+def test_ledger_export_json_and_csv(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    (record,) = exported["exported"]
+    result = run("ledger", "export", "--ledger", ledger, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["exports"] == [record] and doc["chain"]["ok"]
+    assert doc["chain"]["head_hash"] == record["record_hash"]
+    key_hex = (tmp_path / "site.key").read_text().strip()
+    assert len(key_hex) == 64 and key_hex not in result.stdout
+    assert doc["exports"][0]["key_fingerprint"] in result.stdout
+
+    out = tmp_path / "exports" / "ledger.csv"
+    out.parent.mkdir()
+    result = run("ledger", "export", "--ledger", ledger, "--format", "csv", "--out", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    text = out.read_text()
+    assert record["record_hash"] in text and key_hex not in text
+    assert f"head_hash {record['record_hash']}" in result.stderr
+    assert sorted(os.listdir(out.parent)) == ["ledger.csv"]  # no temporary file left
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE exports SET recipient_name = 'Innocent Bob'")
+    result = run("ledger", "export", "--ledger", ledger, "--format", "json")
+    assert result.exit_code == 1 and "export 1: content does not match" in result.stderr
+    assert json.loads(result.stdout)["chain"]["ok"] is False
+    for bad, message in ((["--format", "xml"], "--format 'xml'"),
+                         (["--format", "csv", "--out", tmp_path], "is a folder")):
+        result = run("ledger", "export", "--ledger", ledger, *bad)
+        assert result.exit_code == 2 and message in result.stderr, result.output
 
 
 @pytest.mark.parametrize("name", ["", "   ", "Bob\nAlice", "tab\there"])
@@ -228,7 +329,7 @@ def test_demo_bad_out_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", [[], ["embed"], ["detect"], ["ledger"], ["ledger", "list"],
-                                     ["ledger", "verify"], ["demo"]])
+                                     ["ledger", "verify"], ["ledger", "export"], ["demo"]])
 def test_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.stdout

@@ -3,6 +3,7 @@ ledger id, concurrent writers."""
 
 import hashlib
 import json
+import shutil
 import os
 import sqlite3
 import stat
@@ -250,3 +251,232 @@ def test_two_processes_write_at_once(tmp_path):
         assert len(book.exports()) == 80
         assert book.verify() == []
         assert sorted(book.recipients().values()) == ["p", "q"]
+
+
+# -- tampering with a ledger of real exports, the way an attacker with the file would ----------
+
+FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"
+DOG = "veterinary_canine_thorax_dx_mono1_8bit.dcm"
+NIH = "nih_cxr14_dx_8bit_1024px_nccid.dcm"
+CONTENT = ("recipient_number", "recipient_name", "source_sop_uid", "source_path", "source_sha256",
+           "output_path", "output_sop_uid", "output_sha256", "payload", "key_fingerprint",
+           "created_utc")
+
+
+def _attacker_hash(prev_hash, row):
+    """The record hash as the module docstring describes it, recomputed independently."""
+    body = json.dumps({k: row[k] for k in CONTENT}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _rows(db):
+    db.row_factory = sqlite3.Row
+    return {r["id"]: dict(r) for r in db.execute("SELECT * FROM exports ORDER BY id")}
+
+
+@pytest.fixture(scope="module")
+def real_ledger(tmp_path_factory, dicom_films):
+    """5 real exports (two small shared films) for 3 recipients; returns the ledger path."""
+    from forensics.export import export_film
+    from watermark.keys import SiteKey
+
+    folder = tmp_path_factory.mktemp("real-ledger")
+    path = folder / "ledger.sqlite"
+    key = SiteKey(bytes(range(32)))
+    with Ledger(path) as book:
+        for i, recipient in enumerate(["Dr. Ana", "Innocent Bob", "Mallory", "Dr. Ana", "Carol"]):
+            film = (FUJI, DOG)[i % 2]
+            export_film(dicom_films[film], folder / f"{i}.dcm", recipient=recipient, ledger=book,
+                        key=key)
+        check = book.check()
+    assert check.ok and check.n_records == 5 and check.problems == []
+    return path
+
+
+@pytest.fixture
+def copy_of_ledger(real_ledger, tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    shutil.copy(real_ledger, path)
+    return path
+
+
+def _problems(path, expect_head=None):
+    with Ledger(path, create=False) as book:
+        return book.check(expect_head).problems
+
+
+def test_intact_real_ledger_has_a_stable_head(copy_of_ledger):
+    with Ledger(copy_of_ledger, create=False) as book:
+        check = book.check()
+        last = book.exports()[-1]
+    assert check.ok and check.n_records == 5 and check.head_hash == last.record_hash
+    assert len(check.head_hash) == 64 and check.ledger_id == book.ledger_id
+    with Ledger(copy_of_ledger) as book:  # recomputed the same way from the raw rows
+        db = book._db
+        rows = _rows(db)
+    prev = "0" * 64
+    for row in rows.values():
+        assert row["prev_hash"] == prev and _attacker_hash(prev, row) == row["record_hash"]
+        prev = row["record_hash"]
+
+
+def test_edited_record_is_named(copy_of_ledger):
+    """Mallory's export 3 rewritten to frame Innocent Bob, without touching the hash."""
+    _sql(copy_of_ledger, "UPDATE exports SET recipient_number = 2, recipient_name = "
+         "'Innocent Bob' WHERE id = 3")
+    assert _problems(copy_of_ledger) == ["export 3: content does not match its hash (edited)"]
+
+
+def test_edited_record_with_its_hash_recomputed_is_named(copy_of_ledger):
+    """The attacker also recomputes export 3's own hash: only the next record's link shows it."""
+    with sqlite3.connect(copy_of_ledger) as db:
+        row = _rows(db)[3]
+        row.update(recipient_number=2, recipient_name="Innocent Bob")
+        db.execute("UPDATE exports SET recipient_number = 2, recipient_name = 'Innocent Bob', "
+                   "record_hash = ? WHERE id = 3", (_attacker_hash(row["prev_hash"], row),))
+    db.close()
+    problems = _problems(copy_of_ledger)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("export 4: does not follow the record before it (export 3)")
+    assert "export 3 was changed after it was recorded" in problems[0]
+
+
+def test_deleted_record_is_named(copy_of_ledger):
+    _sql(copy_of_ledger, "DELETE FROM exports WHERE id = 3")
+    problems = _problems(copy_of_ledger)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("export 4: does not follow the record before it (export 2)")
+    assert problems[0].endswith("the record it was chained to is gone: export 3 deleted")
+
+
+def test_deleted_record_with_renumbering_is_still_caught(copy_of_ledger):
+    _sql(copy_of_ledger, "DELETE FROM exports WHERE id = 3",
+         "UPDATE exports SET id = id - 1 WHERE id = 4", "UPDATE exports SET id = id - 1 WHERE id = 5")
+    problems = _problems(copy_of_ledger)
+    assert len(problems) == 1 and problems[0].startswith("export 3: does not follow"), problems
+    assert "records between exports 2 and 3 were deleted" in problems[0]
+
+
+def test_inserted_record_is_named(copy_of_ledger):
+    """A forged export for Innocent Bob slipped in after export 2, ids shifted to make room,
+    its own hash and link computed correctly."""
+    with sqlite3.connect(copy_of_ledger) as db:
+        rows = _rows(db)
+        for i in (5, 4, 3):
+            db.execute("UPDATE exports SET id = ? WHERE id = ?", (i + 1, i))
+        forged = dict(rows[2], id=3, recipient_number=2, recipient_name="Innocent Bob",
+                      output_sop_uid="1.2.826.0.1.3680043.8.498.1", prev_hash=rows[2]["record_hash"])
+        forged["record_hash"] = _attacker_hash(forged["prev_hash"], forged)
+        db.execute(f"INSERT INTO exports ({', '.join(forged)}) VALUES "
+                   f"({', '.join('?' * len(forged))})", list(forged.values()))
+    db.close()
+    problems = _problems(copy_of_ledger)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("export 4: does not follow the record before it (export 3)")
+    assert "recorded right after export 2; export 3 now stands between them" in problems[0]
+    assert "inserted there" in problems[0]
+
+
+def test_reordered_records_are_named(copy_of_ledger):
+    """Exports 2 and 4 swapped (each keeps its content and hashes)."""
+    _sql(copy_of_ledger, "UPDATE exports SET id = 100 WHERE id = 2",
+         "UPDATE exports SET id = 2 WHERE id = 4", "UPDATE exports SET id = 4 WHERE id = 100")
+    problems = _problems(copy_of_ledger)
+    assert [p.split(":")[0] for p in problems] == ["export 2", "export 3", "export 4", "export 5"]
+    assert "recorded right after export 3, which now comes after it (records reordered)" \
+        in problems[0]
+    assert "recorded right after export 1; exports 2, 3 now stand between them" in problems[2]
+
+
+def test_tail_truncation_is_caught_only_against_a_noted_head(copy_of_ledger):
+    with Ledger(copy_of_ledger, create=False) as book:
+        head = book.check().head_hash
+        middle = book.exports()[2].record_hash
+    _sql(copy_of_ledger, "DELETE FROM exports WHERE id >= 4")
+    assert _problems(copy_of_ledger) == []  # the chain alone cannot tell
+    problems = _problems(copy_of_ledger, expect_head=head)
+    assert len(problems) == 1 and problems[0].startswith(f"chain head {head}"), problems
+    assert "tail truncation" in problems[0]
+    with Ledger(copy_of_ledger, create=False) as book:  # an older head is still in the chain
+        check = book.check(middle.upper())
+    assert check.ok and check.anchor == {"head_hash": middle, "found": True, "export_id": 3,
+                                         "records_since": 0}
+    with pytest.raises(LedgerError, match="not a SHA-256"):
+        _problems(copy_of_ledger, expect_head="xyz")
+
+
+def test_records_added_after_a_noted_head_are_fine(copy_of_ledger, tmp_path):
+    with Ledger(copy_of_ledger) as book:
+        head = book.check().head_hash
+        _record(book, tmp_path, "Dave")
+        check = book.check(head)
+    assert check.ok and check.anchor["records_since"] == 1 and check.anchor["export_id"] == 5
+    assert check.n_records == 6 and check.head_hash != head
+    with Ledger(tmp_path / "empty.sqlite") as book:  # an empty ledger's head: 64 zeros
+        assert book.check().head_hash == "0" * 64 and book.check("0" * 64).ok
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_export_table_has_every_record_its_hashes_and_no_key(copy_of_ledger, fmt):
+    import csv
+    import io
+
+    from forensics.ledger import export_table
+
+    with Ledger(copy_of_ledger, create=False) as book:
+        text, check = export_table(book, fmt)
+        records = [r.as_dict() for r in book.exports()]
+        ledger_id = book.ledger_id
+    assert bytes(range(32)).hex() not in text  # the key used to mark
+    if fmt == "json":
+        doc = json.loads(text)
+        assert doc["ledger_id"] == ledger_id and doc["exports"] == records
+        assert doc["chain"]["ok"] and doc["chain"]["head_hash"] == records[-1]["record_hash"]
+        assert [r["name"] for r in doc["recipients"]] == ["Dr. Ana", "Innocent Bob", "Mallory",
+                                                          "Carol"]
+    else:
+        lines = text.splitlines()
+        assert f"# ledger_id: {ledger_id}" in lines
+        assert f"# chain: intact; n_records: 5; head_hash: {check.head_hash}" in lines
+        rows = list(csv.DictReader(io.StringIO("\n".join(x for x in lines if not x.startswith("#")))))
+        assert len(rows) == 5 and all(r["ledger_id"] == ledger_id for r in rows)
+        for row, rec in zip(rows, records):
+            assert {k: row[k] for k in rec} == {k: str(v) for k, v in rec.items()}
+            typed = dict(row, recipient_number=int(row["recipient_number"]))
+            assert _attacker_hash(row["prev_hash"], typed) == row["record_hash"]
+
+
+def test_two_embed_processes_exporting_at_once(tmp_path, dicom_films):
+    """Two `leaktrace embed` runs, each marking 18 real films for its own recipient into the
+    same ledger at the same time: all 36 records present, chain intact, files as recorded.
+
+    With 18 films each the two runs overlap (their records interleave in the ledger) even
+    though each process spends its first second or two importing."""
+    from watermark.dicomio import sha256_file
+    from watermark.keys import create_key
+
+    key, ledger = tmp_path / "site.key", tmp_path / "ledger.sqlite"
+    create_key(key)  # both runs share the site key, as on one export server
+    procs = []
+    for tag in ("alvarez", "baker"):
+        src = tmp_path / f"src-{tag}"
+        src.mkdir()
+        for i in range(18):  # three fast films, each under several names
+            (src / f"{i}.dcm").symlink_to(dicom_films[(FUJI, DOG, NIH)[i % 3]])
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "forensics.cli", "embed", str(src), "--recipient",
+             f"Dr. {tag}", "--out", str(tmp_path / f"out-{tag}"), "--key", str(key),
+             "--ledger", str(ledger), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    reported = [r for out, _ in outputs for r in json.loads(out)["exported"]]
+    with Ledger(ledger, create=False) as book:
+        check, records = book.check(), book.exports()
+        assert sorted(book.recipients().values()) == ["Dr. alvarez", "Dr. baker"]
+    assert check.ok, check.problems
+    assert check.n_records == len(records) == 36
+    assert sorted(r.id for r in records) == list(range(1, 37))
+    assert {r.as_dict()["output_sop_uid"] for r in records} == {r["output_sop_uid"] for r in reported}
+    for r in records:
+        assert sha256_file(r.output_path) == r.output_sha256
