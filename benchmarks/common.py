@@ -22,3 +22,32 @@ def run_description(**extra) -> dict:
     return {"command": " ".join([Path(sys.executable).name] + sys.argv),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "python": platform.python_version(), "cpus": os.cpu_count(), **extra}}
+
+
+def png_film_as_dicom(png: Path, out: Path) -> Path:
+    """Wrap a shared PNG/JPEG film as an 8-bit MONOCHROME2 Secondary Capture DICOM file, so that
+    it can be exported through the ledger like a DICOM film. UIDs are derived from the file
+    name (the same film always gets the same SOP Instance UID)."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=[png.name, "sop"])
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[png.name, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[png.name, "series"])
+    ds.PatientID, ds.Modality, ds.ImageType = png.stem[:64], "OT", ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = pixels.tobytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out, enforce_file_format=True)
+    return out

@@ -247,6 +247,15 @@ def _source_dict(inf: _Informed, number: int | None) -> dict:
     }
 
 
+#: Share of the original's grey-level variance the registered, intensity-fitted leak must
+#: explain: less means the keypoints matched a film that only resembles the one leaked.
+MIN_EXPLAINED = 0.25
+
+
+class _NotThisFilm(ValueError):
+    """The keypoint match does not hold up once the leak is registered onto the film."""
+
+
 @dataclass(frozen=True)
 class _Informed:
     """Result of the informed test on one source film."""
@@ -280,6 +289,11 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     homography = correction @ homography
     aligned = register.warp_into(leak, homography, wshape)
     residual, usable = informed_residual(aligned, original)
+    explained = 1.0 - float(np.var(residual[usable]) / max(np.var(original[usable]), 1e-9)) \
+        if usable.sum() > 64 else 0.0
+    if explained < MIN_EXPLAINED:
+        raise _NotThisFilm(f"the aligned leak explains {100 * explained:.0f} % of the film's "
+                           f"grey-level variance (at least {100 * MIN_EXPLAINED:.0f} % expected)")
     soft = informed_soft_bits(residual, original, key)
     numbers = sorted({e.recipient_number for e in exports})
     codewords = np.stack([payload.encode(n, key) for n in numbers])
@@ -288,6 +302,7 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     inside = np.isfinite(aligned)
     info = alignment.as_dict(leak.shape)
     info.update(transform=(leak_to_film / leak_to_film[2, 2]).round(8).tolist(),
+                explained_variance=round(explained, 4),
                 overlap_fraction=round(float(inside.mean()), 4),
                 usable_fraction=round(float(usable.mean()), 4),
                 refinement_px=round(float(np.hypot(*correction[:2, 2])), 3),
@@ -297,22 +312,36 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     return _Informed(sha256, film, exports, info, numbers, results, n_tests, figures)
 
 
-def _load_original(exports: list[ExportRecord], sha256: str) -> tuple[Film | None, str | None]:
-    """The original of an exported film, from the path its exports recorded, checked against
-    the recorded SHA-256: (film, None), or (None, why not)."""
+def _exports_of_film(ledger: Ledger, source_sha256: str) -> list[ExportRecord]:
+    """Every export of the film in a source file: those of the file itself and of any other
+    source file holding the same SOP Instance UID (the film stored in another transfer
+    syntax), oldest first."""
+    exports = ledger.exports_of_source(source_sha256)
+    uid = exports[0].source_sop_uid if exports else ""
+    if not uid:
+        return exports
+    return [e for e in ledger.exports() if e.source_sop_uid == uid]
+
+
+def _load_original(exports: list[ExportRecord]) -> tuple[Film | None, str, str]:
+    """The original of an exported film, from a path its exports recorded, checked against
+    the SHA-256 recorded with it: ``(film, sha256, "")``, or ``(None, "", why not)``."""
     tried = []
-    for path in dict.fromkeys(e.source_path for e in reversed(exports)):
+    recorded = {}
+    for e in reversed(exports):
+        recorded.setdefault(e.source_path, e.source_sha256)
+    for path, sha in recorded.items():
         if not Path(path).is_file():
             tried.append(f"{path} (missing)")
             continue
         try:
-            if sha256_file(path) != sha256:
+            if sha256_file(path) != sha:
                 tried.append(f"{path} (changed since export: SHA-256 differs)")
                 continue
-            return read_film(path), None
+            return read_film(path), sha, ""
         except (OSError, LeaktraceError) as exc:
             tried.append(f"{path} ({exc})")
-    return None, "; ".join(tried)
+    return None, "", "; ".join(tried)
 
 
 def _given_original(path: str | os.PathLike, ledger: Ledger
@@ -327,7 +356,7 @@ def _given_original(path: str | os.PathLike, ledger: Ledger
         raise InvalidInputError(f"{path}: is a marked copy (export {copy.id}, for "
                                 f"'{copy.recipient_name}'), not an original; give its source "
                                 f"{copy.source_path}")
-    exports = ledger.exports_of_source(sha)
+    exports = _exports_of_film(ledger, sha)
     if not exports and uid:
         exports = [e for e in ledger.exports() if e.source_sop_uid == uid]
     if not exports:
@@ -400,12 +429,18 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         shas = list(stored)
         hits = register.register(leak, [register.FilmFeatures.from_bytes(stored[s])
                                         for s in shas]) if shas else []
-        for index, alignment in hits[:MAX_SOURCES]:
+        seen: set[str] = set()
+        for index, alignment in hits:
+            if len(found) == MAX_SOURCES:
+                break
             if found and alignment.inliers < max(SECOND_FILM_INLIERS, 0.25 * hits[0][1].inliers):
                 break  # a weak second match is chance resemblance between two chest films
-            sha = shas[index]
-            exports = ledger.exports_of_source(sha)
-            film, why = _load_original(exports, sha)
+            exports = _exports_of_film(ledger, shas[index])
+            film_id = exports[0].source_sop_uid or shas[index]
+            if film_id in seen:  # the same film from another source file (another syntax)
+                continue
+            seen.add(film_id)
+            film, sha, why = _load_original(exports)
             if film is None:
                 warnings.append(f"the leak shows the film exported as {exports[0].source_sop_uid} "
                                 f"(exports {', '.join(str(e.id) for e in exports)}), but its "
@@ -418,6 +453,8 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         try:
             informed.append(_informed(leak, sha, film, alignment, exports, mark_key,
                                       alpha=INFORMED_SHARE * alpha / n_sources))
+        except _NotThisFilm:  # chance resemblance of two chest films: not a match
+            continue
         except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
             warnings.append(f"{film.path}: the leak could not be aligned onto it ({exc})")
     named = [(inf, r) for inf in informed for r in inf.results if r.named]

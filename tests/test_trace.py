@@ -1,0 +1,214 @@
+"""The investigator's trace: find the exported film in a leak, register, subtract, name.
+
+Real shared films are exported for three recipients into one ledger; leaks are made from one
+recipient's written DICOM copy with the leak library, then traced with the ledger alone (the
+film is found by the features kept at export) or with ``--original``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from forensics import leaks
+from forensics.cli import app
+from forensics.export import export_film
+from forensics.ledger import Ledger
+from forensics.register import FilmFeatures, film_features, register
+from forensics.trace import trace_array, trace_leak
+from watermark.dicomio import read_film
+from watermark.display import render
+from watermark.errors import InvalidInputError
+from watermark.keys import SiteKey
+
+KEY = SiteKey(bytes(range(32)))
+RECIPIENTS = ["Dr. Ana Alvarez", "Bert Brown (referrer)", "Clinic C"]
+FILMS = ["nih_cxr14_dx_8bit_1024px_nccid.dcm", "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, dicom_films):
+    """Two films, each exported to three recipients: (folder, ledger path, {(film, name): path})."""
+    folder = tmp_path_factory.mktemp("trace")
+    ledger_path = folder / "ledger.sqlite"
+    copies = {}
+    with Ledger(ledger_path) as book:
+        for film in FILMS:
+            for name in RECIPIENTS:
+                out = folder / name.split()[0].strip(".") / film
+                out.parent.mkdir(exist_ok=True)
+                rec = export_film(dicom_films[film], out, recipient=name, ledger=book, key=KEY)
+                copies[film, name] = rec.output_path
+    return folder, ledger_path, copies
+
+
+def _display(path) -> np.ndarray:
+    return render(read_film(path))
+
+
+def _leak(exported, film, name, pipeline, seed=1) -> np.ndarray:
+    _, _, copies = exported
+    return leaks.apply(_display(copies[film, name]), leaks.PIPELINES[pipeline],
+                       np.random.default_rng(seed))
+
+
+def _trace(exported, image, **kw):
+    _, ledger_path, _ = exported
+    with Ledger(ledger_path, create=False) as book:
+        return trace_array(image, ledger=book, key=KEY, **kw)
+
+
+def test_the_export_keeps_features_of_each_source_once(exported):
+    _, ledger_path, _ = exported
+    with Ledger(ledger_path, create=False) as book:
+        stored = book.source_features()
+        assert len(stored) == len(FILMS)  # two films, six exports
+        for sha, blob in stored.items():
+            feats = FilmFeatures.from_bytes(blob)
+            assert len(book.exports_of_source(sha)) == 3
+            assert all(len(s.points) >= 100 for s in feats.sets)
+            assert len(blob) < 120_000  # compact: ~1000 keypoints per level
+
+
+@pytest.mark.parametrize("pipeline", ["screenshot_ui_messenger_1280px_jpeg_q70",
+                                      "crop_centre_keep10pct", "long_edge_256px",
+                                      "screen_photo", "inverted", "mirrored"])
+def test_leaks_are_traced_to_the_right_recipient_with_the_ledger(exported, pipeline):
+    film, name = FILMS[0], RECIPIENTS[1]
+    report = _trace(exported, _leak(exported, film, name, pipeline))
+    out = report.as_dict()
+    assert out["decision"] == "traced"
+    assert out["mode"] == "informed"
+    assert out["recipient"] == name and [r["recipient"] for r in out["recipients"]] == [name]
+    assert out["p_value"] < 1e-12
+    assert out["source"]["sop_instance_uid"] == str(read_film(
+        exported[2][film, name]).dataset.SourceImageSequence[-1].ReferencedSOPInstanceUID)
+    assert out["source"]["export"]["recipient_name"] == name
+    # every recipient of the film was tested; the innocents score like noise
+    scores = {c["recipient"]: c for c in out["candidates"]}
+    assert set(scores) == set(RECIPIENTS)
+    for other in set(RECIPIENTS) - {name}:
+        assert abs(scores[other]["score"]) < 4.0 and scores[other]["p_value"] == 1.0
+
+
+def test_alignment_of_a_rotated_crop_is_recovered(exported):
+    film, name = FILMS[0], RECIPIENTS[2]
+    image = _display(exported[2][film, name])
+    leak = leaks.rotate(image, angle=30.0)
+    leak = leaks.quantize_8bit(leak[200:824, 150:874])
+    out = _trace(exported, leak).as_dict()
+    assert out["recipient"] == name
+    a = out["alignment"]
+    assert abs(abs(a["rotation_degrees"]) - 30.0) < 1.0
+    assert abs(a["scale"] - 1.0) < 0.03
+    assert 0.2 < a["overlap_fraction"] < 0.6
+    assert a["mirrored"] is False and a["inverted"] is False
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_averaged_copies_name_colluders_and_never_an_innocent(exported, n):
+    film = FILMS[0]
+    colluders = RECIPIENTS[:n]
+    average = np.mean([_display(exported[2][film, who]) for who in colluders], axis=0)
+    leak = leaks.apply(average, leaks.PIPELINES["long_edge_800px_jpeg_q60"])
+    out = _trace(exported, leak).as_dict()
+    named = {r["recipient"] for r in out["recipients"]}
+    assert named and named <= set(colluders)
+    assert len(named) >= n - 1
+
+
+def test_the_unmarked_original_names_nobody(exported, dicom_films):
+    leak = leaks.apply(_display(dicom_films[FILMS[0]]), leaks.PIPELINES["viewer_jpeg_q75"])
+    report = _trace(exported, leak)
+    assert report.decision == "not_found"
+    assert report.mode == "informed+blind"  # the film is found, its recipients are not
+    assert report.detection.recipient_numbers == []
+    assert all(c.p_value > 1e-3 for c in report.detection.candidates)
+
+
+@pytest.mark.parametrize("film", ["siim_acr_cr_jpegbaseline_8bit_1024px.dcm",
+                                  "philips_cr_mono1_15bit_RG1_UNCR.dcm"])
+def test_an_unexported_film_falls_back_to_blind_detection(exported, dicom_films, film):
+    # another patient's chest film resembles the exported ones (keypoints may match by
+    # chance); registration must not take it for one of them
+    report = _trace(exported, leaks.quantize_8bit(_display(dicom_films[film])))
+    assert report.mode == "blind" and report.decision == "not_found"
+    assert report.source is None and report.alignment is None
+
+
+def test_original_option_skips_the_search(exported, dicom_films):
+    film, name = FILMS[1], RECIPIENTS[0]
+    leak = _leak(exported, film, name, "long_edge_512px_jpeg_q80")
+    out = _trace(exported, leak, original=dicom_films[film]).as_dict()
+    assert out["recipient"] == name and out["mode"] == "informed"
+    assert out["source"]["path"] == str(dicom_films[film])
+
+
+def test_original_option_refuses_a_marked_copy_and_a_film_never_exported(exported, dicom_films):
+    folder, _, copies = exported
+    leak = _leak(exported, FILMS[0], RECIPIENTS[0], "viewer_png8")
+    with pytest.raises(InvalidInputError, match="is a marked copy .*for 'Dr. Ana Alvarez'"):
+        _trace(exported, leak, original=copies[FILMS[0], RECIPIENTS[0]])
+    other = dicom_films["siim_acr_cr_jpegbaseline_8bit_1024px.dcm"]
+    with pytest.raises(InvalidInputError, match="records no export of this film"):
+        _trace(exported, leak, original=other)
+
+
+def test_a_moved_original_is_reported_and_blind_detection_still_answers(exported, tmp_path,
+                                                                       dicom_films):
+    # a ledger whose recorded source path no longer exists
+    _, ledger_path, copies = exported
+    moved = tmp_path / "ledger.sqlite"
+    moved.write_bytes(ledger_path.read_bytes())
+    with sqlite3.connect(moved) as db:  # not hash-chained content is untouched: only paths
+        db.execute("UPDATE exports SET source_path = '/nonexistent/original.dcm'")
+    leak = _leak(exported, FILMS[0], RECIPIENTS[0], "viewer_png8")
+    with Ledger(moved, create=False) as book:
+        report = trace_array(leak, ledger=book, key=KEY)
+    assert any("cannot be used" in w and "--original" in w for w in report.warnings)
+    assert report.mode == "blind"
+    assert report.recipient == RECIPIENTS[0]  # the blind path still traces a clean leak
+
+
+def test_register_finds_nothing_in_an_unrelated_image(exported, dicom_films):
+    feats = film_features(_display(dicom_films[FILMS[0]]))
+    noise = np.random.default_rng(0).normal(128, 40, (600, 800))
+    assert register(noise, [feats]) == []
+
+
+def test_cli_trace_json_and_report(exported, tmp_path):
+    folder, ledger_path, copies = exported
+    image = _leak(exported, FILMS[0], RECIPIENTS[2], "screenshot_ui_messenger_1280px_jpeg_q70")
+    leak_path = tmp_path / "leak.jpg"
+    leaks.save_image(image, leak_path, quality=90)
+    key_path = tmp_path / "site.key"
+    key_path.write_text(bytes(range(32)).hex())  # KEY's 32 bytes, as a key file holds them
+    key_path.chmod(0o600)
+    runner = CliRunner()
+    result = runner.invoke(app, ["trace", str(leak_path), "--ledger", str(ledger_path),
+                                 "--key", str(key_path), "--json", "--report",
+                                 str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["recipient"] == RECIPIENTS[2] and out["decision"] == "traced"
+    assert {"candidates", "source", "alignment", "p_value", "mode"} <= set(out)
+    assert out["source"]["export_time"] == out["source"]["export"]["created_utc"]
+    assert 0.9 < out["alignment"]["overlap_fraction"] <= 1.0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert RECIPIENTS[2] in html and out["leak"]["sha256"] in html
+    assert html.count("data:image/png;base64,") >= 3  # leak, overlay, scores
+
+
+def test_trace_leak_reads_the_file_and_names_it(exported, tmp_path):
+    _, ledger_path, _ = exported
+    image = _leak(exported, FILMS[1], RECIPIENTS[1], "viewer_jpeg_q75")
+    path = tmp_path / "x.png"
+    leaks.save_image(image, path)
+    with Ledger(ledger_path, create=False) as book:
+        report = trace_leak(path, ledger=book, key=KEY)
+    assert report.recipient == RECIPIENTS[1]
+    assert report.leak_path == path and len(report.leak_sha256) == 64
