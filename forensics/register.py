@@ -229,6 +229,8 @@ def _match(a: KeypointSet, b: KeypointSet) -> tuple[np.ndarray, np.ndarray]:
     best, second = dist[rows, order[:, 0]], dist[rows, order[:, 1]]
     keep = (best <= MAX_HAMMING) & (best < RATIO * second)
     ia, ib = rows[keep], order[keep, 0]
+    if len(ia) == 0:
+        return ia, ib
     # one-to-one: each film keypoint keeps its closest leak keypoint only
     order_b = np.lexsort((best[keep], ib))
     ia, ib = ia[order_b], ib[order_b]
