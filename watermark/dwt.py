@@ -46,6 +46,7 @@ from functools import lru_cache
 
 import numpy as np
 import pywt
+import scipy.fft
 from scipy import ndimage
 from skimage.transform import resize
 
@@ -388,9 +389,12 @@ def folded_coarse_robust(image: np.ndarray, *, long_edge: int) -> dict[int, np.n
         raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
                          f"got shape {image.shape}")
     work = _resample(image, working_shape(image.shape, long_edge))
-    spectrum = np.fft.fft2(work - work.mean())
-    power = ndimage.uniform_filter(np.fft.fftshift(np.abs(spectrum) ** 2), _ROBUST_SMOOTH, mode="wrap")
-    work = np.real(np.fft.ifft2(spectrum / (np.fft.ifftshift(power) + 1e-12) ** 0.25))
+    spectrum = scipy.fft.rfft2(work - work.mean())
+    power = spectrum.real**2 + spectrum.imag**2
+    # smoothed over frequencies: cyclic along rows; the half plane mirrors at its edges
+    power = ndimage.uniform_filter1d(power, _ROBUST_SMOOTH, axis=0, mode="wrap")
+    power = ndimage.uniform_filter1d(power, _ROBUST_SMOOTH, axis=1, mode="reflect")
+    work = scipy.fft.irfft2(spectrum / (power + 1e-12) ** 0.25, s=work.shape)
     coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
     out = {}
     for level in LEVELS:
