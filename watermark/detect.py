@@ -9,6 +9,9 @@ Hypotheses tried, each counted in the union bound of :mod:`watermark.stats`:
   leak's long edge (the leak may have been resized, so its own size does not tell which grid
   the film was marked on; a grid more than 4 times larger would put even the coarsest period
   of the mark below 4 px of the leak, where nothing of it survives, so it is not tested);
+* two readings of each grid: :func:`watermark.dwt.folded_subbands` (levels 2 and 3) and
+  :func:`watermark.dwt.folded_coarse_robust` (level 3 only, signs weighted by activity, for
+  small leaks after strong codecs where level 2 is gone);
 * both polarities (a MONOCHROME1 film's leak may show display or stored polarity, a viewer may
   invert); inversion flips the sign of every soft bit, so a recipient is found by ``|z|``;
 * every recipient number in the list.
@@ -18,7 +21,7 @@ Two families of hypotheses are tested, the first at ``0.9 * alpha`` and the seco
 alpha raises its threshold only from z = 8.3 to 8.5):
 
 * **whole film** - the leak shows the whole film, in any size: the grids above, both
-  polarities, every recipient;
+  polarities, both readings, every recipient;
 * **geometric search** - only when the first family names nobody: the film may be cropped,
   framed by a viewer's UI, rotated, mirrored, turned by quarter turns or shown beside another
   film; :mod:`watermark.sync` estimates the lattice and searches every translation and
@@ -75,7 +78,7 @@ class Detection:
     z : float
         Normalised correlation of the best candidate (the sign is the polarity found).
     n_tests : int
-        Number of hypotheses in the union bound (grids x polarities x recipients).
+        Number of hypotheses in the union bound (grids x readings x polarities x recipients).
     long_edge, polarity : int
         Working grid and polarity of the best hypothesis (+1: display polarity as marked).
     decoded_number : int or None
@@ -160,6 +163,8 @@ class PreparedLeak:
         self.image = image
         edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
         self.whole = [(e, dwt.folded_subbands(image, long_edge=e)) for e in edges]
+        # the same grids read by the noise-robust folding (small leaks after strong codecs)
+        self.whole += [(e, dwt.folded_coarse_robust(image, long_edge=e)) for e in edges]
         self._lattices = None
 
     @property
