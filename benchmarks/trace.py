@@ -75,18 +75,30 @@ def build_ledger(folder: Path, films: list[Path], recipients: int, size_films: l
             source = path
             if path.suffix.lower() != ".dcm":
                 source = png_film_as_dicom(path, folder / "sources" / f"{path.stem}.dcm")
-            copies[path.name] = []
+            copies[path.stem] = []
             for r in range(recipients):
                 name = f"recipient {r:03d} of {path.stem}"
                 out = folder / "exports" / f"{r:03d}" / f"{source.stem}.dcm"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 rec = export_film(source, out, recipient=name, ledger=book, key=KEY)
-                copies[path.name].append((name, rec.output_path, str(source)))
+                copies[path.stem].append((name, rec.output_path, str(source)))
             print(f"  exported {path.name} x {recipients} ({time.perf_counter() - start:.0f} s)",
                   file=sys.stderr)
         n_exports = len(book.exports())
     return {"ledger": ledger_path, "copies": copies, "n_exports": n_exports,
             "export_seconds": time.perf_counter() - start}
+
+
+def reuse_ledger(folder: Path) -> dict:
+    """The exports of an earlier run's ledger in ``folder`` (``--work``), as build_ledger."""
+    copies: dict[str, list] = {}
+    with Ledger(folder / "ledger.sqlite", create=False) as book:
+        exports = book.exports()
+    for e in exports:  # recipient names are "recipient NNN of <film stem>"
+        film = e.recipient_name.rsplit(" of ", 1)[1]
+        copies.setdefault(film, []).append((e.recipient_name, e.output_path, e.source_path))
+    return {"ledger": folder / "ledger.sqlite", "copies": copies, "n_exports": len(exports),
+            "export_seconds": None}
 
 
 _BOOK: Ledger | None = None
@@ -173,14 +185,19 @@ def run(args) -> dict:
     pngs = sorted(p for p in (data / "png").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     chosen = pngs[:: max(1, len(pngs) // max(args.png, 1))][: args.png] if args.png else []
     size_films = [p for p in pngs if p not in chosen][: args.films_for_size]
-    folder = Path(tempfile.mkdtemp(prefix="leaktrace-trace-bench-"))
-    print(f"ledger and exports in {folder}", file=sys.stderr)
-    built = build_ledger(folder, human + chosen, args.recipients, size_films)
+    if args.work is not None and (args.work / "ledger.sqlite").exists():
+        built = reuse_ledger(args.work)
+        print(f"reusing the ledger and exports in {args.work}", file=sys.stderr)
+    else:
+        folder = args.work or Path(tempfile.mkdtemp(prefix="leaktrace-trace-bench-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"ledger and exports in {folder}", file=sys.stderr)
+        built = build_ledger(folder, human + chosen, args.recipients, size_films)
     copies = built["copies"]
     rng = np.random.default_rng(2026)
     tasks, seed = [], 0
     for path in human + chosen:
-        film_copies = copies[path.name]
+        film_copies = copies[path.stem]
         source = film_copies[0][2]
         for pname, pipeline in _pipelines(args.pipelines).items():
             if path.suffix.lower() != ".dcm" and pipeline and pipeline[0][0].startswith(STORED_SIDE):
@@ -194,7 +211,7 @@ def run(args) -> dict:
     films = human + chosen
     for t in range(args.collusion_trials):
         path = films[t % len(films)]
-        film_copies = copies[path.name]
+        film_copies = copies[path.stem]
         k = 2 if t % 2 == 0 else 3
         pick = rng.choice(len(film_copies), size=k, replace=False)
         collusion.append((path.name, [film_copies[i][0] for i in pick],
@@ -304,6 +321,8 @@ def main() -> None:
     parser.add_argument("--timing", type=int, default=0, help="timed 1280 px JPEG traces")
     parser.add_argument("--pipelines", nargs="*", help="pipeline names (default: all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--work", type=Path,
+                        help="folder for the ledger and exports (reused if it holds a ledger)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     run(parser.parse_args())
 
