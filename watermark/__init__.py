@@ -9,10 +9,11 @@ The public names are re-exported here; the modules hold the logic:
 * :mod:`watermark.dwt` - the mark in the DWT domain (embed, soft bits);
 * :mod:`watermark.stats` - p-values and their union bound;
 * :mod:`watermark.detect` - blind detection over hypotheses and recipients;
+* :mod:`watermark.informed` - informed detection, with the original subtracted;
 * :mod:`watermark.imageio` - read a leaked image of any common format.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .detect import Detection, detect  # noqa: E402
 from .dicomio import Film, read_film, write_derived  # noqa: E402
