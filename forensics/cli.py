@@ -40,7 +40,7 @@ from watermark.errors import LeaktraceError
 from watermark.keys import load_key, load_or_create_key
 
 from .export import collect_sources, export_many
-from ._files import atomic_write
+from watermark._files import atomic_write
 from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
 from .trace import detect_leak, trace_leak
 

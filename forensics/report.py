@@ -44,7 +44,7 @@ import numpy as np
 from watermark import __version__
 from watermark.errors import LeaktraceError
 
-from ._files import atomic_write
+from watermark._files import atomic_write
 
 __all__ = ["write_report", "blind_evidence", "p_value_in_words", "ReportFiles", "ReportError",
            "REPORT_HTML", "REPORT_JSON"]

@@ -27,7 +27,6 @@ import copy
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ._files import atomic_write
 from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
 
 __all__ = ["Film", "DerivedRecord", "read_film", "write_derived", "sha256_file"]
@@ -924,28 +924,8 @@ def _raw_source_words(film: Film, unsigned: np.dtype) -> np.ndarray | None:
 
 
 def _atomic_write(out_path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `out_path`, fsync, then os.replace."""
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent
-    )
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(out_path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+    """Write an output file atomically with ordinary permissions (0666 less the umask)."""
+    atomic_write(out_path, data, mode=0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -283,6 +283,15 @@ def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float | None = No
     return np.clip(display + mark_residual(display, codeword, key, rms=rms), 0.0, 255.0)
 
 
+def _working_grid(image: np.ndarray, long_edge: int) -> np.ndarray:
+    """A leak resampled to the working grid, after checking it is big enough to test."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
+        raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
+                         f"got shape {image.shape}")
+    return _resample(image, working_shape(image.shape, long_edge))
+
+
 def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarray]:
     """Key-independent part of extraction: whitened subbands folded onto one tile.
 
@@ -304,11 +313,7 @@ def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarra
     ValueError
         An image smaller than ``MIN_DETECT_EDGE`` on a side.
     """
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
-        raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
-                         f"got shape {image.shape}")
-    work = _resample(image, working_shape(image.shape, long_edge))
+    work = _working_grid(image, long_edge)
     coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
     out = {}
     for level in LEVELS:
@@ -410,11 +415,7 @@ def folded_coarse_robust(image: np.ndarray, *, long_edge: int) -> dict[int, np.n
     ValueError
         An image smaller than ``MIN_DETECT_EDGE`` on a side.
     """
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
-        raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
-                         f"got shape {image.shape}")
-    work = _resample(image, working_shape(image.shape, long_edge))
+    work = _working_grid(image, long_edge)
     spectrum = scipy.fft.rfft2(work - work.mean())
     power = spectrum.real**2 + spectrum.imag**2
     # smoothed over frequencies: cyclic along rows; the half plane mirrors at its edges

@@ -1,4 +1,4 @@
-"""Atomic, private file writes for what leaktrace produces besides DICOM (ledger exports,
+"""Atomic file writes, for everything leaktrace writes (DICOM copies, ledger exports,
 evidence reports)."""
 
 from __future__ import annotations
