@@ -53,7 +53,8 @@ from pydicom.uid import (
 
 from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
 
-__all__ = ["Film", "DerivedRecord", "read_film", "write_derived", "sha256_file"]
+__all__ = ["Film", "DerivedRecord", "EncodedDerived", "read_film", "write_derived", "encode_derived",
+           "write_encoded", "sha256_file"]
 
 # Transfer syntaxes whose encoding can only be lossless (PS3.5 Annex A and Section 10).
 # Every other transfer syntax is treated as possibly lossy: JPEG baseline/extended (.4.50,
@@ -395,6 +396,39 @@ def write_derived(
     'JPEG 2000 Image Compression (Lossless Only)'
     """
     out_path = Path(out_path)
+    return write_encoded(encode_derived(film, marked, out_path, description=description), out_path)
+
+
+@dataclass(frozen=True)
+class EncodedDerived:
+    """A derived copy encoded by :func:`encode_derived`, not yet written.
+
+    Attributes
+    ----------
+    data : bytes
+        The whole DICOM file (PS3.10 format).
+    sop_instance_uid : str
+        (0008,0018) *SOP Instance UID* of the new instance.
+    transfer_syntax : pydicom.uid.UID
+        (0002,0010) *Transfer Syntax UID* of ``data``.
+    """
+
+    data: bytes
+    sop_instance_uid: str
+    transfer_syntax: UID
+
+
+def encode_derived(film: Film, marked: np.ndarray, out_path: str | os.PathLike, *,
+                   description: str) -> EncodedDerived:
+    """The first half of :func:`write_derived`: build and encode the derived copy in memory.
+
+    Everything :func:`write_derived` documents happens here except the write itself, so that
+    the (possibly slow) encoding can run in another process and the file be written later
+    with :func:`write_encoded`. Parameters and errors as for :func:`write_derived`;
+    ``out_path`` is checked (its folder exists, it is not the source) and named in messages,
+    but nothing is written.
+    """
+    out_path = Path(out_path)
     values = _quantise(film, marked)
     _check_description(description)
     _check_destination(film, out_path)
@@ -413,16 +447,30 @@ def write_derived(
             f"{film.path}: the derived copy for {out_path} cannot be encoded as DICOM: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    data = buffer.getvalue()
+    return EncodedDerived(buffer.getvalue(), new_uid, transfer_syntax)
+
+
+def write_encoded(encoded: EncodedDerived, out_path: str | os.PathLike) -> DerivedRecord:
+    """The second half of :func:`write_derived`: write an encoded copy atomically.
+
+    The bytes go to a temporary file in the destination folder, are flushed and fsync-ed,
+    then moved over ``out_path`` with :func:`os.replace`.
+
+    Raises
+    ------
+    LeaktraceError
+        The file cannot be written; ``out_path`` is then left as it was.
+    """
+    out_path = Path(out_path)
     try:
-        _atomic_write(out_path, data)
+        _atomic_write(out_path, encoded.data)
     except OSError as exc:
         raise LeaktraceError(f"{out_path}: cannot write the derived copy: {exc}") from exc
     return DerivedRecord(
         path=out_path,
-        sop_instance_uid=new_uid,
-        transfer_syntax=transfer_syntax,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sop_instance_uid=encoded.sop_instance_uid,
+        transfer_syntax=encoded.transfer_syntax,
+        sha256=hashlib.sha256(encoded.data).hexdigest(),
     )
 
 
