@@ -87,19 +87,22 @@ def mark_film(film: Film, number: int, key: SiteKey, *, rms: float | None = None
     if not np.isfinite(gain) or gain == 0:
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (its default "
                             f"display has a slope of {gain} grey levels per stored unit)")
-    display = render(film)
-    residual = dwt.mark_residual(display, payload.encode(number, key), key, rms=rms)
+    residual = dwt.mark_residual(render(film), payload.encode(number, key), key, rms=rms)
     if not np.any(residual):
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (no texture "
                             "in its default display)")
     source = film.pixels
-    marked = source.astype(np.float64) + residual / gain
+    # marked = source + residual / gain, computed in the residual's memory
+    residual /= gain
+    marked = np.add(residual, source, out=residual)
     if _shown_min_to_max(film):
         lo_at, hi_at = int(np.argmin(source)), int(np.argmax(source))
-        marked = np.clip(marked, source.flat[lo_at], source.flat[hi_at])
+        np.clip(marked, source.flat[lo_at], source.flat[hi_at], out=marked)
         marked.flat[lo_at], marked.flat[hi_at] = source.flat[lo_at], source.flat[hi_at]
     low, high = film.value_range
-    changed = int(np.count_nonzero(np.clip(np.rint(marked), low, high) != source))
+    changed = sum(int(np.count_nonzero(np.clip(np.rint(marked[i:i + 256]), low, high)
+                                       != source[i:i + 256]))
+                  for i in range(0, rows, 256))  # in blocks of rows: no image-sized temporaries
     if changed < MIN_CHANGED_FRACTION * source.size:
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (the marked "
                             f"copy would differ from the source in {changed} of {source.size} "

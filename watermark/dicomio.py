@@ -736,9 +736,14 @@ def _quantise(film: Film, marked: np.ndarray) -> np.ndarray:
     elif np.issubdtype(marked.dtype, np.signedinteger):
         clipped = np.clip(marked.astype(np.int64), low, high)
     elif np.issubdtype(marked.dtype, np.floating):
-        if not np.all(np.isfinite(marked)):
-            raise ValueError("marked holds NaN or infinite values; all values must be finite")
-        clipped = np.clip(np.rint(marked.astype(np.float64)), low, high)
+        # in blocks of rows: no image-sized float temporaries
+        out = np.empty(marked.shape, dtype=film.pixels.dtype)
+        for i in range(0, marked.shape[0], 256):
+            block = np.rint(marked[i:i + 256].astype(np.float64))
+            if not np.all(np.isfinite(block)):
+                raise ValueError("marked holds NaN or infinite values; all values must be finite")
+            out[i:i + 256] = np.clip(block, low, high, out=block)
+        return out
     else:
         raise ValueError(
             f"marked has dtype {marked.dtype}; an integer or floating point dtype is required"

@@ -242,13 +242,19 @@ def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
         mark.append(tuple(marked))
     residual_work = pywt.waverec2(mark, WAVELET, mode=MODE)[: wshape[0], : wshape[1]]
     residual = _resample(residual_work, display.shape)
-    # luminance masking: no mark where the display is (nearly) black or white
-    lum = np.clip(np.minimum(display, 255.0 - display) / 8.0, 0.0, 1.0)
+    # luminance masking: no mark where the display is (nearly) black or white (in place: one
+    # image-sized temporary, reused for the squares of the RMS)
+    lum = np.subtract(255.0, display)
+    np.minimum(display, lum, out=lum)
+    lum /= 8.0
+    np.clip(lum, 0.0, 1.0, out=lum)
     residual *= lum
-    current = float(np.sqrt(np.mean(residual**2)))
+    current = float(np.sqrt(np.mean(np.square(residual, out=lum))))
+    del lum
     if current == 0.0:
         return residual
-    return residual * ((default_rms(display.shape) if rms is None else rms) / current)
+    residual *= (default_rms(display.shape) if rms is None else rms) / current
+    return residual
 
 
 def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float | None = None) -> np.ndarray:
