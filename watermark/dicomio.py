@@ -396,7 +396,7 @@ def write_derived(
     'JPEG 2000 Image Compression (Lossless Only)'
     """
     out_path = Path(out_path)
-    return write_encoded(encode_derived(film, marked, out_path, description=description), out_path)
+    return write_encoded(_encode(film, marked, out_path, description), out_path)
 
 
 @dataclass(frozen=True)
@@ -428,19 +428,23 @@ def encode_derived(film: Film, marked: np.ndarray, out_path: str | os.PathLike, 
     ``out_path`` is checked (its folder exists, it is not the source) and named in messages,
     but nothing is written.
     """
-    out_path = Path(out_path)
+    return _encode(film, marked, Path(out_path), description)
+
+
+def _encode(film: Film, marked: np.ndarray, out_path: Path, description: str) -> EncodedDerived:
+    """:func:`encode_derived`; warnings name the line that called the public function."""
     values = _quantise(film, marked)
     _check_description(description)
     _check_destination(film, out_path)
 
     # pydicom warns about odd values of the source (e.g. over-long strings) when it converts
     # them; pass those warnings on with the file name
-    with _warnings_about(film.path):
+    with _warnings_about(film.path, stacklevel=5):
         ds, new_uid = _derived_dataset(film, values, description)
     transfer_syntax = _set_pixel_data(ds, film, values)
     try:
         buffer = io.BytesIO()
-        with _warnings_about(film.path):
+        with _warnings_about(film.path, stacklevel=5):
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     except Exception as exc:
         raise LeaktraceError(
@@ -525,13 +529,13 @@ def _parse(path: Path) -> Dataset:
 
 
 @contextlib.contextmanager
-def _warnings_about(path: Path):
+def _warnings_about(path: Path, stacklevel: int = 4):
     """Re-issue warnings raised inside the block with `path` in front of the message."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for w in caught:
-        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=4)
+        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=stacklevel)
 
 
 def _no_pixel_data_error(path: Path, ds: Dataset, notes: list[str]) -> LeaktraceError:
@@ -898,7 +902,7 @@ def _set_pixel_data(ds: Dataset, film: Film, values: np.ndarray) -> UID:
             f"{film.path}: re-encoding as '{target.name}' was not lossless ({problem}); "
             "writing Explicit VR Little Endian instead",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         target = ExplicitVRLittleEndian
 
