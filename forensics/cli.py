@@ -86,6 +86,7 @@ def embed(
     key: KeyOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never one written earlier in the same run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every outcome on stdout.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Processes marking files in parallel (0: one per CPU core). This process still writes every output and records it in the ledger.")] = 1,
 ) -> None:
     """Mark each film for RECIPIENT, write the marked DICOM copies to OUT and record them.
 
@@ -104,6 +105,8 @@ def embed(
         raise fatal(f"bad arguments: --recipient: {exc}") from None
     if out.exists() and not out.is_dir():
         raise fatal(f"bad arguments: --out {out}: exists and is not a folder")
+    if workers < 0:
+        raise fatal(f"bad arguments: --workers {workers}: must be 0 (one per CPU core) or more")
     try:
         site_key, created = load_or_create_key(key)
         if created:
@@ -124,7 +127,8 @@ def embed(
                       TimeElapsedColumn(), console=err, disable=len(pairs) < 2) as bar:
             task = bar.add_task("marking", total=len(pairs))
             outcomes = export_many(pairs, recipient=name, ledger=book, key=site_key,
-                                   overwrite=overwrite, progress=lambda _: bar.advance(task))
+                                   overwrite=overwrite, progress=lambda _: bar.advance(task),
+                                   workers=workers)
     failed = [o for o in outcomes if o.error]
     for o in failed:
         err.print(f"[red]failed:[/] {escape(o.error)}")

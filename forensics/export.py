@@ -16,15 +16,21 @@ The mark is designed in the display domain of the film's default window, so its 
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from watermark import dwt, payload
-from watermark.dicomio import Film, read_film, sha256_file, write_derived
+from watermark.dicomio import (EncodedDerived, Film, encode_derived, read_film, sha256_file,
+                               write_derived, write_encoded)
 from watermark.display import display_gain, render
 from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
 from watermark.keys import SiteKey
@@ -82,19 +88,22 @@ def mark_film(film: Film, number: int, key: SiteKey, *, rms: float | None = None
     if not np.isfinite(gain) or gain == 0:
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (its default "
                             f"display has a slope of {gain} grey levels per stored unit)")
-    display = render(film)
-    residual = dwt.mark_residual(display, payload.encode(number, key), key, rms=rms)
+    residual = dwt.mark_residual(render(film), payload.encode(number, key), key, rms=rms)
     if not np.any(residual):
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (no texture "
                             "in its default display)")
     source = film.pixels
-    marked = source.astype(np.float64) + residual / gain
+    # marked = source + residual / gain, computed in the residual's memory
+    residual /= gain
+    marked = np.add(residual, source, out=residual)
     if _shown_min_to_max(film):
         lo_at, hi_at = int(np.argmin(source)), int(np.argmax(source))
-        marked = np.clip(marked, source.flat[lo_at], source.flat[hi_at])
+        np.clip(marked, source.flat[lo_at], source.flat[hi_at], out=marked)
         marked.flat[lo_at], marked.flat[hi_at] = source.flat[lo_at], source.flat[hi_at]
     low, high = film.value_range
-    changed = int(np.count_nonzero(np.clip(np.rint(marked), low, high) != source))
+    changed = sum(int(np.count_nonzero(np.clip(np.rint(marked[i:i + 256]), low, high)
+                                       != source[i:i + 256]))
+                  for i in range(0, rows, 256))  # in blocks of rows: no image-sized temporaries
     if changed < MIN_CHANGED_FRACTION * source.size:
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (the marked "
                             f"copy would differ from the source in {changed} of {source.size} "
@@ -131,11 +140,23 @@ def marked_copy_of(film: Film, ledger: Ledger) -> tuple[bool, ExportRecord | Non
     :data:`DERIVATION_DESCRIPTION`) or by its (0008,0018) *SOP Instance UID* being the output
     of an export recorded in ``ledger``.
     """
-    ds = film.dataset
-    uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    uid, description = _identity(film)
     record = ledger.export_by_output_uid(uid) if uid else None
-    description = str(ds.get("DerivationDescription", "") or "").strip()
     return record is not None or description == DERIVATION_DESCRIPTION, record
+
+
+def _identity(film: Film) -> tuple[str, str]:
+    """(0008,0018) *SOP Instance UID* and (0008,2111) *Derivation Description*, stripped."""
+    ds = film.dataset
+    return (str(ds.get("SOPInstanceUID", "") or "").strip(),
+            str(ds.get("DerivationDescription", "") or "").strip())
+
+
+def _refuse_marked_copy(source: Path, is_marked: bool, earlier: ExportRecord | None) -> None:
+    if is_marked:
+        whom = f" (for '{earlier.recipient_name}')" if earlier is not None else ""
+        raise InvalidInputError(f"{source}: is already a leaktrace-marked copy{whom}; mark the "
+                                "original instead")
 
 
 def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipient: str,
@@ -155,18 +176,10 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         is refused (:class:`InvalidInputError`): marking it again would carry two marks.
     """
     source, output = Path(source), Path(output)
-    if output.exists() and not overwrite:
-        raise InvalidInputError(f"{output}: exists already (leaktrace never overwrites an export "
-                                "unless asked to with --overwrite)")
-    if output.resolve() == source.resolve():
-        raise InvalidInputError(f"{source}: output would overwrite the input")
+    _check_output(source, output, overwrite)
     name = normalise_recipient(recipient)
     film = read_film(source)
-    is_marked, earlier = marked_copy_of(film, ledger)
-    if is_marked:
-        whom = f" (for '{earlier.recipient_name}')" if earlier is not None else ""
-        raise InvalidInputError(f"{source}: is already a leaktrace-marked copy{whom}; mark the "
-                                "original instead")
+    _refuse_marked_copy(source, *marked_copy_of(film, ledger))
     if ledger.ledger_id is None:
         raise LedgerError(f"{ledger.path}: the ledger has no ledger_id; it cannot record exports")
     mark_key = key.scoped(ledger.ledger_id)
@@ -185,10 +198,16 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         source_path=str(source.resolve()), source_sha256=source_sha256,
         key_fingerprint=key.fingerprint,
     )
-    if not ledger.has_source_features(source_sha256):
-        # once per source film: what `leaktrace trace` needs to find the film in a leak
-        ledger.store_source_features(source_sha256, film_features(render(film)).to_bytes())
+    _keep_features(ledger, source_sha256, lambda: _features(film))
     return record
+
+
+def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise InvalidInputError(f"{output}: exists already (leaktrace never overwrites an export "
+                                "unless asked to with --overwrite)")
+    if output.resolve() == source.resolve():
+        raise InvalidInputError(f"{source}: output would overwrite the input")
 
 
 def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
@@ -214,7 +233,8 @@ def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLi
 
 def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: Ledger,
                 key: SiteKey, overwrite: bool = False,
-                progress: Callable[[ExportOutcome], None] | None = None) -> list[ExportOutcome]:
+                progress: Callable[[ExportOutcome], None] | None = None,
+                workers: int = 1) -> list[ExportOutcome]:
     """Export every (source, output) pair, carrying on after failures.
 
     A failure of one file (any leaktrace error, an OS error, an unexpected ``ValueError`` or
@@ -223,33 +243,222 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
     already written in this run is refused (even with ``overwrite``), so one run never
     replaces its own outputs.
 
+    Parameters
+    ----------
+    workers : int
+        Processes that read, mark and encode files in parallel (0: one per CPU core). With
+        more than one, this process still owns the ledger: it writes each output and records
+        it in one transaction, in input order, exactly as with one worker, so the outcomes,
+        the records and their hash chain are the same; only the marking and encoding run
+        elsewhere.
+
     Returns one :class:`ExportOutcome` per pair, in order. ``progress`` is called after each.
+
+    Raises
+    ------
+    ValueError
+        ``workers`` is negative.
     """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {workers}")
+    pairs = [(Path(s), Path(o)) for s, o in pairs]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(pairs) > 1:
+        return _export_parallel(pairs, recipient=recipient, ledger=ledger, key=key,
+                                overwrite=overwrite, progress=progress,
+                                workers=min(workers, len(pairs)))
     outcomes = []
     written: dict[Path, Path] = {}  # output (resolved) -> the source written there in this run
     for source, output in pairs:
-        try:
-            target = output.resolve()
-            if target in written:
-                raise InvalidInputError(
-                    f"{source}: its output {output} was already written in this run from "
-                    f"{written[target]}; give the files different names or export them to "
-                    "different --out folders")
+        def run(source=source, output=output) -> ExportRecord:
+            _check_not_written(source, output, written)
             output.parent.mkdir(parents=True, exist_ok=True)
-            rec = export_film(source, output, recipient=recipient, ledger=ledger, key=key,
-                              overwrite=overwrite)
-            written[target] = source
-            outcome = ExportOutcome(source, output, record=rec)
-        except LeaktraceError as exc:
-            outcome = ExportOutcome(source, output, error=str(exc))
-        except OSError as exc:
-            outcome = ExportOutcome(source, output, error=f"{source}: {exc}")
-        except MemoryError:
-            outcome = ExportOutcome(source, output, error=f"{source}: not enough memory to mark it")
-        except ValueError as exc:  # a bug or an odd file; never a typer/click exit
-            outcome = ExportOutcome(source, output,
-                                    error=f"{source}: cannot be marked ({type(exc).__name__}: {exc})")
+            return export_film(source, output, recipient=recipient, ledger=ledger, key=key,
+                               overwrite=overwrite)
+
+        outcome = _outcome(source, output, run)
+        if outcome.record is not None:
+            written[output.resolve()] = source
         outcomes.append(outcome)
         if progress is not None:
             progress(outcome)
     return outcomes
+
+
+def _check_not_written(source: Path, output: Path, written: dict[Path, Path]) -> None:
+    target = output.resolve()
+    if target in written:
+        raise InvalidInputError(
+            f"{source}: its output {output} was already written in this run from "
+            f"{written[target]}; give the files different names or export them to "
+            "different --out folders")
+
+
+def _failure(source: Path, exc: BaseException) -> str | None:
+    """The message for a per-file failure, or None for an exception that must propagate."""
+    if isinstance(exc, LeaktraceError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{source}: {exc}"
+    if isinstance(exc, MemoryError):
+        return f"{source}: not enough memory to mark it"
+    if isinstance(exc, ValueError):  # a bug or an odd file; never a typer/click exit
+        return f"{source}: cannot be marked ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _outcome(source: Path, output: Path, run: Callable[[], ExportRecord]) -> ExportOutcome:
+    try:
+        return ExportOutcome(source, output, record=run())
+    except (LeaktraceError, OSError, MemoryError, ValueError) as exc:
+        return ExportOutcome(source, output, error=_failure(source, exc))
+
+
+@dataclass(frozen=True)
+class _Marked:
+    """What a worker process hands back for one file: the encoded copy and the facts the
+    ledger records (``source_uid`` as the file has it), or the failure message. ``warned``
+    holds the (message, category) of each warning issued meanwhile."""
+
+    source: Path
+    number: int
+    error: str | None = None
+    source_uid: str = ""
+    description: str = ""
+    source_sha256: str = ""
+    encoded: EncodedDerived | None = None
+    warned: tuple = ()
+    features: bytes = b""
+
+
+def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
+                    overwrite: bool) -> _Marked:
+    """Read, mark and encode one file for recipient ``number`` (runs in a worker process)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _check_output(source, output, overwrite)
+            film = read_film(source)
+            uid, description = str(film.dataset.get("SOPInstanceUID", "")), _identity(film)[1]
+            if description == DERIVATION_DESCRIPTION:  # refused by the parent, with the ledger's word
+                result = _Marked(source, number, None, uid, description)
+            else:
+                source_sha256 = sha256_file(source)
+                output.parent.mkdir(parents=True, exist_ok=True)
+                marked = mark_film(film, number, mark_key)
+                encoded = encode_derived(film, marked, output, description=DERIVATION_DESCRIPTION)
+                result = _Marked(source, number, None, uid, description, source_sha256, encoded,
+                                 features=_features(film))
+        except (LeaktraceError, OSError, MemoryError, ValueError) as exc:
+            result = _Marked(source, number, error=_failure(source, exc))
+    return dataclasses.replace(result, warned=tuple((str(w.message), w.category) for w in caught))
+
+
+def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: Ledger,
+                     key: SiteKey, overwrite: bool, progress, workers: int) -> list[ExportOutcome]:
+    """:func:`export_many` with ``workers`` processes marking and encoding.
+
+    The workers never touch the ledger and never write an output: each returns the encoded
+    copy. This process then, in input order, checks the file against the ledger (a copy it
+    recorded is refused), and inside the ledger transaction that registers the recipient
+    writes the output atomically; a record that cannot be committed removes the file, as in
+    :func:`export_film`. Workers mark for the recipient's number as the ledger has it, or for
+    the number a new recipient will get; should the transaction assign another number (another
+    process registered a recipient meanwhile), the file is marked again here with the right one.
+    """
+    name = normalise_recipient(recipient)
+    if ledger.ledger_id is None:
+        raise LedgerError(f"{ledger.path}: the ledger has no ledger_id; it cannot record exports")
+    mark_key = key.scoped(ledger.ledger_id)
+    number = ledger.recipient_number(name)
+    if number is None:
+        number = max(ledger.recipients(), default=0) + 1
+    outcomes: list[ExportOutcome] = []
+    written: dict[Path, Path] = {}
+    window = 2 * workers  # files in flight: bounds the encoded copies held in memory
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding the ledger
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    futures: dict = {}
+
+    def submit(i: int) -> None:
+        source, output = pairs[i]
+        futures[i] = pool.submit(_mark_in_worker, source, output, number, mark_key, overwrite)
+
+    try:
+        for i in range(min(window, len(pairs))):
+            submit(i)
+        for i, (source, output) in enumerate(pairs):
+            try:
+                marked = futures.pop(i).result()
+            except BrokenProcessPool:  # a worker died (a codec crash, killed for memory...)
+                marked = _Marked(source, number, error=f"{source}: the process marking it "
+                                 "stopped unexpectedly; the file was not exported")
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = ProcessPoolExecutor(workers, mp_context=context)
+                for j in sorted(futures):  # the other files in flight go to a new pool
+                    submit(j)
+            if i + window < len(pairs):
+                submit(i + window)
+            for message, category in marked.warned:
+                warnings.warn(message, category, stacklevel=2)
+
+            def run(source=source, output=output, marked=marked) -> ExportRecord:
+                if marked.error is not None:
+                    raise _WorkerFailure(marked.error)
+                _check_not_written(source, output, written)
+                uid = marked.source_uid.strip()
+                earlier = ledger.export_by_output_uid(uid) if uid else None
+                _refuse_marked_copy(source, earlier is not None
+                                    or marked.description == DERIVATION_DESCRIPTION, earlier)
+                return _record(source, output, marked, name=name, ledger=ledger, key=key,
+                               mark_key=mark_key, overwrite=overwrite)
+
+            outcome = _outcome(source, output, run)
+            if outcome.record is not None:
+                written[output.resolve()] = source
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(outcome)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+class _WorkerFailure(LeaktraceError):
+    """A failure already turned into its message by a worker."""
+
+
+def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: Ledger,
+            key: SiteKey, mark_key: SiteKey, overwrite: bool) -> ExportRecord:
+    """Write a worker's encoded copy and record it, in one ledger transaction."""
+
+    def write(number: int) -> dict:
+        encoded = marked.encoded
+        if number != marked.number:  # the ledger gave another number: mark again for it
+            film = read_film(source)
+            encoded = encode_derived(film, mark_film(film, number, mark_key), output,
+                                     description=DERIVATION_DESCRIPTION)
+        _check_output(source, output, overwrite)
+        rec = write_encoded(encoded, output)
+        coded = payload.encode(number, mark_key)
+        return {"output_path": str(rec.path), "output_sop_uid": str(rec.sop_instance_uid),
+                "output_sha256": rec.sha256, "payload": np.packbits(coded < 0).tobytes().hex()}
+
+    record = ledger.record_export(
+        write, recipient=name, source_sop_uid=marked.source_uid,
+        source_path=str(source.resolve()), source_sha256=marked.source_sha256,
+        key_fingerprint=key.fingerprint,
+    )
+    _keep_features(ledger, marked.source_sha256, lambda: marked.features)
+    return record
+
+
+def _features(film: Film) -> bytes:
+    """The keypoint features `leaktrace trace` uses to find the film in a leak (serialised)."""
+    return film_features(render(film)).to_bytes()
+
+
+def _keep_features(ledger: Ledger, source_sha256: str, features: Callable[[], bytes]) -> None:
+    """Store a source film's features in the ledger, once per source film."""
+    if not ledger.has_source_features(source_sha256):
+        ledger.store_source_features(source_sha256, features())

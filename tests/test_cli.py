@@ -285,7 +285,8 @@ def test_embed_empty_folder(tmp_path, site):
     assert not (tmp_path / "out").exists()
 
 
-def test_embed_batch_failures_do_not_stop_the_batch(tmp_path, site, dicom_films, exported):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_embed_batch_failures_do_not_stop_the_batch(tmp_path, site, dicom_films, exported, workers):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     shutil.copy(dicom_films[FUJI], a / "x.dcm")
@@ -293,7 +294,8 @@ def test_embed_batch_failures_do_not_stop_the_batch(tmp_path, site, dicom_films,
     write_dicom(tmp_path / "black.dcm", np.zeros((128, 128), np.uint8))
     marked = exported["exported"][0]["output_path"]
     result = run("embed", a / "x.dcm", b / "x.dcm", tmp_path / "black.dcm", marked,
-                 "--recipient", "Bob", "--out", tmp_path / "o2", "--overwrite", *site, "--json")
+                 "--recipient", "Bob", "--out", tmp_path / "o2", "--overwrite", *site, "--json",
+                 "--workers", workers)
     assert result.exit_code == 1, result.output
     obj = one_json(result)
     assert [r["source_path"] for r in obj["exported"]] == [str(a / "x.dcm")]
@@ -302,6 +304,14 @@ def test_embed_batch_failures_do_not_stop_the_batch(tmp_path, site, dicom_films,
     assert "black.dcm: flat image: nothing to carry the mark" in errors[1]
     assert "is already a leaktrace-marked copy (for 'Dr. Ana Alvarez'); mark the original" in errors[2]
     assert "Traceback" not in result.output
+
+
+def test_embed_negative_workers_is_a_bad_argument(tmp_path, site, dicom_films):
+    result = run("embed", dicom_films[FUJI], "--recipient", "Bob", "--out", tmp_path / "o",
+                 *site, "--json", "--workers", -1)
+    assert result.exit_code == 2
+    assert "--workers -1: must be 0 (one per CPU core) or more" in one_json(result)["error"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_long_messages_are_not_wrapped(tmp_path, site, exported):

@@ -14,10 +14,10 @@ import typer
 from conftest import write_dicom
 from forensics import export as export_module
 from forensics import leaks
-from forensics.export import export_film, export_many, mark_film
+from forensics.export import collect_sources, export_film, export_many, mark_film
 from forensics.ledger import Ledger
 from forensics.trace import detect_leak
-from watermark.dicomio import read_film
+from watermark.dicomio import read_film, sha256_file
 from watermark.display import render
 from watermark.errors import CapacityError, InvalidInputError
 from watermark.keys import SiteKey
@@ -203,3 +203,73 @@ def test_a_renamed_recipient_is_reported_by_its_recorded_name(tmp_path, dicom_fi
     assert report.recipient == "Bob"
     assert report.as_dict()["recipients"][0]["recipient"] == "Bob"
     assert any("recorded for 'Bob'" in w for w in report.warnings)
+
+
+VET = "veterinary_canine_thorax_dx_mono1_8bit.dcm"
+
+
+def _folder_of_three_and_a_flat_one(tmp_path, dicom_films):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (FUJI, NIH, VET):
+        shutil.copy(dicom_films[name], src / name)
+    write_dicom(src / "black.dcm", np.zeros((256, 256), np.uint8))
+    return src
+
+
+def test_workers_mark_a_folder_in_parallel_and_keep_per_file_failures(tmp_path, dicom_films):
+    src = _folder_of_three_and_a_flat_one(tmp_path, dicom_films)
+    out = tmp_path / "out"
+    with Ledger(tmp_path / "l.sqlite") as book:
+        outcomes = export_many(list(collect_sources([src], out)), recipient="Dr. Par",
+                               ledger=book, key=KEY, workers=2)
+        assert [o.source.name for o in outcomes] == sorted(["black.dcm", FUJI, NIH, VET])
+        (failed,) = [o for o in outcomes if o.error]
+        assert failed.error.startswith(f"{src / 'black.dcm'}: flat image: nothing to carry the mark")
+        records = book.exports()
+        assert len(records) == 3 and book.verify() == []
+        # the workers computed each source film's keypoint features for `trace`
+        assert set(book.source_features()) == {r.source_sha256 for r in records}
+        assert {r.recipient_number for r in records} == {1} and book.recipients() == {1: "Dr. Par"}
+        for o in outcomes:
+            if o.record is None:
+                continue
+            assert o.record.output_sha256 == sha256_file(o.output)
+            report = detect_leak(_leak_png(o.output, tmp_path / f"{o.source.stem}.png"),
+                                 ledger=book, key=KEY)
+            assert report.decision == "traced" and report.recipient == "Dr. Par", o.source.name
+    assert sorted(p.name for p in out.iterdir()) == sorted([FUJI, NIH, VET])  # no temporary files
+
+    # the same marks as one process makes
+    with Ledger(tmp_path / "l.sqlite") as book:
+        serial = export_many([(src / FUJI, tmp_path / "serial" / FUJI)], recipient="Dr. Par",
+                             ledger=book, key=KEY)
+    assert np.array_equal(read_film(serial[0].output).pixels, read_film(out / FUJI).pixels)
+
+
+def test_workers_mark_again_when_the_ledger_assigns_another_number(tmp_path, dicom_films, monkeypatch):
+    """Workers mark for the number a new recipient is expected to get; when the transaction
+    assigns another (here: a recipient the prediction did not see), the file is marked again
+    for the number actually recorded."""
+    src = _folder_of_three_and_a_flat_one(tmp_path, dicom_films)
+    (src / NIH).unlink()
+    with Ledger(tmp_path / "l.sqlite") as book:
+        book.recipient_number("Someone else", create=True)  # number 1
+        monkeypatch.setattr(book, "recipients", lambda: {})  # so the workers expect 1 too
+        outcomes = export_many(list(collect_sources([src], tmp_path / "out")), recipient="Dr. Par",
+                               ledger=book, key=KEY, workers=2)
+        monkeypatch.undo()
+        good = [o for o in outcomes if o.record is not None]
+        assert len(good) == 2 and {o.record.recipient_number for o in good} == {2}
+        for o in good:
+            report = detect_leak(_leak_png(o.output, tmp_path / f"{o.source.stem}.png"),
+                                 ledger=book, key=KEY)
+            assert report.decision == "traced" and report.recipient == "Dr. Par"
+            assert report.detection.recipient_number == 2
+
+
+def test_negative_workers_are_refused(tmp_path, dicom_films):
+    with Ledger(tmp_path / "l.sqlite") as book:
+        with pytest.raises(ValueError, match="workers must be >= 0"):
+            export_many([(dicom_films[FUJI], tmp_path / "o.dcm")], recipient="r", ledger=book,
+                        key=KEY, workers=-1)

@@ -79,3 +79,48 @@ def test_search_returns_positions_and_union_counts_them(films):
     assert all(0 <= s < dwt.TILE for s in hits[0].shift)
     d = detect(leak, KEY, [number])
     assert d.n_tests == 6 * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2 * 1
+
+
+def test_related_lattices_are_harmonics_at_the_same_angle():
+    base = sync.Lattice(120.0, 2.0, 3.0)
+    assert sync.related_lattices(base, sync.Lattice(60.5, 2.5, 0.0))  # half period
+    assert sync.related_lattices(base, sync.Lattice(40.0, 1.0, 0.0))  # a third
+    assert sync.related_lattices(base, sync.Lattice(180.0, 2.0, 0.0))  # 3 / 2
+    assert not sync.related_lattices(base, sync.Lattice(48.0, 2.0, 0.0))  # 2 / 5
+    assert not sync.related_lattices(base, sync.Lattice(60.0, 5.0, 0.0))  # another angle
+    assert not sync.related_lattices(base, sync.Lattice(100.0, 2.0, 0.0))  # 5 / 6
+
+
+def test_box_mean_is_scipys_uniform_filter():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for shape in [(40, 33), (15, 20), (300, 7)]:
+        image = rng.random(shape) * 255
+        for size in (7, 9, 13, 15, 17):
+            for mode in ("reflect", "wrap"):
+                np.testing.assert_allclose(sync._box_mean(image, size, mode),
+                                           ndimage.uniform_filter(image, size, mode=mode),
+                                           rtol=0, atol=1e-9)
+
+
+def test_erode_is_scipys_binary_erosion():
+    from scipy import ndimage
+
+    mask = np.random.default_rng(4).random((120, 90)) > 0.03
+    for iterations in (1, 8):
+        assert np.array_equal(sync._erode(mask, iterations),
+                              ndimage.binary_erosion(mask, iterations=iterations))
+
+
+def test_phase_spectra_equal_the_transforms_of_every_shifted_tile():
+    """The tree of one-level transforms gives the subbands of all 64 shifts, as 64 full
+    transforms of the rolled tile do."""
+    import pywt
+
+    tile = np.random.default_rng(5).standard_normal((dwt.TILE, dwt.TILE))
+    phases = np.stack([np.roll(tile, (-dy, -dx), axis=(0, 1)) for dy in range(8) for dx in range(8)])
+    coeffs = pywt.wavedec2(phases, dwt.WAVELET, mode=dwt.MODE, level=dwt.N_LEVELS, axes=(-2, -1))
+    comps = sync._polyphase({lvl: np.stack(coeffs[dwt.N_LEVELS + 1 - lvl], axis=1) for lvl in dwt.LEVELS})
+    direct = np.fft.rfft2(comps).reshape(64, comps.shape[1], -1).transpose(2, 0, 1)
+    np.testing.assert_allclose(sync._phase_spectra(tile), direct, rtol=0, atol=1e-9)

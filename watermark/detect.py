@@ -136,7 +136,7 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
         The image is smaller than ``watermark.dwt.MIN_DETECT_EDGE`` px on a side: too small
         to hold a detectable mark.
     """
-    return detect_prepared(PreparedLeak(image), key, recipients, alpha=alpha)
+    return detect_prepared(PreparedLeak(image, keep_lattices=False), key, recipients, alpha=alpha)
 
 
 class PreparedLeak:
@@ -146,6 +146,9 @@ class PreparedLeak:
     ----------
     image : (rows, columns) array
         As for :func:`detect`.
+    keep_lattices : bool
+        Keep each prepared lattice candidate for later keys (about 18 MB each); False for a
+        single query, which then holds one at a time.
 
     Raises
     ------
@@ -153,7 +156,7 @@ class PreparedLeak:
         The image is smaller than ``watermark.dwt.MIN_DETECT_EDGE`` px on a side.
     """
 
-    def __init__(self, image: np.ndarray):
+    def __init__(self, image: np.ndarray, *, keep_lattices: bool = True):
         image = np.asarray(image, dtype=np.float64)
         if image.ndim != 2 or min(image.shape) < dwt.MIN_DETECT_EDGE:
             raise CapacityError(
@@ -165,15 +168,31 @@ class PreparedLeak:
         self.whole = [(e, dwt.folded_subbands(image, long_edge=e)) for e in edges]
         # the same grids read by the noise-robust folding (small leaks after strong codecs)
         self.whole += [(e, dwt.folded_coarse_robust(image, long_edge=e)) for e in edges]
-        self._lattices = None
+        self._candidates = None
+        self._prepared = {}
+        self._keep = keep_lattices
+
+    @property
+    def candidates(self) -> list:
+        """Lattice candidates of the geometric search, at most ``N_LATTICES`` (computed on
+        first use)."""
+        if self._candidates is None:
+            self._candidates = sync.lattice_candidates(self.image, n=N_LATTICES)
+        return self._candidates
+
+    def prepared(self, index: int) -> sync.PreparedLattice:
+        """The prepared search data of candidate ``index`` (computed on first use, then kept)."""
+        if index in self._prepared:
+            return self._prepared[index]
+        prepared = sync.prepare(self.image, self.candidates[index])
+        if self._keep:
+            self._prepared[index] = prepared
+        return prepared
 
     @property
     def lattices(self) -> list:
-        """Prepared lattice candidates for the geometric search (computed on first use)."""
-        if self._lattices is None:
-            self._lattices = [sync.prepare(self.image, lattice)
-                              for lattice in sync.lattice_candidates(self.image, n=N_LATTICES)]
-        return self._lattices
+        """Every prepared lattice candidate for the geometric search."""
+        return [self.prepared(i) for i in range(len(self.candidates))]
 
 
 def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] = (), *,
@@ -192,20 +211,32 @@ def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] 
     if result.decision == "traced":
         return result
 
-    # family 2: geometric search (crop, margins, rotation, flips, several films)
-    hits = []
-    for prepared in leak.lattices:
-        lattice = prepared.lattice
-        for hit in sync.search(prepared, key, table if len(numbers) else None):
+    # family 2: geometric search (crop, margins, rotation, flips, several films). The union
+    # bound counts every position of all N_LATTICES candidates, the most that can be searched;
+    # fewer are searched when the comb finds fewer, and a lattice's harmonics are skipped once
+    # it has named a recipient (they would find the same film again). Larger periods go
+    # first: a harmonic's fundamental, and the cheapest to resample.
+    n_geo = N_LATTICES * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2
+    weight = 1 / (1 - WHOLE_FILM_SHARE)
+    z_named = stats.z_threshold(n_geo * n_rec, alpha / weight)
+    hits, named_on = [], []
+    for index in sorted(range(len(leak.candidates)), key=lambda i: -leak.candidates[i].period):
+        lattice = leak.candidates[index]
+        if any(sync.related_lattices(lattice, other) for other in named_on):
+            continue
+        found = sync.search(leak.prepared(index), key, table if len(numbers) else None)
+        for hit in found:
             hits.append((hit.soft, {"lattice_period_px": lattice.period,
                                     "lattice_angle_deg": lattice.angle,
                                     "dihedral": hit.dihedral,
                                     "translation_working_px": list(hit.shift)}))
+        if numbers and any(np.max(np.abs(stats.normalised_correlation(hit.soft, table))) >= z_named
+                           for hit in found):
+            named_on.append(lattice)
     if not hits:
         return result
-    n_geo = N_LATTICES * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2
     geometric = _evaluate(hits, numbers, table, key, n_tests=n_geo * n_rec, n_hyp=n_geo,
-                          weight=1 / (1 - WHOLE_FILM_SHARE), alpha=alpha, search="geometric")
+                          weight=weight, alpha=alpha, search="geometric")
     if geometric.decision == "traced" or geometric.p_value < result.p_value:
         return geometric
     return result

@@ -53,7 +53,8 @@ from pydicom.uid import (
 from ._files import atomic_write
 from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
 
-__all__ = ["Film", "DerivedRecord", "read_film", "write_derived", "sha256_file"]
+__all__ = ["Film", "DerivedRecord", "EncodedDerived", "read_film", "write_derived", "encode_derived",
+           "write_encoded", "sha256_file"]
 
 # Transfer syntaxes whose encoding can only be lossless (PS3.5 Annex A and Section 10).
 # Every other transfer syntax is treated as possibly lossy: JPEG baseline/extended (.4.50,
@@ -395,34 +396,85 @@ def write_derived(
     'JPEG 2000 Image Compression (Lossless Only)'
     """
     out_path = Path(out_path)
+    return write_encoded(_encode(film, marked, out_path, description), out_path)
+
+
+@dataclass(frozen=True)
+class EncodedDerived:
+    """A derived copy encoded by :func:`encode_derived`, not yet written.
+
+    Attributes
+    ----------
+    data : bytes
+        The whole DICOM file (PS3.10 format).
+    sop_instance_uid : str
+        (0008,0018) *SOP Instance UID* of the new instance.
+    transfer_syntax : pydicom.uid.UID
+        (0002,0010) *Transfer Syntax UID* of ``data``.
+    """
+
+    data: bytes
+    sop_instance_uid: str
+    transfer_syntax: UID
+
+
+def encode_derived(film: Film, marked: np.ndarray, out_path: str | os.PathLike, *,
+                   description: str) -> EncodedDerived:
+    """The first half of :func:`write_derived`: build and encode the derived copy in memory.
+
+    Everything :func:`write_derived` documents happens here except the write itself, so that
+    the (possibly slow) encoding can run in another process and the file be written later
+    with :func:`write_encoded`. Parameters and errors as for :func:`write_derived`;
+    ``out_path`` is checked (its folder exists, it is not the source) and named in messages,
+    but nothing is written.
+    """
+    return _encode(film, marked, Path(out_path), description)
+
+
+def _encode(film: Film, marked: np.ndarray, out_path: Path, description: str) -> EncodedDerived:
+    """:func:`encode_derived`; warnings name the line that called the public function."""
     values = _quantise(film, marked)
     _check_description(description)
     _check_destination(film, out_path)
 
     # pydicom warns about odd values of the source (e.g. over-long strings) when it converts
     # them; pass those warnings on with the file name
-    with _warnings_about(film.path):
+    with _warnings_about(film.path, stacklevel=5):
         ds, new_uid = _derived_dataset(film, values, description)
     transfer_syntax = _set_pixel_data(ds, film, values)
     try:
         buffer = io.BytesIO()
-        with _warnings_about(film.path):
+        with _warnings_about(film.path, stacklevel=5):
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     except Exception as exc:
         raise LeaktraceError(
             f"{film.path}: the derived copy for {out_path} cannot be encoded as DICOM: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    data = buffer.getvalue()
+    return EncodedDerived(buffer.getvalue(), new_uid, transfer_syntax)
+
+
+def write_encoded(encoded: EncodedDerived, out_path: str | os.PathLike) -> DerivedRecord:
+    """The second half of :func:`write_derived`: write an encoded copy atomically.
+
+    The bytes go to a temporary file in the destination folder, are flushed and fsync-ed,
+    then moved over ``out_path`` with :func:`os.replace`.
+
+    Raises
+    ------
+    LeaktraceError
+        The file cannot be written; ``out_path`` is then left as it was.
+    """
+    out_path = Path(out_path)
     try:
-        _atomic_write(out_path, data)
+        _atomic_write(out_path, encoded.data)
     except OSError as exc:
         raise LeaktraceError(f"{out_path}: cannot write the derived copy: {exc}") from exc
     return DerivedRecord(
         path=out_path,
-        sop_instance_uid=new_uid,
-        transfer_syntax=transfer_syntax,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sop_instance_uid=encoded.sop_instance_uid,
+        transfer_syntax=encoded.transfer_syntax,
+        sha256=hashlib.sha256(encoded.data).hexdigest(),
     )
 
 
@@ -477,13 +529,13 @@ def _parse(path: Path) -> Dataset:
 
 
 @contextlib.contextmanager
-def _warnings_about(path: Path):
+def _warnings_about(path: Path, stacklevel: int = 4):
     """Re-issue warnings raised inside the block with `path` in front of the message."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for w in caught:
-        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=4)
+        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=stacklevel)
 
 
 def _no_pixel_data_error(path: Path, ds: Dataset, notes: list[str]) -> LeaktraceError:
@@ -688,9 +740,14 @@ def _quantise(film: Film, marked: np.ndarray) -> np.ndarray:
     elif np.issubdtype(marked.dtype, np.signedinteger):
         clipped = np.clip(marked.astype(np.int64), low, high)
     elif np.issubdtype(marked.dtype, np.floating):
-        if not np.all(np.isfinite(marked)):
-            raise ValueError("marked holds NaN or infinite values; all values must be finite")
-        clipped = np.clip(np.rint(marked.astype(np.float64)), low, high)
+        # in blocks of rows: no image-sized float temporaries
+        out = np.empty(marked.shape, dtype=film.pixels.dtype)
+        for i in range(0, marked.shape[0], 256):
+            block = np.rint(marked[i:i + 256].astype(np.float64))
+            if not np.all(np.isfinite(block)):
+                raise ValueError("marked holds NaN or infinite values; all values must be finite")
+            out[i:i + 256] = np.clip(block, low, high, out=block)
+        return out
     else:
         raise ValueError(
             f"marked has dtype {marked.dtype}; an integer or floating point dtype is required"
@@ -845,7 +902,7 @@ def _set_pixel_data(ds: Dataset, film: Film, values: np.ndarray) -> UID:
             f"{film.path}: re-encoding as '{target.name}' was not lossless ({problem}); "
             "writing Explicit VR Little Endian instead",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         target = ExplicitVRLittleEndian
 

@@ -197,7 +197,10 @@ def embedding_strength(bands) -> np.ndarray:
 def luminance_mask(display: np.ndarray) -> np.ndarray:
     """Luminance masking: 0 where the display is (nearly) black or white, ramping to 1 over
     8 grey levels (same shape, float64)."""
-    return np.clip(np.minimum(display, 255.0 - display) / 8.0, 0.0, 1.0)
+    lum = np.subtract(255.0, display)  # in place from here: one image-sized array
+    np.minimum(display, lum, out=lum)
+    lum /= 8.0
+    return np.clip(lum, 0.0, 1.0, out=lum)
 
 
 def fold_tiles(band: np.ndarray, t: int) -> np.ndarray:
@@ -267,11 +270,14 @@ def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
         mark.append(tuple(marked))
     residual_work = pywt.waverec2(mark, WAVELET, mode=MODE)[: wshape[0], : wshape[1]]
     residual = _resample(residual_work, display.shape)
-    residual *= luminance_mask(display)
-    current = float(np.sqrt(np.mean(residual**2)))
+    lum = luminance_mask(display)
+    residual *= lum
+    current = float(np.sqrt(np.mean(np.square(residual, out=lum))))  # reuses lum's memory
+    del lum
     if current == 0.0:
         return residual
-    return residual * ((default_rms(display.shape) if rms is None else rms) / current)
+    residual *= (default_rms(display.shape) if rms is None else rms) / current
+    return residual
 
 
 def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float | None = None) -> np.ndarray:
