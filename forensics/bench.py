@@ -523,6 +523,8 @@ class PeerMethod(Method):
     def detect(self, leak: np.ndarray, ctx: Context, truth: int | None) -> Outcome:
         from scipy.stats import binom
 
+        if leak.size and float(np.max(leak)) > 255:  # a 16-bit leak, read as 8 bits the way
+            leak = leak * (255.0 / 65535.0)          # OpenCV's imread(IMREAD_COLOR) reads it
         bits = self.peer.decode(leak)
         agree = {n: int(np.sum(bits == peer_payload(n, ctx.key))) for n in ctx.numbers}
         n_rec = len(ctx.numbers)

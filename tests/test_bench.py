@@ -137,7 +137,8 @@ def test_peers_mark_the_display_and_lose_a_crop(fuji_folder, tmp_path):
     if reason:
         pytest.skip(reason)
     result = bench.run_bench(bench.find_films(fuji_folder), methods=PEER_NAMES,
-                             pipelines=["viewer_png8", "crop_centre_keep36pct"], recipients=1,
+                             pipelines=["viewer_png8", "export16_png", "crop_centre_keep36pct"],
+                             recipients=1,
                              workers=1, out=None)
     assert not result.skipped
     for name, (lo, hi) in {"invisible-watermark-dwtDct": (37, 40),
@@ -149,10 +150,12 @@ def test_peers_mark_the_display_and_lose_a_crop(fuji_folder, tmp_path):
         rows = {q["pipeline"]: q for q in result.queries if q["method"] == name and q["truth"] != ""}
         clean, crop = rows["viewer_png8"], rows["crop_centre_keep36pct"]
         assert clean["right"] and clean["bit_accuracy"] == 1.0 and clean["tp_at_fpr"], clean
+        # a 16-bit PNG of the display is read as 8 bits, as OpenCV reads it: nothing lost
+        assert rows["export16_png"]["right"] and rows["export16_png"]["bit_accuracy"] == 1.0
         # blind peers read blocks at fixed positions: a centre crop shifts them
         assert not crop["right"] and crop["bit_accuracy"] < 0.8 and not crop["tp_at_fpr"], crop
         controls = [q for q in result.queries if q["method"] == name and q["truth"] == ""]
-        assert len(controls) == 2 and not any(q["named"] for q in controls)
+        assert len(controls) == 3 and not any(q["named"] for q in controls)
 
 
 runner = CliRunner()
