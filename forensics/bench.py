@@ -409,9 +409,31 @@ class Method:
         """Parent-side set-up before any task (for example, exports into the ledger)."""
 
     def embed(self, source: Source, number: int, ctx: Context) -> np.ndarray:
+        """The copy of ``source`` marked for recipient ``number``.
+
+        Returns
+        -------
+        (rows, columns) array
+            Stored values (``domain="stored"``; the 8-bit grey values for a PNG film) or
+            the 8-bit display (``domain="display"``).
+
+        Raises
+        ------
+        LeaktraceError
+            The method cannot mark this film (recorded in the run, which goes on).
+        """
         raise NotImplementedError
 
     def detect(self, leak: np.ndarray, ctx: Context, truth: int | None) -> Outcome:
+        """Read a leak (a (rows, columns) grey array) against ``ctx.numbers``; ``truth`` is
+        the marked recipient (None for a control) and is used only to score bits and
+        p-values, never to decide whom to name.
+
+        Raises
+        ------
+        LeaktraceError
+            The method cannot read this leak (recorded as a failed query).
+        """
         raise NotImplementedError
 
     def original(self, source: Source) -> np.ndarray:
