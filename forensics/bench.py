@@ -188,7 +188,10 @@ class BenchPipeline:
     stretch : bool
         A stretch pipeline of the robustness issue (:data:`forensics.leaks.STRETCH`).
     stored_side : bool
-        Acts on stored values (DICOM-side recompression, raw 16-bit export).
+        Acts on stored values (DICOM-side recompression, raw 16-bit export); not run on
+        PNG/JPEG films, which have no stored values behind them.
+    sweep_only : bool
+        A strength-sweep pipeline, not one of the robustness issue's.
     """
 
     name: str
@@ -310,11 +313,6 @@ def load_source(path: Path) -> Source:
     except OSError as exc:
         raise BenchError(f"{path}: cannot read this image ({exc})") from None
     return Source(path, "png", None, grey, grey.astype(np.uint8), 255.0)
-
-
-def applies(pipeline: BenchPipeline, source: Source) -> bool:
-    """False for stored-side pipelines on PNG films (no stored values behind a PNG)."""
-    return not (pipeline.stored_side and source.kind == "png")
 
 
 def leak_image(source: Source, values: np.ndarray, pipeline: BenchPipeline | Sequence,
