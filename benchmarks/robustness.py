@@ -30,7 +30,6 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from functools import lru_cache  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -38,21 +37,21 @@ from PIL import Image  # noqa: E402
 
 from common import film_data_dir, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
+from forensics.bench import bench_pipelines, leak_image, load_source  # noqa: E402
 from forensics.export import mark_film  # noqa: E402
 from watermark import dwt, payload  # noqa: E402
 from watermark.detect import detect  # noqa: E402
 from watermark.dicomio import read_film  # noqa: E402
-from watermark.display import render  # noqa: E402
 from watermark.keys import SiteKey  # noqa: E402
 
 KEY = SiteKey(bytes(range(32)))
-STORED_SIDE = ("dicom_jpeg", "dicom_j2k")  # pipelines that act on stored values
 LEDGER = [1000 + 7 * i for i in range(20)]  # recipient numbers "in the ledger"
 
 
 def _pipelines(names):
-    table = dict(leaks.PIPELINES)
-    table["raw16_stored"] = []  # stored values written as a 16-bit PNG, no window, no inversion
+    """The robustness issue's pipelines and ``raw16_stored`` (the benchmark's table, without
+    its strength sweeps)."""
+    table = {n: p for n, p in bench_pipelines().items() if not p.sweep_only}
     return {n: table[n] for n in (names or table)}
 
 
@@ -72,32 +71,17 @@ def _prepare(path: Path, numbers: list[int]):
     return path.name, "png", image, marked
 
 
-@lru_cache(maxsize=4)
-def _film(path: Path):
-    """Each worker reads a film once, not once per query (tasks of one film run together)."""
-    return read_film(path)
-
-
-def _leak(kind: str, path: Path, values: np.ndarray, pipeline, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if kind == "dicom":
-        film = _film(path)
-        if not pipeline:  # raw16_stored
-            return values.copy()
-        if pipeline[0][0].startswith(STORED_SIDE):
-            stored = leaks.apply(values, pipeline[:1], rng)
-            return leaks.apply(render(film, pixels=stored), pipeline[1:], rng)
-        return leaks.apply(render(film, pixels=values), pipeline, rng)
-    if not pipeline:
-        return values.copy()
-    return leaks.apply(values, pipeline, rng)
+def _leak(path: Path, values: np.ndarray, pipeline, seed: int) -> np.ndarray:
+    """The leak of ``values`` (stored values of a DICOM film, grey values of a PNG film);
+    the same rule as ``leaktrace bench`` (:func:`forensics.bench.leak_image`)."""
+    return leak_image(load_source(path), values, pipeline, np.random.default_rng(seed))
 
 
 def _query(task):
     name, kind, path, values, truth, pname, pipeline, seed = task
     start = time.perf_counter()
     try:
-        image = _leak(kind, path, values, pipeline, seed)
+        image = _leak(path, values, pipeline, seed)
         d = detect(image, KEY, LEDGER)
         named = d.recipient_numbers
         row = {"decision": d.decision, "p_value": d.p_value, "z": d.z, "search": d.search,
@@ -124,7 +108,7 @@ def run(args) -> dict:
         numbers = LEDGER[: args.recipients]
         name, kind, source, marked = _prepare(path, numbers)
         for pname, pipeline in pipelines.items():
-            if kind == "png" and (pname == "raw16_stored" or pipeline and pipeline[0][0].startswith(STORED_SIDE)):
+            if kind == "png" and pipeline.stored_side:
                 continue  # no stored values behind a PNG
             for n in numbers:
                 seed += 1

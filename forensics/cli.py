@@ -16,6 +16,8 @@ problem found (``--expect-head`` not in the chain included), 2 the ledger cannot
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
 ledger cannot be read or the output cannot be written.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
+``bench``: 0 when the run finished (failed queries are recorded in its files), 2 for bad
+arguments (unknown method or pipeline, no films, no method that can run, unwritable ``--out``).
 
 With ``--json``, ``embed``, ``detect`` and ``trace`` print exactly one JSON object on stdout, also when
 they fail before doing anything (it then has an ``error`` field).
@@ -24,6 +26,7 @@ they fail before doing anything (it then has an ``error`` field).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -351,6 +354,54 @@ def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for t
     except OSError as exc:
         raise _fail(f"{folder}: {exc}", code=1) from None
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def bench(
+    films: Annotated[Optional[Path], typer.Option("--films", help="Film folder: the shared layout (dicom/, png/<set>/) or any folder of .dcm/.png/.jpg files. Default: $LEAKTRACE_TEST_DATA, else ../shared/data/cxr next to the repository.")] = None,
+    pipelines: Annotated[Optional[list[str]], typer.Option("--pipelines", help="Leak pipelines to run (repeat the option or separate by commas). Default: all (--quick: a short list).")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and PNG files; created if missing.")] = Path("bench-results"),
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (2 small films, 1 recipient, 10 pipelines): a few minutes on 2 cores.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Processes to use (default: every core).")] = os.cpu_count() or 1,
+    recipients: Annotated[Optional[int], typer.Option("--recipients", help="Recipients each film is marked for (default 2; --quick 1).")] = None,
+    png: Annotated[Optional[int], typer.Option("--png", help="PNG/JPEG films to add from the shared layout's png/ folder (default 2; --quick 0).")] = None,
+) -> None:
+    """Compare leaktrace with other watermarking libraries on the same films and leaks.
+
+    Writes bench_queries.csv, bench_embeds.csv, bench_summary.csv, bench.json and PNG plots
+    to OUT, and prints the summary table. Exit 0 when done, 2 for bad arguments.
+    """
+    from . import bench as lb
+
+    try:
+        folder = films if films is not None else lb.film_data_dir()
+        quick_cfg = lb.QUICK if quick else None
+        found = lb.find_films(folder, png=png if png is not None else (quick_cfg.png if quick else 2))
+        if quick:
+            found = lb.quick_films(found) + [p for p in found if p.suffix.lower() != ".dcm"]
+        chosen = pipelines or (list(quick_cfg.pipelines) if quick else None)
+        per_film = recipients if recipients is not None else (quick_cfg.recipients if quick else 2)
+        # check the names before the slow part starts
+        lb.select(methods, list(lb.METHODS), "method")
+        lb.select(chosen, list(lb.bench_pipelines()), "pipeline")
+        if out.exists() and not out.is_dir():
+            raise lb.BenchError(f"--out {out}: exists and is not a folder")
+        err.print(f"bench: {len(found)} film(s) from {folder}, results to {out}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("queries", total=None)
+            result = lb.run_bench(
+                found, methods=methods, pipelines=chosen, recipients=per_film, workers=workers,
+                out=out, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                say=lambda text: err.print(f"[yellow]note:[/] {escape(text)}"),
+                settings={"quick": quick})
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    print(lb.format_table(result))
+    err.print(f"{result.meta['queries']} queries in {result.meta['seconds']:.0f} s; files written:")
+    for path in result.files:
+        err.print(f"  {escape(str(path))}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,0 +1,109 @@
+"""Figures of a benchmark run (:mod:`forensics.bench`): they draw its summary, compute nothing.
+
+* :func:`plot_strength` - right-ID rate against attack strength, one panel per attack family,
+  one line per method;
+* :func:`plot_tradeoff` - imperceptibility (median display PSNR) against robustness (mean
+  right-ID rate over the robustness issue's main pipelines), one point per method.
+
+Both return PNG bytes (matplotlib, Agg backend), or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+
+__all__ = ["plot_strength", "plot_tradeoff"]
+
+# families whose strength parameter falls as the attack gets harder (drawn right to left)
+_FALLING = {"jpeg", "downscale", "crop_centre"}
+_STYLE = {"leaktrace": ("#1b7837", "o"), "leaktrace-trace": ("#5aae61", "s"),
+          "invisible-watermark-dwtDct": ("#2166ac", "v"),
+          "invisible-watermark-dwtDctSvd": ("#67a9cf", "^"), "blind-watermark": ("#b2182b", "D")}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
+    """Right-ID rate (%) against strength, per attack family (families with 2+ strengths).
+
+    Parameters
+    ----------
+    summary : list of dict
+        Rows of ``bench_summary.csv`` (method, family, strength, unit, right_rate, ...).
+    methods : list of dict
+        Per-method rows (their order sets the legend order).
+    """
+    families = {}
+    for row in summary:
+        if row["strength"] == "" or row["right_rate"] is None:
+            continue
+        families.setdefault(row["family"], []).append(row)
+    families = {f: rows for f, rows in families.items() if len({r["strength"] for r in rows}) > 1}
+    if not families:
+        return None
+    plt = _pyplot()
+    n = len(families)
+    cols = min(3, n)
+    rows_n = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(max(7.5, 4.2 * cols), 3.3 * rows_n + 0.9),
+                             squeeze=False)
+    order = [m["method"] for m in methods]
+    for ax, (family, rows) in zip(axes.flat, sorted(families.items())):
+        for m in reversed(order):  # the first method (leaktrace) drawn last, on top
+            pts = sorted((float(r["strength"]), 100 * r["right_rate"]) for r in rows
+                         if r["method"] == m)
+            if not pts:
+                continue
+            colour, marker = _STYLE.get(m, ("#555555", "x"))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour, label=m,
+                    lw=2.2 if m.startswith("leaktrace") else 1.4, alpha=0.9)
+        ax.set_title(family)
+        ax.set_xlabel(rows[0]["unit"] + (" (harder to the right)" if family in _FALLING else ""))
+        if family in _FALLING:
+            ax.invert_xaxis()
+        ax.set_ylim(-3, 103)
+        ax.set_ylabel("right recipient, %")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], loc="lower center", ncol=min(3, len(labels)), fontsize=8)
+    fig.suptitle("Right-ID rate against attack strength (same films, same leaks)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    return _png(fig)
+
+
+def plot_tradeoff(summary: list[dict], methods: list[dict]) -> bytes | None:
+    """Median display PSNR (dB) against the mean right-ID rate over the main pipelines."""
+    points = [m for m in methods if m["psnr_display_db_median"] is not None
+              and m["right_rate_main_pipelines"] is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for m in points:
+        colour, marker = _STYLE.get(m["method"], ("#555555", "x"))
+        x, y = m["psnr_display_db_median"], 100 * m["right_rate_main_pipelines"]
+        ax.scatter([x], [y], color=colour, marker=marker, s=70, label=m["method"])
+    ax.set_xlabel("imperceptibility: median PSNR of the 8-bit display, dB (higher is better)")
+    ax.set_ylabel("robustness: right recipient, % of leaks")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Imperceptibility against robustness (main leak pipelines)")
+    fig.tight_layout()
+    return _png(fig)
