@@ -76,6 +76,20 @@ class LeakReport:
     def decision(self) -> str:
         return self.detection.decision
 
+    @property
+    def recipient_numbers(self) -> list[int]:
+        """Every recipient number named (see :class:`watermark.detect.Detection`)."""
+        return list(self.detection.recipient_numbers)
+
+    @property
+    def p_value(self) -> float:
+        return self.detection.p_value
+
+    @property
+    def candidates(self) -> list:
+        """Every recipient tested, best first (:class:`watermark.detect.Candidate`)."""
+        return list(self.detection.candidates)
+
     def summary(self) -> str:
         """One or two plain sentences for an investigator."""
         d = self.detection

@@ -68,17 +68,13 @@ def test_leaktrace_imperceptibility_is_what_was_measured_on_the_film(leaktrace_r
     assert row["embed_s"] > 0 and row["error"] == ""
 
 
-def test_informed_trace_runs_or_is_skipped_with_the_reason(leaktrace_run):
+def test_informed_trace_names_the_right_recipient(leaktrace_run):
     result, _ = leaktrace_run
-    from forensics import trace
-
-    if hasattr(trace, "trace_array"):
-        assert "leaktrace-trace" not in result.skipped
-        (q,) = [q for q in result.queries if q["method"] == "leaktrace-trace" and q["truth"] != ""]
-        assert q["right"] and not q["wrong"], q
-    else:
-        assert "trace_array does not exist" in result.skipped["leaktrace-trace"]
-        assert not [q for q in result.queries if q["method"] == "leaktrace-trace"]
+    assert "leaktrace-trace" not in result.skipped
+    (q,) = [q for q in result.queries if q["method"] == "leaktrace-trace" and q["truth"] != ""]
+    assert q["right"] and not q["wrong"], q
+    (control,) = [q for q in result.queries if q["method"] == "leaktrace-trace" and q["truth"] == ""]
+    assert not control["wrong"] and not control["right"]
 
 
 def test_files_are_written_and_parse(leaktrace_run):
@@ -88,15 +84,16 @@ def test_files_are_written_and_parse(leaktrace_run):
             "bench_tradeoff.png"} <= names
     with open(out / "bench_queries.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(result.queries) == 2
+    assert len(rows) == len(result.queries) == 4  # 2 methods x (marked copy, control)
     assert {r["pipeline"] for r in rows} == {"viewer_png8"}
     with open(out / "bench_summary.csv", newline="") as fh:
-        (summary,) = list(csv.DictReader(fh))
-    assert summary["method"] == "leaktrace" and float(summary["right_rate"]) == 1.0
-    assert float(summary["wrong_rate"]) == 0.0 and summary["controls_named"] == "0"
+        summary = list(csv.DictReader(fh))
+    assert {s["method"] for s in summary} == {"leaktrace", "leaktrace-trace"}
+    assert all(float(s["right_rate"]) == 1.0 for s in summary)
+    assert all(float(s["wrong_rate"]) == 0.0 and s["controls_named"] == "0" for s in summary)
     meta = json.loads((out / "bench.json").read_text())
     assert meta["machine"]["cpus"] >= 1 and meta["command"]
-    assert meta["settings"]["recipients_per_film"] == 1 and meta["queries"] == 2
+    assert meta["settings"]["recipients_per_film"] == 1 and meta["queries"] == 4
     assert (out / "bench_tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
