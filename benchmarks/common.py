@@ -10,7 +10,7 @@ from pathlib import Path
 
 from forensics.bench import DATA_ENV, film_data_dir, run_description
 
-__all__ = ["DATA_ENV", "film_data_dir", "run_description", "png_film_as_dicom"]
+__all__ = ["DATA_ENV", "film_data_dir", "run_description", "png_film_as_dicom", "plot_right_rates"]
 
 
 def png_film_as_dicom(png: Path, out: Path) -> Path:
@@ -40,3 +40,30 @@ def png_film_as_dicom(png: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out
+
+
+def plot_right_rates(summary: list[dict], path: Path, *, target: float, title: str) -> None:
+    """Horizontal bars per pipeline: right-recipient rate (tan: stretch pipelines), wrong rate
+    in red, the target as a dashed line; ``summary`` rows need ``pipeline``, ``stretch``,
+    ``right_rate``, ``wrong`` and ``queries``. Written to ``path`` (PNG)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["pipeline"] for s in summary]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) + 1.2))
+    y = np.arange(len(names))
+    ax.barh(y, [100 * s["right_rate"] for s in summary],
+            color=["#c98" if s["stretch"] else "#4a7" for s in summary])
+    ax.barh(y, [100 * s["wrong"] / s["queries"] for s in summary], color="#d22")
+    ax.axvline(target, color="k", lw=0.8, ls="--")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"right recipient, % of leaks (red: wrong recipient; dashed: {target:g} %)")
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import film_data_dir, run_description  # noqa: E402
+from common import film_data_dir, plot_right_rates, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
 from forensics.bench import bench_pipelines, leak_image, load_source  # noqa: E402
 from forensics.export import mark_film  # noqa: E402
@@ -149,7 +149,8 @@ def run(args) -> dict:
         writer = csv.DictWriter(fh, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    _plot(summary, args.out / "robustness.png")
+    plot_right_rates(summary, args.out / "robustness.png",
+                     target=95, title="leaktrace blind detection by leak pipeline (stretch pipelines in tan)")
     meta = {**run_description(workers=args.workers), "seconds": elapsed,
             "films": [p.name for p in films], "recipients_per_film": args.recipients,
             "ledger_size": len(LEDGER), "summary": summary}
@@ -161,31 +162,6 @@ def run(args) -> dict:
               f"  median p {s['median_p_value']:.1e}  {s['median_seconds']:.1f} s", file=sys.stderr)
     print(f"{elapsed:.0f} s", file=sys.stderr)
     return meta
-
-
-def _plot(summary, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
-        return
-    names = [s["pipeline"] for s in summary]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) + 1.2))
-    y = np.arange(len(names))
-    ax.barh(y, [100 * s["right_rate"] for s in summary],
-            color=["#c98" if s["stretch"] else "#4a7" for s in summary])
-    ax.barh(y, [100 * s["wrong"] / s["queries"] for s in summary], color="#d22")
-    ax.axvline(95, color="k", lw=0.8, ls="--")
-    ax.set_yticks(y, names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("right recipient, % of leaks (red: wrong recipient; dashed: 95 %)")
-    ax.set_xlim(0, 100)
-    ax.set_title("leaktrace blind detection by leak pipeline (stretch pipelines in tan)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import film_data_dir, png_film_as_dicom, run_description  # noqa: E402
+from common import film_data_dir, plot_right_rates, png_film_as_dicom, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
 from forensics.export import export_film  # noqa: E402
 from forensics.ledger import Ledger  # noqa: E402
@@ -260,7 +260,8 @@ def run(args) -> dict:
                                           "median": statistics.median(times) if times else None,
                                           "max": max(times) if times else None}}
     (args.out / "trace_summary.json").write_text(json.dumps(meta, indent=2))
-    _plot(summary, args.out / "trace_robustness.png")
+    plot_right_rates(summary, args.out / "trace_robustness.png",
+                     target=98, title="leaktrace trace (ledger + originals) by leak pipeline")
     for s in summary:
         print(f"{s['pipeline']:42s} {'stretch' if s['stretch'] else '       '} right {s['right']:3d}/"
               f"{s['queries']:3d} ({100 * s['right_rate']:5.1f} %) wrong {s['wrong']} informed "
@@ -285,28 +286,6 @@ def _csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _plot(summary, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [s["pipeline"] for s in summary]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) + 1.2))
-    y = np.arange(len(names))
-    ax.barh(y, [100 * s["right_rate"] for s in summary],
-            color=["#c98" if s["stretch"] else "#4a7" for s in summary])
-    ax.barh(y, [100 * s["wrong"] / s["queries"] for s in summary], color="#d22")
-    ax.axvline(98, color="k", lw=0.8, ls="--")
-    ax.set_yticks(y, names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("right recipient, % of leaks (red: wrong recipient; dashed: 98 %)")
-    ax.set_xlim(0, 100)
-    ax.set_title("leaktrace trace (ledger + originals) by leak pipeline")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
