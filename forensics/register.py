@@ -291,17 +291,66 @@ def register(leak: np.ndarray, films: list[FilmFeatures], *, good: int = 30
     leak = np.asarray(leak, dtype=np.float64)
     best: dict[int, Alignment] = {}
     for level in range(len(SMOOTHING)):
+        index = _Index(films, level)
         for mirrored, inverted in _VARIANTS:
             variant = leak_keypoints(leak, level, mirrored=mirrored, inverted=inverted)
-            for i, film in enumerate(films):
-                if level >= len(film.sets):
-                    continue
-                m, n, n_matches = _fit(variant, film.sets[level], film.shape)
+            for i in index.shortlist(variant):
+                m, n, n_matches = _fit(variant, films[i].sets[level], films[i].shape)
                 if m is not None and (i not in best or n > best[i].inliers):
                     best[i] = Alignment(m, mirrored, inverted, n, n_matches)
             if best and max(a.inliers for a in best.values()) >= good:
                 return sorted(best.items(), key=lambda item: -item[1].inliers)
     return sorted(best.items(), key=lambda item: -item[1].inliers)
+
+
+class _Index:
+    """Every film's descriptors at one smoothing level, stacked, to vote for the films a leak
+    may show before fitting homographies to a few of them.
+
+    A leak keypoint votes for every film holding a descriptor within ``VOTE_HAMMING`` bits of
+    its own (unrelated ORB descriptors differ in about 128 of 256 bits); the films with the
+    most votes are fitted. There is no ratio test across films: the same film stored twice
+    (two transfer syntaxes of one image) must get the votes of both.
+    """
+
+    SHORTLIST = 3  # films fitted per leak variant
+    MIN_VOTES = 4
+    VOTE_HAMMING = 48
+    VOTERS = 500  # leak keypoints that vote (ORB's strongest first)
+    _CHUNK = 64
+
+    def __init__(self, films: list[FilmFeatures], level: int):
+        sets = [(i, f.sets[level]) for i, f in enumerate(films)
+                if level < len(f.sets) and len(f.sets[level].descriptors)]
+        self.films = np.array([i for i, _ in sets], dtype=int)
+        sizes = [len(ks.descriptors) for _, ks in sets]
+        self.starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(int) if sets else np.zeros(0, int)
+        self.words = _words(np.concatenate([ks.descriptors for _, ks in sets])) \
+            if sets else np.zeros((0, 4), np.uint64)
+        self.n_films = len(films)
+
+    def shortlist(self, leak: KeypointSet) -> list[int]:
+        """Indices of the films to fit: at most ``SHORTLIST``, each with ``MIN_VOTES``."""
+        if self.n_films <= self.SHORTLIST:
+            return list(range(self.n_films))
+        if len(self.films) == 0 or len(leak.descriptors) == 0:
+            return []
+        words = _words(leak.descriptors[: self.VOTERS])
+        votes = np.zeros(len(self.films), int)
+        for start in range(0, len(words), self._CHUNK):
+            block = words[start:start + self._CHUNK]
+            dist = np.zeros((len(block), len(self.words)), np.uint8)
+            for w in range(4):
+                dist += np.bitwise_count(block[:, w, None] ^ self.words[None, :, w])
+            nearest_in_film = np.minimum.reduceat(dist, self.starts, axis=1)
+            votes += (nearest_in_film <= self.VOTE_HAMMING).sum(axis=0)
+        order = np.argsort(-votes, kind="stable")[: self.SHORTLIST]
+        return [int(self.films[i]) for i in order if votes[i] >= self.MIN_VOTES]
+
+
+def _words(descriptors: np.ndarray) -> np.ndarray:
+    """(n, 32) packed uint8 descriptors as (n, 4) uint64 words."""
+    return np.ascontiguousarray(descriptors, dtype=np.uint8).view(np.uint64).reshape(-1, 4)
 
 
 def warp_into(leak: np.ndarray, leak_to_target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
