@@ -162,11 +162,12 @@ def p_value_in_words(p_value: float, threshold: float, recipient: str | None, *,
         return (f"If this copy had not been marked for {recipient}, a score this high would "
                 f"occur by chance less than once in {_one_in(k)} tries (p-value {p:.1e}). "
                 + rule + ".")
+    # not found: no recipient is singled out, not even as "the best-scoring" one
     if p >= 1:
-        return (f"The best-scoring recipient, {recipient}, scored no higher than copies not "
-                f"marked for them do (p-value 1): nobody is named. " + rule + ".")
-    return (f"The best-scoring recipient, {recipient}, has p-value {p:.2g}: a copy not marked "
-            f"for them scores this high in up to {100 * p:.2g} % of cases (once in about "
+        return ("No recipient scored higher than copies not marked for them do (best p-value "
+                "1): nobody is named. " + rule + ".")
+    return (f"The best score among the recipients has p-value {p:.2g}: a copy not marked for "
+            f"a recipient scores this high in up to {100 * p:.2g} % of cases (once in about "
             f"{1 / p:,.0f} tries), far too often to accuse anyone, so nobody is named. "
             + rule + ".")
 

@@ -16,7 +16,7 @@ with the same site key, finds nothing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from watermark import __version__, dwt, payload
 from watermark.detect import Candidate, Detection, detect
 from watermark.dicomio import Film, read_film, sha256_file
 from watermark.display import render
-from watermark.errors import CapacityError, InvalidInputError, LeaktraceError
+from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
 from watermark.imageio import LeakImage, read_leak
 from watermark.informed import informed_residual, informed_soft_bits, name_recipients
 from watermark.keys import SiteKey
@@ -44,6 +44,9 @@ INFORMED_SHARE = 0.9
 MAX_SOURCES = 2
 #: Keypoint inliers a second film needs (and a quarter of the first film's).
 SECOND_FILM_INLIERS = 30
+#: Share of the leak the registered film must cover for the informed answer to stand alone;
+#: below it the blind search also runs over the whole leak (two copies side by side).
+FULL_VIEW = 0.6
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class LeakReport:
     warnings: list = field(default_factory=list)
     mode: str = "blind"
     alpha: float = FALSE_ACCUSATION_RATE
+    ledger_intact: bool = True
     source: dict | None = None
     alignment: dict | None = None
     figures: dict = field(default_factory=dict, repr=False, compare=False)
@@ -92,6 +96,14 @@ class LeakReport:
 
     def summary(self) -> str:
         """One or two plain sentences for an investigator."""
+        text = self._summary()
+        if not self.ledger_intact:
+            text = ("WARNING: THE LEDGER FAILS ITS INTEGRITY CHECK (run `leaktrace ledger "
+                    "verify`): its records were altered, so the names it gives cannot be "
+                    "relied on. " + text)
+        return text
+
+    def _summary(self) -> str:
         d = self.detection
         if d.decision == "traced" and len(d.recipient_numbers) > 1:
             named = " and ".join(f"'{self.recipient_names[n]}' (number {n}, p-value "
@@ -144,6 +156,7 @@ class LeakReport:
             ],
             "threshold": self.alpha,
             "mode": self.mode,
+            "ledger_intact": self.ledger_intact,
             "source": self.source,
             "alignment": self.alignment,
             "leak": {"path": str(self.leak_path), "sha256": self.leak_sha256,
@@ -204,6 +217,11 @@ def _report(leak: np.ndarray, detection: Detection, *, ledger: Ledger, key: Site
                         f"not with the key given ({key.fingerprint}): no mark can be found with it")
     if not names:
         warnings.append("the ledger lists no recipients: nobody can be named")
+    problems = ledger.verify()
+    if problems:
+        warnings.insert(0, f"the ledger fails its integrity check ({len(problems)} problem(s), "
+                        f"first: {problems[0]}): recipient names and export records may have "
+                        "been altered; run `leaktrace ledger verify`")
     if ledger.ledger_id is None:
         warnings.append("this ledger was made by leaktrace 0.1.0 (schema 1): its marks are not "
                         "tied to it, so a mark recorded in another ledger under the same key "
@@ -240,7 +258,7 @@ def _report(leak: np.ndarray, detection: Detection, *, ledger: Ledger, key: Site
         recipient=recipient_names.get(detection.recipient_number), names=names,
         recipient_names=recipient_names, key_fingerprint=key.fingerprint,
         ledger_path=str(ledger.path), ledger_id=ledger.ledger_id, warnings=warnings,
-        mode=mode, alpha=alpha, source=source, alignment=alignment,
+        mode=mode, alpha=alpha, source=source, alignment=alignment, ledger_intact=not problems,
         figures={"leak_image": leak, **figures},
     )
 
@@ -282,6 +300,7 @@ class _Informed:
     results: list  # of watermark.informed.Named
     n_tests: int
     figures: dict
+    leak_coverage: float  # share of the leak's pixels that show the film
 
 
 def _mark_key(ledger: Ledger, key: SiteKey) -> SiteKey:
@@ -323,7 +342,29 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
                 film_shape=list(display.shape))
     figures = {"original_image": np.clip(original, 0, 255).astype(np.uint8),
                "aligned_leak": np.where(usable, residual + original, np.nan)}
-    return _Informed(sha256, film, exports, info, numbers, results, n_tests, figures)
+    corners = np.array([[0, 0, 1], [wshape[1], 0, 1], [wshape[1], wshape[0], 1], [0, wshape[0], 1]],
+                       dtype=np.float64)
+    in_leak = corners @ np.linalg.inv(homography).T
+    in_leak = in_leak[:, :2] / in_leak[:, 2:]
+    coverage = _polygon_area(np.clip(in_leak, 0, [leak.shape[1], leak.shape[0]])) / leak.size
+    info["leak_coverage"] = round(float(coverage), 4)
+    return _Informed(sha256, film, exports, info, numbers, results, n_tests, figures,
+                     float(coverage))
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    """Area of a polygon given by its (n, 2) vertices in order (shoelace formula)."""
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _features_of(ledger: Ledger, blob: bytes) -> register.FilmFeatures:
+    try:
+        return register.FilmFeatures.from_bytes(blob)
+    except Exception as exc:  # numpy raises ValueError, zipfile BadZipFile, KeyError...
+        raise LedgerError(f"{ledger.path}: the film features kept in the ledger are damaged "
+                          f"({type(exc).__name__}); run `leaktrace ledger verify`, or trace "
+                          "with --original FILE") from None
 
 
 def _exports_of_film(ledger: Ledger, source_sha256: str) -> list[ExportRecord]:
@@ -421,6 +462,10 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     the key, so the overall rate stays at most ``alpha``.
     """
     leak = np.asarray(leak, dtype=np.float64)
+    where = leak_info.path if leak_info is not None else "leak"
+    if leak.ndim != 2 or min(leak.shape) < dwt.MIN_DETECT_EDGE:
+        raise CapacityError(f"{where}: {' x '.join(map(str, leak.shape[::-1]))} px is too small "
+                            f"to test (at least {dwt.MIN_DETECT_EDGE} px on each side)")
     mark_key = _mark_key(ledger, key)
     warnings: list[str] = []
     found: list[tuple[str, Film, list[ExportRecord], register.Alignment]] = []
@@ -441,13 +486,14 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
                             "0.2, or none yet): blind detection only; give --original FILE to "
                             "use an original")
         shas = list(stored)
-        hits = register.register(leak, [register.FilmFeatures.from_bytes(stored[s])
-                                        for s in shas]) if shas else []
+        hits = register.register(leak, [_features_of(ledger, stored[s]) for s in shas]) \
+            if shas else []
         seen: set[str] = set()
         for index, alignment in hits:
             if len(found) == MAX_SOURCES:
                 break
-            if found and alignment.inliers < max(SECOND_FILM_INLIERS, 0.25 * hits[0][1].inliers):
+            if index != hits[0][0] and alignment.inliers < max(SECOND_FILM_INLIERS,
+                                                              0.25 * hits[0][1].inliers):
                 break  # a weak second match is chance resemblance between two chest films
             exports = _exports_of_film(ledger, shas[index])
             film_id = exports[0].source_sop_uid or shas[index]
@@ -467,45 +513,61 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         try:
             informed.append(_informed(leak, sha, film, alignment, exports, mark_key,
                                       alpha=INFORMED_SHARE * alpha / n_sources))
-        except _NotThisFilm:  # chance resemblance of two chest films: not a match
+        except _NotThisFilm as exc:  # chance resemblance of two chest films: not a match
+            if original is not None:
+                warnings.append(f"the leak could not be registered on {original} ({exc}): is "
+                                "it the film the leak shows? blind detection only")
             continue
         except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
             warnings.append(f"{film.path}: the leak could not be aligned onto it ({exc})")
-    named = [(inf, r) for inf in informed for r in inf.results if r.named]
-    detection, mode = None, "blind"
-    if informed:
-        mode = "informed"
-        candidates = _informed_candidates(informed, n_sources)
-        numbers = list(dict.fromkeys(inf.numbers[r.index] for inf, r in named))
-        best = candidates[0]
-        if numbers:
-            detection = Detection(
-                decision="traced", recipient_number=numbers[0], p_value=best.p_value, z=best.z,
-                n_tests=sum(inf.n_tests for inf in informed),
-                long_edge=dwt.working_long_edge(informed[0].film.pixels.shape),
-                polarity=-1 if informed[0].alignment["inverted"] else 1,
-                candidates=candidates, recipient_numbers=numbers, search="informed")
-    if detection is None:
-        blind_alpha = alpha if not informed else (1.0 - INFORMED_SHARE) * alpha
+    blind_alpha = alpha if not informed else (1.0 - INFORMED_SHARE) * alpha
+    blind = None
+    covered = max((inf.leak_coverage for inf in informed), default=0.0)
+    if not informed or not any(r.named for inf in informed for r in inf.results) \
+            or covered < FULL_VIEW:
+        # no film found, nobody named, or the leak shows more than the film found (another
+        # copy of the same film beside it, say): the blind search over the whole leak too
         try:
-            detection = detect(leak, mark_key, list(ledger.recipients()), alpha=blind_alpha)
+            blind = detect(leak, mark_key, list(ledger.recipients()), alpha=blind_alpha)
         except CapacityError as exc:
             where = leak_info.path if leak_info is not None else "leak"
             raise CapacityError(f"{where}: {exc}") from None
-        if informed:
-            mode = "informed+blind"
-            detection = _with_informed_candidates(detection, informed, n_sources)
+    if not informed:
+        detection, mode = blind, "blind"
+    else:
+        detection = _combined(informed, blind, n_sources, leak_grid=informed[0])
+        mode = "informed" if blind is None else "informed+blind"
     return _report(leak, detection, ledger=ledger, key=key, warnings=warnings, mode=mode,
                    informed=informed, leak_info=leak_info, alpha=alpha)
 
 
-def _with_informed_candidates(detection: Detection, informed: list[_Informed],
-                              n_sources: int) -> Detection:
-    """A blind detection that found nobody new keeps the informed candidates' scores."""
-    if detection.decision == "traced":
-        return detection
-    return replace(detection, candidates=_informed_candidates(informed, n_sources)
-                   + list(detection.candidates))
+def _combined(informed: list[_Informed], blind: Detection | None, n_sources: int, *,
+              leak_grid: _Informed) -> Detection:
+    """One answer from the informed tests and the blind detection (if it ran): every
+    recipient named by either; ``recipient_number``, ``p_value`` and ``z`` are those of the
+    named recipient with the smallest p-value (or of the best candidate when nobody is named);
+    one candidate entry per recipient, the smaller p-value kept."""
+    scored = {c.number: c for c in _informed_candidates(informed, n_sources)}
+    named = [inf.numbers[r.index] for inf in informed for r in inf.results if r.named]
+    if blind is not None:
+        named += list(blind.recipient_numbers)
+        for c in blind.candidates:
+            if c.number not in scored or c.p_value < scored[c.number].p_value:
+                scored[c.number] = c
+    candidates = sorted(scored.values(), key=lambda c: (c.p_value, -c.z))
+    numbers = sorted(dict.fromkeys(named), key=lambda n: scored[n].p_value)
+    head = scored[numbers[0]] if numbers else candidates[0]
+    return Detection(
+        decision="traced" if numbers else "not_found",
+        recipient_number=numbers[0] if numbers else None, p_value=head.p_value, z=head.z,
+        n_tests=sum(inf.n_tests for inf in informed) + (blind.n_tests if blind else 0),
+        long_edge=dwt.working_long_edge(leak_grid.film.pixels.shape),
+        polarity=-1 if leak_grid.alignment["inverted"] else 1,
+        candidates=candidates, recipient_numbers=numbers,
+        search="informed" if blind is None or not blind.recipient_numbers else "informed+blind",
+        decoded_number=blind.decoded_number if blind else None,
+        decoded_p_value=blind.decoded_p_value if blind else 1.0,
+        geometry=dict(blind.geometry) if blind and blind.recipient_numbers else {})
 
 
 def _informed_candidates(informed: list[_Informed], n_sources: int) -> list[Candidate]:
