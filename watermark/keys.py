@@ -170,7 +170,10 @@ def load_key(path: str | os.PathLike | None = None) -> SiteKey:
             f"{p}: no site key there. Detection needs the key that marked the films "
             "(give it with --key or LEAKTRACE_KEY); `leaktrace embed` creates one on first use."
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{p}: not a leaktrace site key (expected {2 * KEY_BYTES} hex "
+                           "digits; this file is binary)") from None
+    except OSError as exc:
         raise KeyFileError(f"{p}: cannot read the site key ({exc})") from None
     try:
         secret = bytes.fromhex(text)
