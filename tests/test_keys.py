@@ -78,9 +78,6 @@ def test_a_key_others_can_read_is_used_with_a_warning(tmp_path):
 
 
 def test_a_binary_file_is_not_a_key(tmp_path):
-    from watermark.errors import KeyFileError
-    from watermark.keys import load_key
-
     path = tmp_path / "site.key"
     path.write_bytes(bytes(range(128, 256)))
     path.chmod(0o600)
