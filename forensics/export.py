@@ -276,12 +276,7 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
             return export_film(source, output, recipient=recipient, ledger=ledger, key=key,
                                overwrite=overwrite)
 
-        outcome = _outcome(source, output, run)
-        if outcome.record is not None:
-            written[output.resolve()] = source
-        outcomes.append(outcome)
-        if progress is not None:
-            progress(outcome)
+        outcomes.append(_settle(source, output, run, written, progress))
     return outcomes
 
 
@@ -305,6 +300,17 @@ def _failure(source: Path, exc: BaseException) -> str | None:
     if isinstance(exc, ValueError):  # a bug or an odd file; never a typer/click exit
         return f"{source}: cannot be marked ({type(exc).__name__}: {exc})"
     return None
+
+
+def _settle(source: Path, output: Path, run: Callable[[], ExportRecord], written: dict,
+            progress) -> ExportOutcome:
+    """Run one file's export, note its output as written, report progress."""
+    outcome = _outcome(source, output, run)
+    if outcome.record is not None:
+        written[output.resolve()] = source
+    if progress is not None:
+        progress(outcome)
+    return outcome
 
 
 def _outcome(source: Path, output: Path, run: Callable[[], ExportRecord]) -> ExportOutcome:
@@ -413,12 +419,7 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
                 return _record(source, output, marked, name=name, ledger=ledger, key=key,
                                mark_key=mark_key, overwrite=overwrite)
 
-            outcome = _outcome(source, output, run)
-            if outcome.record is not None:
-                written[output.resolve()] = source
-            outcomes.append(outcome)
-            if progress is not None:
-                progress(outcome)
+            outcomes.append(_settle(source, output, run, written, progress))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
