@@ -115,7 +115,8 @@ def test_blind_and_informed_detection_name_the_leaker(run):
     traced = _stdout(cells["trace"])
     assert _field(traced, "recipient") == leaker
     assert float(_field(traced, "p-value")) <= THRESHOLD
-    assert _field(traced, "mode") == "informed"
+    # a screenshot shows UI around the film: the blind search runs beside the informed test
+    assert _field(traced, "mode") == "informed+blind"
     alignment = _field(traced, "alignment")
     scale = float(re.search(r"scale ([\d.]+) film px per leak px", alignment)[1])
     # the 1841 x 1955 film fills about 600 px of height in the 1280 x 720 screenshot
@@ -137,7 +138,7 @@ def test_the_evidence_report_is_written_and_shown(run):
     evidence = json.loads(json_path.read_text())
     assert evidence["recipient"] == leaker
     assert evidence["decision"] == "traced"
-    assert evidence["mode"] == "informed"
+    assert evidence["mode"] == "informed+blind"
     assert evidence["ledger_check"]["ok"] is True
     assert evidence["report_metadata"]["html_sha256"] == hashlib.sha256(html_path.read_bytes()).hexdigest()
     assert "alignment" in evidence["report_metadata"]["figures"]
