@@ -308,10 +308,11 @@ def _mark_key(ledger: Ledger, key: SiteKey) -> SiteKey:
 
 
 def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Alignment,
-              exports: list[ExportRecord], key: SiteKey, *, alpha: float) -> _Informed:
+              exports: list[ExportRecord], key: SiteKey, *, alpha: float,
+              display: np.ndarray | None = None) -> _Informed:
     """Register ``leak`` onto ``film`` (given the keypoint alignment), subtract it, test its
     recipients at level ``alpha``."""
-    display = render(film)
+    display = render(film) if display is None else display
     wshape = dwt.working_shape(display.shape)
     original = dwt.resample(display, wshape)
     to_work = np.diag([wshape[1] / display.shape[1], wshape[0] / display.shape[0], 1.0])
@@ -471,7 +472,8 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     found: list[tuple[str, Film, list[ExportRecord], register.Alignment]] = []
     if original is not None:
         film, sha, exports = _given_original(original, ledger)
-        features = register.film_features(render(film))
+        given_display = render(film)  # rendered once: for the features and the informed test
+        features = register.film_features(given_display)
         hits = register.register(leak, [features])
         if hits:
             found.append((sha, film, exports, hits[0][1]))
@@ -512,7 +514,8 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     for sha, film, exports, alignment in found:
         try:
             informed.append(_informed(leak, sha, film, alignment, exports, mark_key,
-                                      alpha=INFORMED_SHARE * alpha / n_sources))
+                                      alpha=INFORMED_SHARE * alpha / n_sources,
+                                      display=given_display if original is not None else None))
         except _NotThisFilm as exc:  # chance resemblance of two chest films: not a match
             if original is not None:
                 warnings.append(f"the leak could not be registered on {original} ({exc}): is "
