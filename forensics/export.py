@@ -36,7 +36,7 @@ from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, L
 from watermark.keys import SiteKey
 
 from .ledger import ExportRecord, Ledger, normalise_recipient
-from .register import film_features
+from .register import FilmFeatures, film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "collect_sources", "marked_copy_of",
            "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
@@ -460,6 +460,10 @@ def _features(film: Film) -> bytes:
 
 
 def _keep_features(ledger: Ledger, source_sha256: str, features: Callable[[], bytes]) -> None:
-    """Store a source film's features in the ledger, once per source film."""
-    if not ledger.has_source_features(source_sha256):
+    """Store a source film's features in the ledger, once per source film; features kept by
+    leaktrace 0.2.0 (no thumbnail for the template search) are replaced."""
+    kept = ledger.source_features_of(source_sha256)
+    if kept is None:
         ledger.store_source_features(source_sha256, features())
+    elif FilmFeatures.from_bytes(kept).thumbnail is None:
+        ledger.store_source_features(source_sha256, features(), replace=True)

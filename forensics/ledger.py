@@ -489,19 +489,24 @@ class Ledger:
             self._select() + " WHERE e.source_sha256 = ? ORDER BY e.id", (source_sha256,))]
 
     # -- source features (for finding the film a leak shows) -----------------------------
-    def store_source_features(self, source_sha256: str, features: bytes) -> None:
-        """Keep the keypoint features of a source film (:mod:`forensics.register`), once per
-        source. Not part of the hash chain: they are derived from the source file, whose
-        SHA-256 is, and a trace checks the original against that hash before using it."""
+    def store_source_features(self, source_sha256: str, features: bytes, *,
+                              replace: bool = False) -> None:
+        """Keep the features of a source film (:mod:`forensics.register`), once per source
+        (``replace``: overwrite those kept, e.g. by an older version). Not part of the hash
+        chain: they are derived from the source file, whose SHA-256 is, and a trace checks
+        the original against that hash before using it."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO sources(source_sha256, features, created_utc) "
+            db.execute(f"{verb} INTO sources(source_sha256, features, created_utc) "
                        "VALUES (?, ?, ?)", (source_sha256, sqlite3.Binary(features), _utc_now()))
 
-    def has_source_features(self, source_sha256: str) -> bool:
+    def source_features_of(self, source_sha256: str) -> bytes | None:
+        """The features kept for one source file, or None."""
         if not self._has_sources:
-            return False
-        return self._db.execute("SELECT 1 FROM sources WHERE source_sha256 = ?",
-                                (source_sha256,)).fetchone() is not None
+            return None
+        row = self._db.execute("SELECT features FROM sources WHERE source_sha256 = ?",
+                               (source_sha256,)).fetchone()
+        return bytes(row[0]) if row is not None else None
 
     def source_features(self) -> dict[str, bytes]:
         """``{source SHA-256: features}`` for every exported source that has them."""

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import ORB
+from skimage.feature import ORB, match_template
 from skimage.measure import ransac
 from skimage.transform import ProjectiveTransform, resize, warp
 
 __all__ = ["FilmFeatures", "KeypointSet", "Alignment", "film_features", "leak_keypoints",
-           "register", "refine", "warp_into", "FEATURE_EDGE", "MIN_INLIERS", "SMOOTHING"]
+           "register", "locate", "refine", "linear_scale", "warp_into", "FEATURE_EDGE", "MIN_INLIERS",
+           "SMOOTHING", "THUMBNAIL_EDGE", "MIN_TEMPLATE_NCC", "TEMPLATE_MARGIN"]
 
 FEATURE_EDGE = 768  # long edge (px) at which features are computed
 N_KEYPOINTS = 1000
@@ -47,6 +48,14 @@ MAX_HAMMING = 64  # of 256 bits: a farther pair is not a match
 RATIO = 0.85  # Lowe's ratio test on Hamming distances
 SMOOTHING = (0.0, 1.5)  # Gaussian sigmas (px at FEATURE_EDGE): fine detail, then anatomy only
 MIN_INLIERS = 12  # fewer RANSAC inliers: the film is not in the leak
+THUMBNAIL_EDGE = 256  # long edge (px) of the film thumbnail kept for the template search
+MIN_TEMPLATE_NCC = 0.8  # a weaker template match is not taken as the film
+TEMPLATE_MARGIN = 0.05  # films matched this much less well than the best are not returned
+_COARSE_EDGE = 128  # long edge (px) of the thumbnail in the coarse template search
+_MIN_TEMPLATE = 32  # shortest side (px at _COARSE_EDGE) of a template: smaller ones match anywhere
+_TEMPLATE_STEP = 1.15  # ratio between successive template scales (coarse search)
+_FINE_STEPS = np.linspace(-0.08, 0.08, 9)  # relative scale offsets of the fine search
+_FINE_FILMS = 4  # films whose coarse best goes on to the fine search
 _RANSAC_TRIALS = 2000
 _RANSAC_SEED = 20260411  # RANSAC is seeded: the same leak always gives the same alignment
 
@@ -72,13 +81,17 @@ class KeypointSet:
 
 @dataclass(frozen=True)
 class FilmFeatures:
-    """ORB keypoints of one image, one :class:`KeypointSet` per level of :data:`SMOOTHING`.
+    """ORB keypoints of one image, one :class:`KeypointSet` per level of :data:`SMOOTHING`,
+    and a thumbnail for the template search.
 
-    ``shape`` (rows, columns) is the image's, in px; positions refer to it.
+    ``shape`` (rows, columns) is the image's, in px; positions refer to it. ``thumbnail`` is
+    the image scaled to 0..255 (0.5 and 99.5 percentiles) at a long edge of
+    :data:`THUMBNAIL_EDGE` px, uint8; ``None`` in features stored by leaktrace 0.2.0.
     """
 
     shape: tuple[int, int]
     sets: tuple[KeypointSet, ...]
+    thumbnail: np.ndarray | None = None
 
     def to_bytes(self) -> bytes:
         """Compact serialisation (``numpy.savez_compressed``, no pickle) for the ledger."""
@@ -86,6 +99,8 @@ class FilmFeatures:
         for i, ks in enumerate(self.sets):
             arrays[f"points{i}"] = ks.points.astype(np.float32)
             arrays[f"descriptors{i}"] = ks.descriptors.astype(np.uint8)
+        if self.thumbnail is not None:
+            arrays["thumbnail"] = self.thumbnail.astype(np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -95,7 +110,8 @@ class FilmFeatures:
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             sets = tuple(KeypointSet(z[f"points{i}"], z[f"descriptors{i}"])
                          for i in range(len(SMOOTHING)) if f"points{i}" in z)
-            return cls(tuple(int(v) for v in z["shape"]), sets)
+            thumbnail = z["thumbnail"] if "thumbnail" in z else None
+            return cls(tuple(int(v) for v in z["shape"]), sets, thumbnail)
 
 
 @dataclass(frozen=True)
@@ -110,9 +126,11 @@ class Alignment:
     mirrored, inverted : bool
         The leak variant that matched (inverted: dark and bright swapped).
     inliers : int
-        RANSAC inliers (keypoint pairs consistent with the homography).
+        RANSAC inliers (keypoint pairs consistent with the homography); 0 for a template match.
     matches : int
-        Keypoint pairs that passed the ratio test.
+        Keypoint pairs that passed the ratio test; 0 for a template match.
+    template_ncc : float or None
+        Normalised cross-correlation of a template match (:func:`locate`); None for keypoints.
     """
 
     matrix: np.ndarray
@@ -120,6 +138,7 @@ class Alignment:
     inverted: bool
     inliers: int
     matches: int
+    template_ncc: float | None = None
 
     def leak_to_film(self, leak_shape: tuple[int, int]) -> np.ndarray:
         """The full (3, 3) homography from the leak's own px (mirror included) to film px."""
@@ -130,14 +149,20 @@ class Alignment:
 
     def as_dict(self, leak_shape: tuple[int, int]) -> dict:
         m = self.leak_to_film(leak_shape)
-        return {"transform": (m / m[2, 2]).round(8).tolist(), "mirrored": self.mirrored,
-                "inverted": self.inverted, "inliers": self.inliers, "matches": self.matches,
-                "scale": round(_scale_of(m), 5), "rotation_degrees": round(_rotation_of(m), 3),
-                "method": "ORB keypoints, RANSAC homography, block-matching affine refinement"}
+        out = {"transform": (m / m[2, 2]).round(8).tolist(), "mirrored": self.mirrored,
+               "inverted": self.inverted, "inliers": self.inliers, "matches": self.matches,
+               "scale": round(linear_scale(m), 5), "rotation_degrees": round(_rotation_of(m), 3),
+               "method": "ORB keypoints, RANSAC homography, block-matching affine refinement"}
+        if self.template_ncc is not None:
+            out.update(method="template search (normalised cross-correlation over scales), "
+                              "block-matching affine refinement",
+                       template_ncc=round(self.template_ncc, 4))
+        return out
 
 
-def _scale_of(m: np.ndarray) -> float:
-    """Mean linear scale of a homography's affine part (film px per leak px)."""
+def linear_scale(m: np.ndarray) -> float:
+    """Mean linear scale of a (3, 3) homography's affine part (e.g. film px per leak px):
+    the square root of its determinant's magnitude."""
     a = m[:2, :2] / m[2, 2]
     return float(math.sqrt(abs(np.linalg.det(a))))
 
@@ -199,11 +224,20 @@ def film_features(display: np.ndarray) -> FilmFeatures:
     -------
     FilmFeatures
         Up to :data:`N_KEYPOINTS` keypoints per smoothing level, computed at a long edge of
-        :data:`FEATURE_EDGE` px, positions in the film's px. A flat film has none.
+        :data:`FEATURE_EDGE` px, positions in the film's px (a flat film has none), and a
+        uint8 thumbnail at a long edge of :data:`THUMBNAIL_EDGE` px.
     """
     image = _normalised(display)
+    thumbnail = np.rint(255.0 * _resized(image, THUMBNAIL_EDGE)).astype(np.uint8)
     return FilmFeatures((int(image.shape[0]), int(image.shape[1])),
-                        tuple(_keypoints(image, s, upsample=True) for s in SMOOTHING))
+                        tuple(_keypoints(image, s, upsample=True) for s in SMOOTHING), thumbnail)
+
+
+def _resized(image: np.ndarray, long_edge: float) -> np.ndarray:
+    """``image`` resized (anti-aliased) to a long edge of ``long_edge`` px, float64."""
+    scale = long_edge / max(image.shape)
+    shape = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+    return resize(image, shape, anti_aliasing=scale < 1.0)
 
 
 def leak_keypoints(leak: np.ndarray, level: int, *, mirrored: bool = False,
@@ -262,7 +296,7 @@ def _fit(leak: KeypointSet, film: KeypointSet, film_shape: tuple[int, int]
     a = m[:2, :2] / m[2, 2]
     if np.linalg.det(a) <= 0:  # a mirror image: the mirrored variant covers it
         return None, 0, len(ia)
-    scale = _scale_of(m)
+    scale = linear_scale(m)
     if not 0.02 < scale < 50.0:
         return None, 0, len(ia)
     return m / m[2, 2], n, len(ia)
@@ -285,8 +319,9 @@ def register(leak: np.ndarray, films: list[FilmFeatures], *, good: int = 30
     Returns
     -------
     list of (index into films, Alignment)
-        Every film with at least :data:`MIN_INLIERS` inliers, best first (by inliers).
-        Empty if none is found.
+        Every film a homography could be fitted to (at least :data:`MIN_INLIERS` keypoint
+        pairs matched), best first (by inliers). Few inliers can be chance: the caller checks
+        the registered leak against the film. Empty if none is found.
     """
     leak = np.asarray(leak, dtype=np.float64)
     best: dict[int, Alignment] = {}
@@ -301,6 +336,120 @@ def register(leak: np.ndarray, films: list[FilmFeatures], *, good: int = 30
             if best and max(a.inliers for a in best.values()) >= good:
                 return sorted(best.items(), key=lambda item: -item[1].inliers)
     return sorted(best.items(), key=lambda item: -item[1].inliers)
+
+
+def locate(leak: np.ndarray, films: list[FilmFeatures], *, top: int = 2
+           ) -> list[tuple[int, Alignment]]:
+    """Find which of ``films`` a leak shows, and where, by its grey levels.
+
+    For leaks whose keypoints find nothing: a small crop of a smooth part of a film. The
+    leak (as is and mirrored) is correlated, at template sizes in steps of
+    ``_TEMPLATE_STEP``, with each film's thumbnail reduced to a long edge of ``_COARSE_EDGE``
+    px; a negative correlation is the inverted leak. The best scale and place of the
+    ``_FINE_FILMS`` best films are then refined on the full thumbnail.
+
+    Parameters
+    ----------
+    leak : (rows, columns) array
+        The leak, grey, any scale. No rotation is searched.
+    films : list of FilmFeatures
+        Candidate films; those without a thumbnail (stored by leaktrace 0.2.0) are skipped.
+    top : int
+        At most this many films are returned.
+
+    Returns
+    -------
+    list of (index into films, Alignment)
+        Films whose fine normalised cross-correlation reaches :data:`MIN_TEMPLATE_NCC` and
+        is within :data:`TEMPLATE_MARGIN` of the best film's, best first; the alignment is a scale and translation (leak px -> film px, to within a
+        thumbnail px), to be finished by :func:`refine`. Empty if no film matches.
+        The scales tried give the leak a shorter side of at least ``_MIN_TEMPLATE`` px on
+        the coarse thumbnail: a leak showing under about a quarter of a film's long edge is
+        not found this way.
+
+    Notes
+    -----
+    Normalised cross-correlation (Lewis, Vision Interface 1995) as computed by
+    ``skimage.feature.match_template``. Chest films resemble each other, so a match is only
+    a candidate: the caller registers the leak onto the original and checks it.
+    """
+    leak01 = _normalised(np.asarray(leak, dtype=np.float64))
+    leak_shape = leak01.shape
+    if max(leak01.shape) > 2 * THUMBNAIL_EDGE:  # templates are never larger than a thumbnail
+        leak01 = _resized(leak01, 2 * THUMBNAIL_EDGE)
+    variants = {False: leak01, True: leak01[:, ::-1]}
+    templates: dict[tuple[float, bool], np.ndarray] = {}  # the same sizes recur film after film
+    coarse: list[tuple[float, int, float, bool]] = []  # (ncc, film, template long edge, mirrored)
+    for i, film in enumerate(films):
+        if film.thumbnail is None:
+            continue
+        thumb = _resized(film.thumbnail / 255.0, _COARSE_EDGE)
+        best = None
+        for edge in _template_edges(leak01.shape, thumb.shape):
+            for mirrored, image in variants.items():
+                if (edge, mirrored) not in templates:
+                    templates[edge, mirrored] = _resized(image, edge)
+                ncc, _, _ = _best_match(thumb, templates[edge, mirrored])
+                if best is None or abs(ncc) > abs(best[0]):
+                    best = (ncc, i, edge, mirrored)
+        if best is not None:
+            coarse.append(best)
+    coarse.sort(key=lambda c: -abs(c[0]))
+    found = []
+    for _, i, edge, mirrored in coarse[:_FINE_FILMS]:
+        film = films[i]
+        thumb = film.thumbnail / 255.0
+        image = variants[mirrored]
+        factor = max(thumb.shape) / _COARSE_EDGE
+        best = None
+        for step in _FINE_STEPS:
+            tpl = _resized(image, edge * factor * (1.0 + step))
+            if tpl.shape[0] > thumb.shape[0] or tpl.shape[1] > thumb.shape[1]:
+                continue
+            ncc, row, col = _best_match(thumb, tpl)
+            if best is None or abs(ncc) > abs(best[0]):
+                best = (ncc, row, col, tpl.shape)
+        if best is None or abs(best[0]) < MIN_TEMPLATE_NCC:
+            continue
+        ncc, row, col, tshape = best
+        # leak px -> template px (scale g) -> thumbnail px (offset) -> film px (scale k),
+        # on pixel centres: X = (col + (x + 0.5) g) k - 0.5
+        gy, gx = tshape[0] / leak_shape[0], tshape[1] / leak_shape[1]
+        ky, kx = film.shape[0] / thumb.shape[0], film.shape[1] / thumb.shape[1]
+        matrix = np.array([[gx * kx, 0.0, (col + 0.5 * gx) * kx - 0.5],
+                           [0.0, gy * ky, (row + 0.5 * gy) * ky - 0.5],
+                           [0.0, 0.0, 1.0]])
+        found.append((i, Alignment(matrix, mirrored, bool(ncc < 0), 0, 0, abs(float(ncc)))))
+    found.sort(key=lambda item: -item[1].template_ncc)
+    if found:  # chest films resemble each other: keep only those about as good as the best
+        floor = found[0][1].template_ncc - TEMPLATE_MARGIN
+        found = [item for item in found if item[1].template_ncc >= floor]
+    return found[:top]
+
+
+def _template_edges(leak_shape: tuple[int, int], thumb_shape: tuple[int, int]) -> list[float]:
+    """Long edges (px) of the leak templates tried on a coarse thumbnail: from a shortest
+    side of ``_MIN_TEMPLATE`` px up to the largest that fits, in steps of ``_TEMPLATE_STEP``."""
+    aspect = max(leak_shape) / min(leak_shape)
+    smallest = _MIN_TEMPLATE * aspect
+    # the template must fit: its rows and columns at most the thumbnail's
+    fit = min(thumb_shape[0] / leak_shape[0], thumb_shape[1] / leak_shape[1]) * max(leak_shape)
+    if fit < smallest:
+        return []
+    n = int(math.floor(math.log(fit / smallest) / math.log(_TEMPLATE_STEP))) + 1
+    return [smallest * _TEMPLATE_STEP ** k for k in range(n)]
+
+
+def _best_match(image: np.ndarray, template: np.ndarray) -> tuple[float, int, int]:
+    """(ncc, row, column) of the normalised cross-correlation of largest magnitude of
+    ``template`` placed inside ``image`` (top-left corner); ncc < 0: an inverted match."""
+    if template.std() == 0 or template.shape[0] > image.shape[0] \
+            or template.shape[1] > image.shape[1]:
+        return 0.0, 0, 0
+    ncc = match_template(image, template)
+    k = int(np.argmax(np.abs(ncc)))
+    row, col = divmod(k, ncc.shape[1])
+    return float(ncc[row, col]), row, col
 
 
 class _Index:
@@ -371,7 +520,7 @@ def warp_into(leak: np.ndarray, leak_to_target: np.ndarray, shape: tuple[int, in
         the target, against aliasing); NaN where the target is outside the leak.
     """
     leak = np.asarray(leak, dtype=np.float64)
-    scale = _scale_of(leak_to_target)  # target px per leak px
+    scale = linear_scale(leak_to_target)  # target px per leak px
     if scale < 1.0:
         leak = ndimage.gaussian_filter(leak, sigma=0.5 * (1.0 / scale - 1.0), mode="nearest")
     inverse = ProjectiveTransform(matrix=np.linalg.inv(leak_to_target))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from watermark import __version__, dwt, payload
 from watermark.detect import Candidate, Detection, detect
@@ -283,6 +284,10 @@ def _source_dict(inf: _Informed, number: int | None) -> dict:
 #: explain: less means the keypoints matched a film that only resembles the one leaked.
 MIN_EXPLAINED = 0.25
 
+#: Correlation the fine detail (quantum noise, small vessels) of the registered leak must
+#: reach with the original's: a film that only looks alike gives about 0.
+MIN_DETAIL_CORRELATION = 0.3
+
 
 class _NotThisFilm(ValueError):
     """The keypoint match does not hold up once the leak is registered onto the film."""
@@ -328,6 +333,11 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     if explained < MIN_EXPLAINED:
         raise _NotThisFilm(f"the aligned leak explains {100 * explained:.0f} % of the film's "
                            f"grey-level variance (at least {100 * MIN_EXPLAINED:.0f} % expected)")
+    detail = _detail_correlation(residual + original, original, usable,
+                                 register.linear_scale(homography))
+    if detail < MIN_DETAIL_CORRELATION:
+        raise _NotThisFilm(f"the fine detail of the aligned leak and of the film correlate at "
+                           f"{detail:.2f} (at least {MIN_DETAIL_CORRELATION} expected)")
     soft = informed_soft_bits(residual, original, key)
     numbers = sorted({e.recipient_number for e in exports})
     codewords = np.stack([payload.encode(n, key) for n in numbers])
@@ -337,6 +347,7 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     info = alignment.as_dict(leak.shape)
     info.update(transform=(leak_to_film / leak_to_film[2, 2]).round(8).tolist(),
                 explained_variance=round(explained, 4),
+                detail_correlation=round(detail, 4),
                 overlap_fraction=round(float(inside.mean()), 4),
                 usable_fraction=round(float(usable.mean()), 4),
                 refinement_px=round(float(np.hypot(*correction[:2, 2])), 3),
@@ -351,6 +362,43 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     info["leak_coverage"] = round(float(coverage), 4)
     return _Informed(sha256, film, exports, info, numbers, results, n_tests, figures,
                      float(coverage))
+
+
+def _detail_correlation(fitted: np.ndarray, original: np.ndarray, usable: np.ndarray,
+                        scale: float) -> float:
+    """Correlation coefficient of the fine detail of the registered leak and of the original.
+
+    Parameters
+    ----------
+    fitted, original : (rows, columns) float arrays
+        The leak registered and mapped to the original's grey levels, and the original, on
+        the working grid.
+    usable : (rows, columns) bool
+        Pixels where ``fitted`` is valid.
+    scale : float
+        Working-grid px per leak px: the detail is a difference of Gaussians at sigma
+        ``scale`` and ``2 * scale`` px (``scale`` clipped to 1..4), the finest the leak
+        resolves.
+
+    Returns
+    -------
+    float
+        In -1..1; 0 when under 256 px remain once the border is eroded. Quantum noise and fine
+        structure are the film's own: the right film gives 0.5 to 1 even after a phone photo
+        or a 256 px copy, another chest film about 0 however alike the two look.
+    """
+    sigma = float(np.clip(scale, 1.0, 4.0))
+    inner = ndimage.binary_erosion(usable, iterations=int(np.ceil(4 * sigma)))
+    if inner.sum() < 256:
+        return 0.0
+    bands = []
+    for image in (fitted, original):
+        centred = np.where(usable, image - image[usable].mean(), 0.0)
+        bands.append((ndimage.gaussian_filter(centred, sigma)
+                      - ndimage.gaussian_filter(centred, 2 * sigma))[inner])
+    a, b = bands
+    denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    return float(np.dot(a, b) / denom) if denom > 0 else 0.0
 
 
 def _polygon_area(points: np.ndarray) -> float:
@@ -469,17 +517,15 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
                             f"to test (at least {dwt.MIN_DETECT_EDGE} px on each side)")
     mark_key = _mark_key(ledger, key)
     warnings: list[str] = []
-    found: list[tuple[str, Film, list[ExportRecord], register.Alignment]] = []
+    given_display = None
+    originals: dict[str, tuple] = {}  # film id -> (Film | None, sha256, why not): read once
     if original is not None:
         film, sha, exports = _given_original(original, ledger)
         given_display = render(film)  # rendered once: for the features and the informed test
-        features = register.film_features(given_display)
-        hits = register.register(leak, [features])
-        if hits:
-            found.append((sha, film, exports, hits[0][1]))
-        else:
-            warnings.append(f"the film {original} was not found in the leak (too few matching "
-                            "keypoints): blind detection only")
+        films = [register.film_features(given_display)]
+        shas = [sha]
+        given_exports = {sha: exports}
+        originals[exports[0].source_sop_uid or sha] = (film, sha, "")
         n_sources = 1
     else:
         stored = ledger.source_features()
@@ -488,41 +534,38 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
                             "0.2, or none yet): blind detection only; give --original FILE to "
                             "use an original")
         shas = list(stored)
-        hits = register.register(leak, [_features_of(ledger, stored[s]) for s in shas]) \
-            if shas else []
-        seen: set[str] = set()
-        for index, alignment in hits:
-            if len(found) == MAX_SOURCES:
-                break
-            if index != hits[0][0] and alignment.inliers < max(SECOND_FILM_INLIERS,
-                                                              0.25 * hits[0][1].inliers):
-                break  # a weak second match is chance resemblance between two chest films
-            exports = _exports_of_film(ledger, shas[index])
-            film_id = exports[0].source_sop_uid or shas[index]
-            if film_id in seen:  # the same film from another source file (another syntax)
-                continue
-            seen.add(film_id)
-            film, sha, why = _load_original(exports)
-            if film is None:
-                warnings.append(f"the leak shows the film exported as {exports[0].source_sop_uid} "
-                                f"(exports {', '.join(str(e.id) for e in exports)}), but its "
-                                f"original cannot be used: {why}; give --original FILE")
-                continue
-            found.append((sha, film, exports, alignment))
+        films = [_features_of(ledger, stored[s]) for s in shas]
+        given_exports = {}
         n_sources = MAX_SOURCES
-    informed = []
-    for sha, film, exports, alignment in found:
-        try:
-            informed.append(_informed(leak, sha, film, alignment, exports, mark_key,
-                                      alpha=INFORMED_SHARE * alpha / n_sources,
-                                      display=given_display if original is not None else None))
-        except _NotThisFilm as exc:  # chance resemblance of two chest films: not a match
-            if original is not None:
-                warnings.append(f"the leak could not be registered on {original} ({exc}): is "
-                                "it the film the leak shows? blind detection only")
-            continue
-        except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
-            warnings.append(f"{film.path}: the leak could not be aligned onto it ({exc})")
+    informed_alpha = INFORMED_SHARE * alpha / n_sources
+
+    def test(found: list) -> list[_Informed]:
+        results = []
+        for sha, film, exports, alignment in found:
+            try:
+                results.append(_informed(leak, sha, film, alignment, exports, mark_key,
+                                         alpha=informed_alpha, display=given_display))
+            except _NotThisFilm as exc:  # chance resemblance of two chest films: not a match
+                if original is not None:
+                    warnings.append(f"the leak could not be registered on {original} ({exc})")
+            except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
+                warnings.append(f"{film.path}: the leak could not be aligned onto it ({exc})")
+        return results
+
+    # keypoints first; a template search when they find nothing that holds up (a small crop
+    # of a smooth part of a film). At most n_sources films are tested in all.
+    hits = register.register(leak, films) if films else []
+    informed = test(_found_films(hits, shas, ledger, originals, given_exports, warnings,
+                                 strong=True))
+    if not informed and films:
+        located = register.locate(leak, films, top=n_sources)
+        informed = test(_found_films(located, shas, ledger, originals, given_exports,
+                                     warnings, strong=False))
+    if original is not None and not informed:
+        warnings.append(f"the film {original} was not found in the leak (neither by keypoints "
+                        "nor by a template search): is it the film the leak shows? blind "
+                        "detection only")
+    warnings = list(dict.fromkeys(warnings))  # a film found by both searches: said once
     blind_alpha = alpha if not informed else (1.0 - INFORMED_SHARE) * alpha
     blind = None
     covered = max((inf.leak_coverage for inf in informed), default=0.0)
@@ -542,6 +585,41 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         mode = "informed" if blind is None else "informed+blind"
     return _report(leak, detection, ledger=ledger, key=key, warnings=warnings, mode=mode,
                    informed=informed, leak_info=leak_info, alpha=alpha)
+
+
+def _found_films(hits: list, shas: list[str], ledger: Ledger, originals: dict,
+                 given_exports: dict, warnings: list[str], *, strong: bool) -> list:
+    """The films to test from :func:`register.register` or :func:`register.locate` hits:
+    ``(sha256, Film, exports, alignment)``, at most :data:`MAX_SOURCES`, one per film (SOP
+    Instance UID), each with a readable original (``originals`` caches them by film id;
+    ``given_exports`` holds the exports of an ``--original``, found by SHA-256 or UID).
+
+    ``strong``: the hits are keypoint matches, and a second film needs at least
+    :data:`SECOND_FILM_INLIERS` inliers and a quarter of the first's (chance resemblance of
+    two chest films gives a few)."""
+    found: list = []
+    seen: set[str] = set()
+    for index, alignment in hits:
+        if len(found) == MAX_SOURCES:
+            break
+        if strong and index != hits[0][0] and alignment.inliers < max(
+                SECOND_FILM_INLIERS, 0.25 * hits[0][1].inliers):
+            break
+        exports = given_exports.get(shas[index]) or _exports_of_film(ledger, shas[index])
+        film_id = (exports[0].source_sop_uid if exports else "") or shas[index]
+        if film_id in seen:  # the same film from another source file (another syntax)
+            continue
+        seen.add(film_id)
+        if film_id not in originals:
+            originals[film_id] = _load_original(exports)
+        film, sha, why = originals[film_id]
+        if film is None:
+            warnings.append(f"the leak shows the film exported as {exports[0].source_sop_uid} "
+                            f"(exports {', '.join(str(e.id) for e in exports)}), but its "
+                            f"original cannot be used: {why}; give --original FILE")
+            continue
+        found.append((sha, film, exports, alignment))
+    return found
 
 
 def _combined(informed: list[_Informed], blind: Detection | None, n_sources: int, *,

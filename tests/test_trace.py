@@ -71,7 +71,8 @@ def test_the_export_keeps_features_of_each_source_once(exported):
             feats = FilmFeatures.from_bytes(blob)
             assert len(book.exports_of_source(sha)) == 3
             assert all(len(s.points) >= 100 for s in feats.sets)
-            assert len(blob) < 120_000  # compact: ~1000 keypoints per level
+            assert feats.thumbnail.dtype == np.uint8 and max(feats.thumbnail.shape) == 256
+            assert len(blob) < 200_000  # compact: ~1000 keypoints per level, a 256 px thumbnail
 
 
 @pytest.mark.parametrize("pipeline", ["screenshot_ui_messenger_1280px_jpeg_q70",
@@ -264,3 +265,77 @@ def test_thin_leaks_and_damaged_features_are_clear_errors(exported, tmp_path):
     with Ledger(damaged, create=False) as book:
         with pytest.raises(LedgerError, match="film features kept in the ledger are damaged"):
             trace_array(leak, ledger=book, key=KEY)
+
+
+# -- the template search: a small crop of a smooth part of a film ----------------------------
+
+SMOOTH = "canon_dx_mono1_12bit_j2klossless_966_fixed.dcm"
+
+
+@pytest.fixture(scope="module")
+def smooth_exported(tmp_path_factory, dicom_films):
+    """The Canon DX (a large smooth mediastinum) for two recipients and the NIH film for one,
+    in a ledger of their own: (ledger path, {recipient: copy})."""
+    folder = tmp_path_factory.mktemp("smooth")
+    copies = {}
+    with Ledger(folder / "ledger.sqlite") as book:
+        for name in RECIPIENTS[:2]:
+            out = folder / name.split()[0].strip(".") / SMOOTH
+            out.parent.mkdir()
+            copies[name] = export_film(dicom_films[SMOOTH], out, recipient=name, ledger=book,
+                                       key=KEY).output_path
+        export_film(dicom_films[FILMS[0]], folder / FILMS[0], recipient=RECIPIENTS[2],
+                    ledger=book, key=KEY)
+    return folder / "ledger.sqlite", copies
+
+
+def test_a_small_smooth_crop_is_found_by_its_grey_levels_and_traced(smooth_exported):
+    ledger_path, copies = smooth_exported
+    name = RECIPIENTS[1]
+    leak = leaks.apply(_display(copies[name]), leaks.PIPELINES["crop_centre_keep10pct"])
+    with Ledger(ledger_path, create=False) as book:
+        out = trace_array(leak, ledger=book, key=KEY).as_dict()
+    assert out["decision"] == "traced" and out["mode"] == "informed"
+    assert [r["recipient"] for r in out["recipients"]] == [name]
+    assert out["p_value"] < 1e-12
+    a = out["alignment"]
+    assert a["method"].startswith("template search") and a["template_ncc"] > 0.95
+    assert a["detail_correlation"] > 0.4 and a["explained_variance"] > 0.9
+    assert abs(a["scale"] - 1.0) < 0.02
+    others = [c for c in out["candidates"] if c["recipient"] != name]
+    assert others and all(c["p_value"] == 1.0 for c in others)
+
+
+@pytest.mark.parametrize("pipeline", ["crop_centre_keep10pct", "crop_centre_keep36pct"])
+def test_a_crop_of_another_patients_film_is_not_taken_for_an_exported_one(
+        smooth_exported, data_dir, pipeline):
+    # chest films resemble each other: the template search finds look-alikes (normalised
+    # cross-correlation ~0.9), but their fine detail does not correlate and none is claimed
+    from PIL import Image
+
+    other = next(iter(sorted((data_dir / "png" / "kermany_pediatric").glob("NORMAL-*"))))
+    image = np.asarray(Image.open(other).convert("L"), dtype=np.float64)
+    ledger_path, _ = smooth_exported
+    with Ledger(ledger_path, create=False) as book:
+        report = trace_array(leaks.apply(image, leaks.PIPELINES[pipeline]), ledger=book, key=KEY)
+    assert report.mode == "blind" and report.decision == "not_found"
+    assert report.source is None and report.alignment is None
+
+
+def test_features_kept_without_a_thumbnail_are_renewed_by_the_next_export(
+        smooth_exported, dicom_films, tmp_path):
+    ledger_path, _ = smooth_exported
+    old = tmp_path / "old.sqlite"
+    old.write_bytes(ledger_path.read_bytes())
+    with Ledger(old) as book:
+        for sha, blob in book.source_features().items():  # as leaktrace 0.2.0 kept them
+            stripped = FilmFeatures.from_bytes(blob)
+            stripped = FilmFeatures(stripped.shape, stripped.sets)
+            book.store_source_features(sha, stripped.to_bytes(), replace=True)
+        assert all(FilmFeatures.from_bytes(b).thumbnail is None
+                   for b in book.source_features().values())
+        export_film(dicom_films[FILMS[0]], tmp_path / "again.dcm", recipient=RECIPIENTS[0],
+                    ledger=book, key=KEY)
+        kept = {sha: FilmFeatures.from_bytes(b) for sha, b in book.source_features().items()}
+    renewed = [sha for sha, f in kept.items() if f.thumbnail is not None]
+    assert len(renewed) == 1 and len(kept) == 2  # the film exported again, only
