@@ -123,19 +123,30 @@ def _names(report) -> set[str]:
             for n in report.detection.recipient_numbers}
 
 
+def _found_by(alignment: dict) -> str:
+    """How the film was found in the leak: keypoints, template, or '' (not found)."""
+    if not alignment:
+        return ""
+    return "template" if alignment.get("template_ncc") is not None else "keypoints"
+
+
 def _robustness_query(task) -> dict:
     film, truth, path, pname, pipeline, seed = task
     start = time.perf_counter()
     try:
         report = trace_array(_leak_of(path, pipeline, seed), ledger=_BOOK, key=KEY)
         tested = {c.number for c in report.detection.candidates}
+        a = report.alignment or {}
         named, row = _names(report), {"decision": report.decision, "mode": report.mode,
                                       "p_value": report.detection.p_value,
                                       "innocents_tested": len(tested) - (truth is not None),
+                                      "found_by": _found_by(a),
+                                      "detail_correlation": a.get("detail_correlation", ""),
                                       "error": ""}
     except Exception as exc:  # a benchmark records failures instead of stopping
         named, row = set(), {"decision": "error", "mode": "", "p_value": 1.0,
-                             "innocents_tested": 0, "error": f"{type(exc).__name__}: {exc}"}
+                             "innocents_tested": 0, "found_by": "", "detail_correlation": "",
+                             "error": f"{type(exc).__name__}: {exc}"}
     return {"film": film, "truth": truth or "", "pipeline": pname,
             "stretch": pname in leaks.STRETCH or pname in EXTRA,
             "right": truth is not None and truth in named, "miss": truth is not None and not named,
@@ -242,6 +253,8 @@ def run(args) -> dict:
             "wrong": sum(r["wrong"] for r in marked),
             "right_rate": sum(r["right"] for r in marked) / len(marked),
             "informed": sum(r["mode"] == "informed" for r in marked),
+            "found_by_template": sum(r["found_by"] == "template" for r in marked),
+            "film_not_found": sum(not r["found_by"] for r in marked),
             "innocents_tested": sum(r["innocents_tested"] for r in marked),
             "median_p_value": statistics.median(r["p_value"] for r in marked),
             "controls": len(controls), "control_named": sum(bool(r["named"]) for r in controls),
