@@ -47,8 +47,7 @@ from functools import lru_cache
 import numpy as np
 import pywt
 import scipy.fft
-from scipy import ndimage
-from skimage.transform import resize
+from scipy import ndimage, sparse
 
 from .keys import SiteKey
 from .payload import N_BITS
@@ -137,14 +136,112 @@ def block_reduce_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return image[:rows, :cols].reshape(rows // k, k, cols // k, k).mean(axis=(1, 3))
 
 
-def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Antialiased linear resampling to ``shape`` (float64)."""
-    if image.shape == tuple(shape):
-        return image.astype(np.float64, copy=False)
+def _resample(image: np.ndarray, shape: tuple[int, int], dtype=np.float64) -> np.ndarray:
+    """Antialiased linear resampling to ``shape``, computed and returned in ``dtype``.
+
+    The result is that of ``skimage.transform.resize(image, shape, order=1, mode="reflect",
+    anti_aliasing=<downsampling>, preserve_range=True, clip=False)`` (after
+    :func:`block_reduce_to`): a Gaussian blur of sigma ``(factor - 1) / 2`` on each
+    downsampled axis, then linear interpolation on the pixel-centre grid, both with mirror
+    boundaries. Both steps are separable and linear, so each axis is one banded matrix
+    (:func:`_axis_operator`) and the whole resampling is ``A0 @ image @ A1.T``; this does
+    in one pass per axis what the blur and ``scipy.ndimage.zoom`` do in three.
+    """
+    dtype = np.dtype(dtype)
+    shape = (int(shape[0]), int(shape[1]))
+    if image.shape == shape:
+        return image.astype(dtype, copy=False)
     image = block_reduce_to(image, shape)
     down = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    return resize(image.astype(np.float64, copy=False), shape, order=1, mode="reflect",
-                  anti_aliasing=down, preserve_range=True)
+    # skimage's anti-aliasing sigma: (input / output - 1) / 2 per axis, none when upsampling
+    sigmas = [max(0.0, (n_in / n_out - 1.0) / 2.0) if down else 0.0
+              for n_in, n_out in zip(image.shape, shape)]
+    rows = _axis_operator(image.shape[0], shape[0], sigmas[0])
+    cols = _axis_operator(image.shape[1], shape[1], sigmas[1])
+    image = np.ascontiguousarray(image, dtype=dtype)
+    if shape[0] * image.shape[1] <= image.shape[0] * shape[1]:  # smaller intermediate first
+        return _apply_cols(cols, _apply_rows(rows, image))
+    return _apply_rows(rows, _apply_cols(cols, image))
+
+
+_COLUMN_BLOCK = 64  # output columns per matrix product in _apply_cols
+
+
+@dataclass(frozen=True)
+class _AxisOperator:
+    """One axis of a resampling: (n_out, n_in) banded matrix, as CSR and as column blocks."""
+
+    csr: object  # scipy.sparse.csr_matrix, float64
+    blocks: tuple  # (out_start, out_stop, in_start, in_stop, dense (stop-start, in) float64)
+
+
+@lru_cache(maxsize=64)
+def _axis_operator(n_in: int, n_out: int, sigma: float) -> _AxisOperator:
+    """The (n_out, n_in) matrix of one axis of :func:`_resample`.
+
+    Column ``j`` is what ``scipy.ndimage.gaussian_filter1d(mode="mirror", truncate=4.0)``
+    (skipped for ``sigma <= 1e-15``, as ``gaussian_filter`` does) followed by
+    ``scipy.ndimage.zoom(order=1, mode="mirror", grid_mode=True)`` makes of a unit impulse at
+    input ``j``: output ``k`` interpolates linearly at input coordinate
+    ``(k + 0.5) * n_in / n_out - 0.5``, mirrored about the first and last pixel centres.
+    """
+    def mirror(index: np.ndarray) -> np.ndarray:  # ndimage "mirror" (whole-sample symmetric)
+        if n_in == 1:
+            return np.zeros_like(index)
+        period = 2 * n_in - 2
+        index = np.mod(index, period)
+        return np.where(index > n_in - 1, period - index, index)
+
+    # Gaussian blur, (n_in, n_in): row i holds the weights of the blurred sample i
+    if sigma > 1e-15:
+        radius = int(4.0 * sigma + 0.5)
+        x = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 / (sigma * sigma) * x**2)
+        kernel = kernel / kernel.sum()
+        i = np.repeat(np.arange(n_in), x.size)
+        j = mirror(i + np.tile(x, n_in))
+        blur = sparse.csr_matrix((np.tile(kernel, n_in), (i, j)), shape=(n_in, n_in))
+    else:
+        blur = sparse.identity(n_in, format="csr")
+    # linear interpolation on the pixel-centre grid, (n_out, n_in)
+    zoom = n_in / n_out
+    coord = (np.arange(n_out) + 0.5) * zoom - 0.5
+    if n_in == 1:
+        coord = np.zeros_like(coord)
+    else:
+        coord = np.mod(coord, 2.0 * n_in - 2.0)
+        coord = np.where(coord > n_in - 1, 2.0 * n_in - 2.0 - coord, coord)
+    first = np.floor(coord)
+    frac = coord - first
+    first = first.astype(np.int64)
+    k = np.repeat(np.arange(n_out), 2)
+    j = mirror(np.stack([first, first + 1], axis=1).ravel())
+    w = np.stack([1.0 - frac, frac], axis=1).ravel()
+    interp = sparse.csr_matrix((w, (k, j)), shape=(n_out, n_in))
+    matrix = (interp @ blur).tocsr()
+    matrix.eliminate_zeros()
+    matrix.sort_indices()
+
+    blocks = []
+    for start in range(0, n_out, _COLUMN_BLOCK):
+        stop = min(start + _COLUMN_BLOCK, n_out)
+        part = matrix[start:stop]
+        lo, hi = int(part.indices.min()), int(part.indices.max()) + 1
+        blocks.append((start, stop, lo, hi, part[:, lo:hi].toarray()))
+    return _AxisOperator(matrix, tuple(blocks))
+
+
+def _apply_rows(op: _AxisOperator, image: np.ndarray) -> np.ndarray:
+    """``op @ image``: resample axis 0 of a C-contiguous float array (same dtype)."""
+    return np.ascontiguousarray(op.csr.astype(image.dtype) @ image)
+
+
+def _apply_cols(op: _AxisOperator, image: np.ndarray) -> np.ndarray:
+    """``image @ op.T``: resample axis 1, one band of output columns at a time (same dtype)."""
+    out = np.empty((image.shape[0], op.csr.shape[0]), dtype=image.dtype)
+    for start, stop, lo, hi, block in op.blocks:
+        np.matmul(image[:, lo:hi], block.T.astype(image.dtype), out=out[:, start:stop])
+    return out
 
 
 @dataclass(frozen=True)
