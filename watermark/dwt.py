@@ -140,12 +140,15 @@ def _resample(image: np.ndarray, shape: tuple[int, int], dtype=np.float64) -> np
     """Antialiased linear resampling to ``shape``, computed and returned in ``dtype``.
 
     The result is that of ``skimage.transform.resize(image, shape, order=1, mode="reflect",
-    anti_aliasing=<downsampling>, preserve_range=True, clip=False)`` (after
-    :func:`block_reduce_to`): a Gaussian blur of sigma ``(factor - 1) / 2`` on each
-    downsampled axis, then linear interpolation on the pixel-centre grid, both with mirror
-    boundaries. Both steps are separable and linear, so each axis is one banded matrix
-    (:func:`_axis_operator`) and the whole resampling is ``A0 @ image @ A1.T``; this does
-    in one pass per axis what the blur and ``scipy.ndimage.zoom`` do in three.
+    anti_aliasing=<downsampling>, preserve_range=True)`` (after :func:`block_reduce_to`),
+    which leaktrace 0.2.0 called here: a Gaussian blur of sigma
+    ``(factor - 1) / 2`` on each downsampled axis, then linear interpolation on the
+    pixel-centre grid, both with mirror boundaries. Both steps are separable and linear, so
+    each axis is one banded matrix (:func:`_axis_operator`) and the whole resampling is
+    ``A0 @ image @ A1.T``: one pass per axis instead of the blur's and ``scipy.ndimage.zoom``'s
+    several. The weights are non-negative and sum to 1, so resize's clipping to the input
+    range has nothing to do and is not repeated. float64 results agree with resize to about
+    1e-13 of the value range; float32 ones to float32 rounding.
     """
     dtype = np.dtype(dtype)
     shape = (int(shape[0]), int(shape[1]))
@@ -175,7 +178,7 @@ class _AxisOperator:
     blocks: tuple  # (out_start, out_stop, in_start, in_stop, dense (stop-start, in) float64)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _axis_operator(n_in: int, n_out: int, sigma: float) -> _AxisOperator:
     """The (n_out, n_in) matrix of one axis of :func:`_resample`.
 
@@ -494,7 +497,8 @@ def soft_bits(image: np.ndarray, key: SiteKey, *, long_edge: int) -> np.ndarray:
 
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The resampling used between an image and its working grid: antialiased linear
-    (``skimage.transform.resize``, after block averaging of a very large image).
+    (the result of ``skimage.transform.resize``, after block averaging of a very large
+    image; see :func:`_resample`).
 
     ``image`` (rows, columns) any real dtype; returns ``shape`` (rows, columns) float64.
     """
