@@ -321,3 +321,15 @@ def test_bad_window_in_file_names_file_and_element(load_film):
     with pytest.raises(UnsupportedImageError,
                        match=r"zero_width\.dcm: \(0028,1051\) Window Width is 0"):
         render(ds, vet.pixels)
+
+
+@pytest.mark.parametrize("name", [UNCR, NIH])
+def test_float32_render_is_the_float64_render_rounded(name, load_film):
+    film = load_film(name)
+    double = render(film)
+    single = render(film, dtype=np.float32)
+    assert single.dtype == np.float32
+    assert np.array_equal(single, double.astype(np.float32))
+    marked = film.pixels.astype(np.float64) + 0.25  # not an integer: no table lookup
+    assert np.array_equal(render(film, pixels=marked, dtype=np.float32),
+                          render(film, pixels=marked).astype(np.float32))

@@ -73,3 +73,31 @@ def test_film_with_40_percent_flat_border(film_png, tmp_path):
         leaks.save_image(leaks.quantize_8bit(render(read_film(rec.output_path))), leak, quality=75)
         report = detect_leak(leak, ledger=book, key=KEY)
     assert report.recipient == "4242" and report.detection.p_value <= 1e-6
+
+
+@pytest.mark.parametrize("source, target", [
+    ((2048, 2048), (1024, 1024)), ((1024, 1024), (2048, 2048)), ((1955, 1841), (1024, 964)),
+    ((1080, 1920), (576, 1024)), ((3, 7), (40, 2)), ((1, 5), (4, 1)), ((257, 64), (100, 300)),
+])
+def test_resample_is_skimage_resize(source, target):
+    """The banded-matrix resampling gives skimage's antialiased linear resize."""
+    from skimage.transform import resize
+
+    image = np.random.default_rng(3).random(source) * 255
+    expected = resize(image, target, order=1, mode="reflect", preserve_range=True,
+                      anti_aliasing=target[0] < source[0] or target[1] < source[1])
+    got = dwt.resample(image, target)
+    assert got.dtype == np.float64 and got.shape == target
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    single = dwt._resample(image.astype(np.float32), target, np.float32)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, expected, rtol=0, atol=1e-3)
+
+
+def test_float32_mark_is_the_float64_mark(film_png):
+    """The embed path's float32 computation changes the mark by float32 rounding only."""
+    codeword = payload.encode(7, KEY)
+    double = dwt.mark_residual(film_png, codeword, KEY)
+    single = dwt.mark_residual(film_png.astype(np.float32), codeword, KEY, dtype=np.float32)
+    assert single.dtype == np.float32 and single.shape == double.shape
+    assert np.abs(single - double).max() < 1e-4 * np.abs(double).max()

@@ -442,6 +442,7 @@ def _encode(film: Film, marked: np.ndarray, out_path: Path, description: str) ->
     with _warnings_about(film.path, stacklevel=5):
         ds, new_uid = _derived_dataset(film, values, description)
     transfer_syntax = _set_pixel_data(ds, film, values)
+    del values  # the pixel data now holds its own copy
     try:
         buffer = io.BytesIO()
         with _warnings_about(film.path, stacklevel=5):
@@ -910,7 +911,9 @@ def _set_pixel_data(ds: Dataset, film: Film, values: np.ndarray) -> UID:
     data = words.astype(words.dtype.newbyteorder("<"), copy=False).tobytes()
     if len(data) % 2:
         data += b"\x00"  # PS3.5 Section 7.1: values have even length
-    ds.PixelData = data
+    # a buffered value (io.BytesIO shares `data`, no copy) is streamed into the file by
+    # pydicom; a bytes value would first be copied into a buffer of its own
+    ds.PixelData = io.BytesIO(data)
     elem = ds["PixelData"]
     elem.VR = "OW" if values.dtype.itemsize == 2 else "OB"
     elem.is_undefined_length = False
