@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 import pywt
+import scipy.fft
 from scipy import ndimage
 from skimage.transform import AffineTransform, warp
 
@@ -425,28 +426,40 @@ def _phase_spectra(tile: np.ndarray) -> np.ndarray:
     so the one-level transforms of the 4 shifts ``(dy, dx) mod 2`` give every level-1 result,
     the 16 level-2 transforms of their approximations every level-2 result, and 64 small
     level-3 transforms the rest (the same coefficients, about 7 times less work).
+
+    A stack of tiles ``(..., 128, 128)`` gives ``(144, ..., 64, 15)``, the same numbers as one
+    tile at a time (which is faster: the work arrays of one tile stay in the cache).
     """
-    def shifted(x: np.ndarray, axis: int) -> np.ndarray:  # the 4 shifts (a, b) in {0, 1}^2
+    lead = tile.shape[:-2]
+    tile = tile.reshape((-1,) + tile.shape[-2:])  # (n tiles, 128, 128)
+
+    def shifted(x: np.ndarray) -> np.ndarray:  # the 4 shifts (a, b) in {0, 1}^2, before the grid
         return np.stack([np.roll(x, (-a, -b), axis=(-2, -1)) for a in (0, 1) for b in (0, 1)],
-                        axis=axis)
+                        axis=-3)
 
     def dwt(x: np.ndarray):
         return pywt.dwt2(x, WAVELET, mode=MODE, axes=(-2, -1))
 
-    ca1 = dwt(shifted(tile, 0))[0]  # (4 s1, 64, 64); level-1 details are not marked
-    ca2, d2 = dwt(shifted(ca1, 1))  # (4 s1, 4 s2, 32, 32)
-    d2 = np.stack(d2, axis=2)  # (4, 4, 3, 32, 32)
-    d3 = np.stack(dwt(shifted(ca2, 2))[1], axis=3)  # (4 s1, 4 s2, 4 s3, 3, 16, 16)
+    ca1 = dwt(shifted(tile))[0]  # (n, 4 s1, 64, 64); level-1 details are not marked
+    ca2, d2 = dwt(shifted(ca1))  # (n, 4 s1, 4 s2, 32, 32)
+    d2 = np.stack(d2, axis=-3)  # (n, 4, 4, 3, 32, 32)
+    d3 = np.stack(dwt(shifted(ca2))[1], axis=-3)  # (n, 4 s1, 4 s2, 4 s3, 3, 16, 16)
     bit = np.arange(8)
     dy, dx = np.repeat(bit, 8), np.tile(bit, 8)  # phase p = 8 * dy + dx
     s1, s2, s3 = (((dy >> k) & 1) * 2 + ((dx >> k) & 1) for k in (0, 1, 2))
-    # a level-1 shift of 2 * a3 + a2 (a3 in {0, 1}) is a level-2 shift of a3
-    b2 = np.stack([np.roll(d2[s1[p], s2[p]], (-(dy[p] >> 2), -(dx[p] >> 2)), axis=(-2, -1))
-                   for p in range(64)])
-    comps = _polyphase({2: b2, 3: d3[s1, s2, s3]})
-    n_phase, n_comp, t, _ = comps.shape
-    half = np.fft.rfft2(comps)
-    return np.ascontiguousarray(half.reshape(n_phase, n_comp, -1).transpose(2, 0, 1))
+    # a level-1 shift of 2 * a3 + a2 (a3 in {0, 1}) is a level-2 shift of a3: the phases
+    # with the same (dy >> 2, dx >> 2) are rolled together
+    b2 = d2[:, s1, s2]  # (n, 64, 3, 32, 32)
+    for a in (0, 1):
+        for b in (0, 1):
+            if a or b:
+                p = (dy >> 2 == a) & (dx >> 2 == b)
+                b2[:, p] = np.roll(b2[:, p], (-a, -b), axis=(-2, -1))
+    comps = _polyphase({2: b2, 3: d3[:, s1, s2, s3]})  # (n, 64, 15, 16, 16)
+    n_tile, n_phase, n_comp, t, _ = comps.shape
+    half = scipy.fft.rfft2(comps).reshape(n_tile, n_phase, n_comp, -1)
+    half = np.ascontiguousarray(half.transpose(3, 0, 1, 2))  # (144, n, 64, 15)
+    return half.reshape((half.shape[0],) + lead + (n_phase, n_comp))
 
 
 def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None = None, *,
@@ -507,7 +520,7 @@ def _correlate(freq: np.ndarray, filters: np.ndarray) -> np.ndarray:
     product = np.matmul(freq, filters)  # (f, p, k): a batched matrix product (BLAS)
     t = TILE >> max(LEVELS)
     product = np.ascontiguousarray(product.transpose(1, 2, 0)).reshape(freq.shape[1], -1, t, t // 2 + 1)
-    return np.fft.irfft2(product, s=(t, t))
+    return scipy.fft.irfft2(product, s=(t, t), overwrite_x=True)  # faster than numpy's here
 
 
 def fold_search(image: np.ndarray, lattice: Lattice, key: SiteKey, codewords=None, *,
