@@ -124,3 +124,16 @@ def test_phase_spectra_equal_the_transforms_of_every_shifted_tile():
     comps = sync._polyphase({lvl: np.stack(coeffs[dwt.N_LEVELS + 1 - lvl], axis=1) for lvl in dwt.LEVELS})
     direct = np.fft.rfft2(comps).reshape(64, comps.shape[1], -1).transpose(2, 0, 1)
     np.testing.assert_allclose(sync._phase_spectra(tile), direct, rtol=0, atol=1e-9)
+
+
+def test_whiten_folded_in_strips_equals_whiten_then_fold():
+    """The strip-by-strip whitening gives the tile of the whole-image one: NaN outside the
+    leak, a flat pane, odd sizes and a short last strip included."""
+    rng = np.random.default_rng(6)
+    for shape in [(700, 530), (300, 1536), (140, 90), (60, 200)]:
+        work = rng.standard_normal(shape) * 20 + 100
+        work[: shape[0] // 5, :] = 30.0  # a flat viewer pane
+        work[:, -shape[1] // 7:] = np.nan  # beyond the leak
+        reference = sync._fold(sync._whiten(work.copy()))
+        np.testing.assert_allclose(sync._whiten_folded(work.copy()), reference,
+                                   rtol=0, atol=1e-9 * np.abs(reference).max())
