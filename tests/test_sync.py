@@ -137,3 +137,12 @@ def test_whiten_folded_in_strips_equals_whiten_then_fold():
         reference = sync._fold(sync._whiten(work.copy()))
         np.testing.assert_allclose(sync._whiten_folded(work.copy()), reference,
                                    rtol=0, atol=1e-9 * np.abs(reference).max())
+
+
+def test_transposed_spectra_equal_the_transforms_of_the_transposed_tile():
+    """Flips 4..7 (transposes of 0..3) are read from the spectra of 0..3."""
+    tile = np.random.default_rng(7).standard_normal((dwt.TILE, dwt.TILE))
+    for d in range(4):
+        direct = sync._phase_spectra(sync._dihedral(tile, d + 4))
+        derived = sync._transposed_spectra(sync._phase_spectra(sync._dihedral(tile, d)))
+        np.testing.assert_allclose(derived, direct, rtol=0, atol=1e-9)

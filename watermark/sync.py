@@ -526,8 +526,50 @@ def prepare(image: np.ndarray, lattice: Lattice) -> PreparedLattice:
     (the false-positive benchmark tests thousands of keys on each control leak).
     """
     tile = _whiten_folded(_to_working(np.asarray(image, dtype=np.float64), lattice))
-    return PreparedLattice(lattice, tile, tuple(_phase_spectra(_dihedral(tile, d))
-                                                 for d in range(N_DIHEDRAL)))
+    # one flip at a time (a stack of all 8 is slower: its work arrays leave the cache); the
+    # transposed flips 4..7 are read from the spectra of 0..3
+    spectra = [_phase_spectra(_dihedral(tile, d)) for d in range(N_DIHEDRAL // 2)]
+    spectra += [_transposed_spectra(s) for s in spectra]
+    return PreparedLattice(lattice, tile, tuple(spectra))
+
+
+@lru_cache(maxsize=1)
+def _transpose_maps() -> tuple:
+    """Index maps of :func:`_transposed_spectra`: source frequency, phase and component, and
+    which frequencies are conjugated."""
+    t = TILE >> max(LEVELS)
+    u, v = np.meshgrid(np.arange(t), np.arange(t // 2 + 1), indexing="ij")  # f = u * 9 + v
+    # F(A.T)[u, v] = F(A)[v, u]; for u past the half plane, conj F(A)[-v, -u]
+    upper = u > t // 2
+    src_row = np.where(upper, (t - v) % t, v)
+    src_col = np.where(upper, t - u, u)
+    freq = (src_row * (t // 2 + 1) + src_col).ravel()
+    dy, dx = np.divmod(np.arange(64), 8)
+    phase = 8 * dx + dy  # roll(A.T, (-dy, -dx)) = roll(A, (-dx, -dy)).T
+    swap = [1, 0, 2]  # the transpose's horizontal details are the vertical ones, transposed
+    comp = []
+    for level in LEVELS:
+        step = 1 << (max(LEVELS) - level)
+        base = len(comp)
+        for i in range(step):
+            for j in range(step):  # polyphase part (i, j) of B.T is part (j, i) of B, transposed
+                comp += [base + (j * step + i) * 3 + swap[o] for o in range(3)]
+    return freq, phase, np.array(comp), upper.ravel()
+
+
+def _transposed_spectra(spectra: np.ndarray) -> np.ndarray:
+    """:func:`_phase_spectra` of a tile's transpose, from the tile's own (the same numbers
+    within rounding, without the wavelet transforms and FFTs).
+
+    The separable DWT commutes with transposition (horizontal and vertical details trade
+    places), a phase ``(dy, dx)`` of the transpose is the phase ``(dx, dy)`` of the tile, and
+    the 2-D FFT of a transposed array is the transposed FFT, read from the half plane by
+    conjugate symmetry.
+    """
+    freq, phase, comp, upper = _transpose_maps()
+    out = spectra[np.ix_(freq, phase, comp)]
+    out[upper] = np.conj(out[upper])
+    return out
 
 
 def _phase_spectra(tile: np.ndarray) -> np.ndarray:
