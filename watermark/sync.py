@@ -123,8 +123,8 @@ def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.n
     out = np.zeros((len(periods), len(angles)))
     size = min(_COMB_BLOCK, len(periods)) * n_points
     work = np.empty(size)
+    spare = np.empty(size)
     index = np.empty(size, dtype=np.intp)
-    column = np.empty(size, dtype=np.intp)
     for j, angle in enumerate(np.deg2rad(angles)):
         c, s = np.cos(angle), np.sin(angle)
         # rotate the lattice counter-clockwise in the displayed image (row axis down)
@@ -143,20 +143,20 @@ def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.n
                 if not np.any(count >= 50):
                     continue
             w = work[:shape[0] * n_points].reshape(shape)
+            wx = spare[:w.size].reshape(shape)
             iy = index[:w.size].reshape(shape)
-            ix = column[:w.size].reshape(shape)
+            # flat index (row + rows // 2) * cols + column + cols // 2, in float64: every
+            # term is an integer far below 2**53, so the sums are exact
             np.divide(fy, block, out=w)
             w *= rows
             np.rint(w, out=w)
-            iy[...] = w
-            iy += rows // 2
-            iy *= cols
-            np.divide(fx, block, out=w)
             w *= cols
-            np.rint(w, out=w)
-            ix[...] = w
-            ix += cols // 2
-            iy += ix
+            np.divide(fx, block, out=wx)
+            wx *= cols
+            np.rint(wx, out=wx)
+            w += wx
+            w += (rows // 2) * cols + cols // 2
+            iy[...] = w
             if inside:
                 np.take(flat, iy, out=w)
                 out[start:start + len(block), j] = w.sum(axis=1) / n_points
@@ -379,23 +379,26 @@ def _whiten_folded(work: np.ndarray) -> np.ndarray:
         del var, mean
     valid = _erode(valid, 8)
     # band-pass (boxes of 13) and its local RMS (boxes of 17): 6 + 8 rows either side. Each
-    # strip's band overwrites its rows of `work`; the rows above it that the next strip
-    # reads are kept aside first.
+    # strip's band overwrites its rows of `work` once the next strip has read them (strips
+    # are longer than the 14 rows a strip reads above itself).
     local = np.empty_like(work)
-    above = work[:0].copy()  # original rows [lo, a) of the current strip
+    pending = None  # (a, b, band) of the previous strip, not yet written
     for a, b, lo, hi in _strips(n, 14):
-        block = np.concatenate([above, work[a:hi]]) if a > lo else work[lo:hi]
+        block = work[lo:hi]
         band = block - _box_mean(block, 13)
-        del block
+        if pending is not None:
+            work[pending[0]:pending[1]] = pending[2]
         blo, bhi = max(0, a - 8), min(n, b + 8)
         band = band[blo - lo:bhi - lo]
         rms = _box_mean(band * band, 17)[a - blo:b - blo]
         np.maximum(rms, 0.0, out=rms)
         np.sqrt(rms, out=rms)
         local[a:b] = rms
-        above = work[max(0, b - 14):b].copy()
-        work[a:b] = band[a - blo:b - blo]
+        pending = (a, b, band[a - blo:b - blo])
         del band, rms
+    if pending is not None:
+        work[pending[0]:pending[1]] = pending[2]
+    del pending
     floor = (max(float(np.median(local[valid], overwrite_input=True)) * 0.05, 1e-9)
              if valid.any() else 1.0)
     tile = np.zeros((TILE, TILE))
