@@ -146,3 +146,17 @@ def test_transposed_spectra_equal_the_transforms_of_the_transposed_tile():
         direct = sync._phase_spectra(sync._dihedral(tile, d + 4))
         derived = sync._transposed_spectra(sync._phase_spectra(sync._dihedral(tile, d)))
         np.testing.assert_allclose(derived, direct, rtol=0, atol=1e-9)
+
+
+def test_scale_bilinear_is_skimages_warp():
+    """Without rotation the working grid is interpolated separably: the same numbers as
+    scikit-image's warp, NaN beyond the leak included."""
+    from skimage.transform import AffineTransform, warp
+
+    image = np.random.default_rng(8).random((97, 151)) * 255
+    for scale, shift, shape in [(0.37, (-5.2, 3.1), (300, 420)), (1.0, (0.0, 0.0), (97, 151)),
+                                (2.6, (10.3, -20.7), (40, 70)), (0.8137, (-0.5, 0.25), (140, 200))]:
+        matrix = AffineTransform(scale=scale, translation=shift).params
+        reference = warp(image, AffineTransform(matrix=matrix), output_shape=shape, order=1,
+                         mode="constant", cval=np.nan, preserve_range=True)
+        assert np.array_equal(sync._scale_bilinear(image, matrix, shape), reference, equal_nan=True)

@@ -316,8 +316,56 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     rot_scale = AffineTransform(scale=1.0 / zoom, rotation=-np.deg2rad(lattice.angle))
     back = AffineTransform(translation=centre_in)
     tform = AffineTransform(matrix=back.params @ rot_scale.params @ to_origin.params)
+    if tform.params[0, 1] == 0 and tform.params[1, 0] == 0:  # no rotation
+        return _scale_bilinear(image, tform.params, out_shape)
     return warp(image, tform, output_shape=out_shape, order=1, mode="constant", cval=np.nan,
                 preserve_range=True)
+
+
+_WARP_CHUNK = 128  # output rows per block in _scale_bilinear
+
+
+def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """``skimage.transform.warp(image, matrix, order=1, mode="constant", cval=NaN,
+    preserve_range=True)`` for a matrix without rotation or shear: the same numbers, by
+    separable interpolation (about 1.5 times faster).
+
+    As in scikit-image, a pixel maps to (r, c) = (m11 y + m12, m00 x + m02) of the leak and
+    takes ``(1 - dr) * top + dr * bottom`` with ``top = (1 - dc) * image[floor r, floor c] +
+    dc * image[floor r, ceil c]`` (likewise ``bottom`` on row ``ceil r``), any neighbour
+    outside the leak being NaN; then the result is clipped to the leak's range. Here the
+    interpolation along rows is done once for each leak row that is read, then combined.
+    """
+    rows, cols = image.shape
+    out_r, out_c = out_shape
+    c = matrix[0, 0] * np.arange(out_c, dtype=np.float64) + matrix[0, 2]
+    r = matrix[1, 1] * np.arange(out_r, dtype=np.float64) + matrix[1, 2]
+    min_c, max_c = np.floor(c), np.ceil(c)
+    dc = c - min_c
+    min_r, max_r = np.floor(r), np.ceil(r)
+    dr = r - min_r
+    # column indices into each leak row padded with one NaN either side
+    col0 = (np.clip(min_c, -1, cols) + 1).astype(np.intp)
+    col1 = (np.clip(max_c, -1, cols) + 1).astype(np.intp)
+    out = np.empty(out_shape)
+    for a in range(0, out_r, _WARP_CHUNK):
+        b = min(out_r, a + _WARP_CHUNK)
+        row0 = np.clip(min_r[a:b], -1, rows).astype(np.intp)
+        row1 = np.clip(max_r[a:b], -1, rows).astype(np.intp)
+        read = np.unique(np.concatenate([row0, row1]))  # leak rows read by this block
+        source = np.full((len(read), cols + 2), np.nan)
+        inside = (read >= 0) & (read < rows)
+        source[inside, 1:-1] = image[read[inside]]
+        along = (1 - dc) * source[:, col0]
+        along += dc * source[:, col1]
+        top = along[np.searchsorted(read, row0)]
+        top *= (1 - dr[a:b])[:, None]
+        bottom = along[np.searchsorted(read, row1)]
+        bottom *= dr[a:b, None]
+        np.add(top, bottom, out=out[a:b])
+    # scikit-image's clip to the input range (NaN stays NaN)
+    np.clip(out, image.min(), image.max(), out=out)
+    return out
 
 
 def _whiten(work: np.ndarray) -> np.ndarray:
