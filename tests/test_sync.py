@@ -124,3 +124,39 @@ def test_phase_spectra_equal_the_transforms_of_every_shifted_tile():
     comps = sync._polyphase({lvl: np.stack(coeffs[dwt.N_LEVELS + 1 - lvl], axis=1) for lvl in dwt.LEVELS})
     direct = np.fft.rfft2(comps).reshape(64, comps.shape[1], -1).transpose(2, 0, 1)
     np.testing.assert_allclose(sync._phase_spectra(tile), direct, rtol=0, atol=1e-9)
+
+
+def test_whiten_folded_in_strips_equals_whiten_then_fold():
+    """The strip-by-strip whitening gives the tile of the whole-image one: NaN outside the
+    leak, a flat pane, odd sizes and a short last strip included."""
+    rng = np.random.default_rng(6)
+    for shape in [(700, 530), (300, 1536), (140, 90), (60, 200)]:
+        work = rng.standard_normal(shape) * 20 + 100
+        work[: shape[0] // 5, :] = 30.0  # a flat viewer pane
+        work[:, -shape[1] // 7:] = np.nan  # beyond the leak
+        reference = sync._fold(sync._whiten(work.copy()))
+        np.testing.assert_allclose(sync._whiten_folded(work.copy()), reference,
+                                   rtol=0, atol=1e-9 * np.abs(reference).max())
+
+
+def test_transposed_spectra_equal_the_transforms_of_the_transposed_tile():
+    """Flips 4..7 (transposes of 0..3) are read from the spectra of 0..3."""
+    tile = np.random.default_rng(7).standard_normal((dwt.TILE, dwt.TILE))
+    for d in range(4):
+        direct = sync._phase_spectra(sync._dihedral(tile, d + 4))
+        derived = sync._transposed_spectra(sync._phase_spectra(sync._dihedral(tile, d)))
+        np.testing.assert_allclose(derived, direct, rtol=0, atol=1e-9)
+
+
+def test_scale_bilinear_is_skimages_warp():
+    """Without rotation the working grid is interpolated separably: the same numbers as
+    scikit-image's warp, NaN beyond the leak included."""
+    from skimage.transform import AffineTransform, warp
+
+    image = np.random.default_rng(8).random((97, 151)) * 255
+    for scale, shift, shape in [(0.37, (-5.2, 3.1), (300, 420)), (1.0, (0.0, 0.0), (97, 151)),
+                                (2.6, (10.3, -20.7), (40, 70)), (0.8137, (-0.5, 0.25), (140, 200))]:
+        matrix = AffineTransform(scale=scale, translation=shift).params
+        reference = warp(image, AffineTransform(matrix=matrix), output_shape=shape, order=1,
+                         mode="constant", cval=np.nan, preserve_range=True)
+        assert np.array_equal(sync._scale_bilinear(image, matrix, shape), reference, equal_nan=True)

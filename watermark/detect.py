@@ -165,9 +165,16 @@ class PreparedLeak:
             )
         self.image = image
         edges = [e for e in dwt.WORKING_EDGES if e <= 4 * max(image.shape)] or [dwt.WORKING_EDGES[0]]
-        self.whole = [(e, dwt.folded_subbands(image, long_edge=e)) for e in edges]
-        # the same grids read by the noise-robust folding (small leaks after strong codecs)
-        self.whole += [(e, dwt.folded_coarse_robust(image, long_edge=e)) for e in edges]
+        # each grid read twice: dwt.folded_subbands, then the noise-robust folding of
+        # dwt.folded_coarse_robust (small leaks after strong codecs); the leak is resampled
+        # to each grid once for both readings
+        plain, robust = [], []
+        for e in edges:
+            work = dwt._working_grid(image, e)
+            plain.append((e, dwt._folded_subbands_of(work)))
+            robust.append((e, dwt._folded_coarse_robust_of(work)))
+            del work
+        self.whole = plain + robust
         self._candidates = None
         self._prepared = {}
         self._keep = keep_lattices

@@ -440,7 +440,11 @@ def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarra
     ValueError
         An image smaller than ``MIN_DETECT_EDGE`` on a side.
     """
-    work = _working_grid(image, long_edge)
+    return _folded_subbands_of(_working_grid(image, long_edge))
+
+
+def _folded_subbands_of(work: np.ndarray) -> dict[int, np.ndarray]:
+    """:func:`folded_subbands` of a leak already on its working grid (``_working_grid``)."""
     coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
     out = {}
     for level in LEVELS:
@@ -543,7 +547,11 @@ def folded_coarse_robust(image: np.ndarray, *, long_edge: int) -> dict[int, np.n
     ValueError
         An image smaller than ``MIN_DETECT_EDGE`` on a side.
     """
-    work = _working_grid(image, long_edge)
+    return _folded_coarse_robust_of(_working_grid(image, long_edge))
+
+
+def _folded_coarse_robust_of(work: np.ndarray) -> dict[int, np.ndarray]:
+    """:func:`folded_coarse_robust` of a leak already on its working grid (``_working_grid``)."""
     spectrum = scipy.fft.rfft2(work - work.mean())
     power = spectrum.real**2 + spectrum.imag**2
     # smoothed over frequencies: cyclic along rows; the half plane mirrors at its edges
