@@ -15,6 +15,7 @@ with the same site key, finds nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,6 +322,11 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     wshape = dwt.working_shape(display.shape)
     original = dwt.resample(display, wshape)
     to_work = np.diag([wshape[1] / display.shape[1], wshape[0] / display.shape[0], 1.0])
+    if alignment.template_ncc is not None:  # a thumbnail's precision: polish it first
+        variant = leak[:, ::-1] if alignment.mirrored else leak
+        polished = register.polish(variant, original, to_work @ alignment.matrix,
+                                   inverted=alignment.inverted)
+        alignment = dataclasses.replace(alignment, matrix=np.linalg.inv(to_work) @ polished)
     homography = to_work @ alignment.leak_to_film(leak.shape)
     aligned = register.warp_into(leak, homography, wshape)
     residual, usable = informed_residual(aligned, original)
@@ -539,6 +545,8 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         n_sources = MAX_SOURCES
     informed_alpha = INFORMED_SHARE * alpha / n_sources
 
+    refused: list[str] = []  # candidate films that did not hold up, and why
+
     def test(found: list) -> list[_Informed]:
         results = []
         for sha, film, exports, alignment in found:
@@ -546,10 +554,9 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
                 results.append(_informed(leak, sha, film, alignment, exports, mark_key,
                                          alpha=informed_alpha, display=given_display))
             except _NotThisFilm as exc:  # chance resemblance of two chest films: not a match
-                if original is not None:
-                    warnings.append(f"the leak could not be registered on {original} ({exc})")
+                refused.append(f"{film.path} ({exc})")
             except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
-                warnings.append(f"{film.path}: the leak could not be aligned onto it ({exc})")
+                refused.append(f"{film.path} (the leak could not be aligned onto it: {exc})")
         return results
 
     # keypoints first; a template search when they find nothing that holds up (a small crop
@@ -561,10 +568,22 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         located = register.locate(leak, films, top=n_sources)
         informed = test(_found_films(located, shas, ledger, originals, given_exports,
                                      warnings, strong=False))
-    if original is not None and not informed:
-        warnings.append(f"the film {original} was not found in the leak (neither by keypoints "
-                        "nor by a template search): is it the film the leak shows? blind "
-                        "detection only")
+    if not informed:  # say what was tried (once an informed test runs, it is the answer)
+        if refused and original is not None:
+            warnings.append(f"the leak could not be registered on {refused[-1]}: is it the "
+                            "film the leak shows? blind detection only")
+        elif refused:
+            warnings.append(f"no exported film was confirmed in the leak: the closest "
+                            f"candidate, {refused[-1]}, did not hold up once registered; blind "
+                            "detection only (give --original FILE if you know the film)")
+        elif original is not None:
+            warnings.append(f"the film {original} was not found in the leak (neither by "
+                            "keypoints nor by a template search): is it the film the leak "
+                            "shows? blind detection only")
+        if films and all(f.thumbnail is None for f in films):
+            warnings.append("the ledger's film features predate the template search (leaktrace "
+                            "0.2.0): small crops of smooth regions can only be found once the "
+                            "films are exported again, or with --original FILE")
     warnings = list(dict.fromkeys(warnings))  # a film found by both searches: said once
     blind_alpha = alpha if not informed else (1.0 - INFORMED_SHARE) * alpha
     blind = None

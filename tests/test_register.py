@@ -91,3 +91,21 @@ def test_films_without_thumbnail_and_unrelated_images_give_nothing(displays, fea
     assert locate(leak, stripped) == []
     noise = np.random.default_rng(0).normal(128, 40, (300, 280))
     assert locate(noise, features) == []
+
+
+def test_polish_makes_a_thumbnail_match_precise(displays, features):
+    # a 6.6 % crop of the NIH film's mediastinum: the thumbnails give its scale to a few per
+    # cent, too coarse for the informed test; polish recovers it on the full-size film
+    from forensics.register import polish
+
+    film = displays[OTHERS[0]]
+    top, left, side = 460, 409, 263
+    leak = film[top:top + side, left:left + side]
+    found = locate(leak, features)
+    assert found and found[0][0] == 0
+    rough = found[0][1].matrix
+    fine = polish(leak, film, rough)
+    assert abs(fine[0, 0] - 1.0) < 0.005 and abs(fine[1, 1] - 1.0) < 0.005
+    assert abs(fine[0, 2] - left) < 1.5 and abs(fine[1, 2] - top) < 1.5
+    # and it never makes a match worse than the estimate it started from
+    assert abs(fine[0, 2] - left) <= abs(rough[0, 2] - left) + 0.5

@@ -300,6 +300,7 @@ def test_a_small_smooth_crop_is_found_by_its_grey_levels_and_traced(smooth_expor
     assert out["p_value"] < 1e-12
     a = out["alignment"]
     assert a["method"].startswith("template search") and a["template_ncc"] > 0.95
+    assert out["warnings"] == []  # a keypoint attempt that failed first is not reported
     assert a["detail_correlation"] > 0.4 and a["explained_variance"] > 0.9
     assert abs(a["scale"] - 1.0) < 0.02
     others = [c for c in out["candidates"] if c["recipient"] != name]
@@ -339,3 +340,14 @@ def test_features_kept_without_a_thumbnail_are_renewed_by_the_next_export(
         kept = {sha: FilmFeatures.from_bytes(b) for sha, b in book.source_features().items()}
     renewed = [sha for sha, f in kept.items() if f.thumbnail is not None]
     assert len(renewed) == 1 and len(kept) == 2  # the film exported again, only
+
+
+def test_an_original_that_is_not_in_the_leak_gets_one_clear_warning(smooth_exported,
+                                                                     dicom_films):
+    ledger_path, copies = smooth_exported
+    leak = leaks.apply(_display(copies[RECIPIENTS[0]]), leaks.PIPELINES["crop_centre_keep10pct"])
+    with Ledger(ledger_path, create=False) as book:
+        report = trace_array(leak, ledger=book, key=KEY, original=dicom_films[FILMS[0]])
+    assert report.mode == "blind" and report.source is None
+    about = [w for w in report.warnings if str(dicom_films[FILMS[0]]) in w]
+    assert len(about) == 1 and "blind detection only" in about[0]
