@@ -29,7 +29,8 @@ from watermark.dicomio import Film, read_film, sha256_file
 from watermark.display import render
 from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
 from watermark.imageio import LeakImage, read_leak
-from watermark.informed import informed_residual, informed_soft_bits, name_recipients
+from watermark.informed import (MAX_NAMED, Named, informed_residual, informed_soft_bits,
+                                name_recipients)
 from watermark.keys import SiteKey
 from watermark.stats import FALSE_ACCUSATION_RATE
 
@@ -344,10 +345,8 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     if detail < MIN_DETAIL_CORRELATION:
         raise _NotThisFilm(f"the fine detail of the aligned leak and of the film correlate at "
                            f"{detail:.2f} (at least {MIN_DETAIL_CORRELATION} expected)")
-    soft = informed_soft_bits(residual, original, key)
-    numbers = sorted({e.recipient_number for e in exports})
-    codewords = np.stack([payload.encode(n, key) for n in numbers])
-    results, n_tests = name_recipients(soft, codewords, alpha=alpha)
+    numbers, results, n_tests = _test_recipients(aligned, original, sha256, exports, key,
+                                                 alpha=alpha, film_shape=display.shape)
     leak_to_film = np.linalg.inv(to_work) @ homography
     inside = np.isfinite(aligned)
     info = alignment.as_dict(leak.shape)
@@ -405,6 +404,51 @@ def _detail_correlation(fitted: np.ndarray, original: np.ndarray, usable: np.nda
     a, b = bands
     denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
     return float(np.dot(a, b) / denom) if denom > 0 else 0.0
+
+
+def _test_recipients(aligned: np.ndarray, original: np.ndarray, sha256: str,
+                     exports: list[ExportRecord], key: SiteKey, *, alpha: float,
+                     film_shape: tuple[int, int]) -> tuple[list[int], list[Named], int]:
+    """The informed test of every recipient of a film, each against the source file their
+    copy was made from.
+
+    The same image may have been exported from several source files (stored uncompressed,
+    as JPEG-LS and as lossy JPEG 2000, under one SOP Instance UID or several): subtracting
+    the lossy one from a copy of the uncompressed one leaves its compression error, which
+    drowns the mark. So the recipients are grouped by source file and each group is tested
+    on the residual against its own original (read from the path its exports recorded; the
+    registered ``original`` when it cannot be read). The union bound spans every group:
+    group ``g`` with ``n_g`` of the film's ``N`` tests gets ``alpha * n_g / N`` and its
+    p-values are scaled by ``N / n_g``, so that a p-value <= ``alpha`` still means named.
+
+    Returns ``(numbers, results, n_tests)``: results index into numbers (a recipient who got
+    copies from two source files appears twice).
+    """
+    groups: dict[str, list[ExportRecord]] = {}
+    for e in exports:
+        groups.setdefault(e.source_sha256, []).append(e)
+    plan = []
+    for sha, group in groups.items():
+        numbers = sorted({e.recipient_number for e in group})
+        plan.append((sha, numbers, len(numbers) * min(len(numbers), MAX_NAMED)))
+    total = sum(n for _, _, n in plan)
+    numbers_all: list[int] = []
+    results_all: list[Named] = []
+    for sha, numbers, n in plan:
+        reference = original
+        if sha != sha256:
+            film, _, _ = _load_original(groups[sha])
+            if film is not None and film.pixels.shape[:2] == tuple(film_shape):
+                reference = dwt.resample(render(film), original.shape)
+        residual, _ = informed_residual(aligned, reference)
+        soft = informed_soft_bits(residual, reference, key)
+        codewords = np.stack([payload.encode(number, key) for number in numbers])
+        results, n_g = name_recipients(soft, codewords, alpha=alpha * n / total)
+        offset = len(numbers_all)
+        results_all += [Named(offset + r.index, r.z, min(1.0, r.p_value * total / n_g), r.named)
+                        for r in results]
+        numbers_all += numbers
+    return numbers_all, results_all, total
 
 
 def _polygon_area(points: np.ndarray) -> float:
@@ -562,11 +606,11 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     # keypoints first; a template search when they find nothing that holds up (a small crop
     # of a smooth part of a film). At most n_sources films are tested in all.
     hits = register.register(leak, films) if films else []
-    informed = test(_found_films(hits, shas, ledger, originals, given_exports, warnings,
+    informed = test(_found_films(hits, shas, films, ledger, originals, given_exports, warnings,
                                  strong=True))
     if not informed and films:
         located = register.locate(leak, films, top=n_sources)
-        informed = test(_found_films(located, shas, ledger, originals, given_exports,
+        informed = test(_found_films(located, shas, films, ledger, originals, given_exports,
                                      warnings, strong=False))
     if not informed:  # say what was tried (once an informed test runs, it is the answer)
         if refused and original is not None:
@@ -606,7 +650,7 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
                    informed=informed, leak_info=leak_info, alpha=alpha)
 
 
-def _found_films(hits: list, shas: list[str], ledger: Ledger, originals: dict,
+def _found_films(hits: list, shas: list[str], films: list, ledger: Ledger, originals: dict,
                  given_exports: dict, warnings: list[str], *, strong: bool) -> list:
     """The films to test from :func:`register.register` or :func:`register.locate` hits:
     ``(sha256, Film, exports, alignment)``, at most :data:`MAX_SOURCES`, one per film (SOP
@@ -615,7 +659,9 @@ def _found_films(hits: list, shas: list[str], ledger: Ledger, originals: dict,
 
     ``strong``: the hits are keypoint matches, and a second film needs at least
     :data:`SECOND_FILM_INLIERS` inliers and a quarter of the first's (chance resemblance of
-    two chest films gives a few)."""
+    two chest films gives a few). A hit that shows the same image as a film already found
+    (another source file of it under another SOP Instance UID: same size, same place in the
+    leak, see :func:`_same_image`) adds its exports to that film's test instead."""
     found: list = []
     seen: set[str] = set()
     for index, alignment in hits:
@@ -629,6 +675,11 @@ def _found_films(hits: list, shas: list[str], ledger: Ledger, originals: dict,
         if film_id in seen:  # the same film from another source file (another syntax)
             continue
         seen.add(film_id)
+        twin = next((f for f in found if _same_image(f[3], alignment, films[index],
+                                                      films[f[4]])), None)
+        if twin is not None:  # the same image under another UID: its recipients join the test
+            twin[2].extend(e for e in exports if e not in twin[2])
+            continue
         if film_id not in originals:
             originals[film_id] = _load_original(exports)
         film, sha, why = originals[film_id]
@@ -637,8 +688,21 @@ def _found_films(hits: list, shas: list[str], ledger: Ledger, originals: dict,
                             f"(exports {', '.join(str(e.id) for e in exports)}), but its "
                             f"original cannot be used: {why}; give --original FILE")
             continue
-        found.append((sha, film, exports, alignment))
-    return found
+        found.append((sha, film, list(exports), alignment, index))
+    return [f[:4] for f in found]
+
+
+def _same_image(a: register.Alignment, b: register.Alignment, fa: register.FilmFeatures,
+                fb: register.FilmFeatures) -> bool:
+    """True when two films found in a leak are one image: the same size, and the leak's
+    corners land within 2 px of each other on both (two patients' films never do)."""
+    if tuple(fa.shape) != tuple(fb.shape) or a.mirrored != b.mirrored:
+        return False
+    corners = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    scale = np.diag([100.0, 100.0, 1.0])  # a 100 px square of the leak, mapped by both
+    pa, pb = corners @ (a.matrix @ scale).T, corners @ (b.matrix @ scale).T
+    pa, pb = pa[:, :2] / pa[:, 2:], pb[:, :2] / pb[:, 2:]
+    return bool(np.max(np.hypot(*(pa - pb).T)) <= 2.0)
 
 
 def _combined(informed: list[_Informed], blind: Detection | None, n_sources: int, *,

@@ -351,3 +351,24 @@ def test_an_original_that_is_not_in_the_leak_gets_one_clear_warning(smooth_expor
     assert report.mode == "blind" and report.source is None
     about = [w for w in report.warnings if str(dicom_films[FILMS[0]]) in w]
     assert len(about) == 1 and "blind detection only" in about[0]
+
+
+def test_one_image_from_three_source_files_tests_each_copy_against_its_own_source(
+        tmp_path, dicom_films):
+    # the shared Philips film is stored three times (uncompressed, JPEG-LS, lossy JPEG 2000)
+    # under three SOP Instance UIDs: one image. A copy of the uncompressed file, tested
+    # against the lossy one, loses its mark in the JPEG 2000 error; every recipient must be
+    # tested against the source file their copy was made from.
+    names = {"philips_cr_mono1_15bit_RG1_J2KI.dcm": "Jay", "philips_cr_mono1_15bit_RG1_JLSN.dcm":
+             "Elle", "philips_cr_mono1_15bit_RG1_UNCR.dcm": "Una"}
+    copies = {}
+    with Ledger(tmp_path / "ledger.sqlite") as book:
+        for film, name in names.items():
+            copies[name] = export_film(dicom_films[film], tmp_path / f"{name}.dcm",
+                                       recipient=name, ledger=book, key=KEY).output_path
+        for name in ["Una", "Jay"]:
+            leak = leaks.apply(_display(copies[name]), leaks.PIPELINES["long_edge_800px_jpeg_q60"])
+            out = trace_array(leak, ledger=book, key=KEY).as_dict()
+            assert [r["recipient"] for r in out["recipients"]] == [name]
+            assert out["p_value"] < 1e-12 and out["mode"] == "informed"
+            assert {c["recipient"] for c in out["candidates"]} == set(names.values())
