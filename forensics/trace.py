@@ -29,7 +29,7 @@ from watermark.dicomio import Film, read_film, sha256_file
 from watermark.display import render
 from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
 from watermark.imageio import LeakImage, read_leak
-from watermark.informed import (MAX_NAMED, Named, informed_residual, informed_soft_bits,
+from watermark.informed import (Named, informed_residual, informed_soft_bits, n_tests_for,
                                 name_recipients)
 from watermark.keys import SiteKey
 from watermark.stats import FALSE_ACCUSATION_RATE
@@ -345,8 +345,8 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
     if detail < MIN_DETAIL_CORRELATION:
         raise _NotThisFilm(f"the fine detail of the aligned leak and of the film correlate at "
                            f"{detail:.2f} (at least {MIN_DETAIL_CORRELATION} expected)")
-    numbers, results, n_tests = _test_recipients(aligned, original, sha256, exports, key,
-                                                 alpha=alpha, film_shape=display.shape)
+    numbers, results, n_tests = _test_recipients(aligned, original, residual, sha256, exports,
+                                                 key, alpha=alpha, film_shape=display.shape)
     leak_to_film = np.linalg.inv(to_work) @ homography
     inside = np.isfinite(aligned)
     info = alignment.as_dict(leak.shape)
@@ -406,7 +406,8 @@ def _detail_correlation(fitted: np.ndarray, original: np.ndarray, usable: np.nda
     return float(np.dot(a, b) / denom) if denom > 0 else 0.0
 
 
-def _test_recipients(aligned: np.ndarray, original: np.ndarray, sha256: str,
+def _test_recipients(aligned: np.ndarray, original: np.ndarray, residual: np.ndarray,
+                     sha256: str,
                      exports: list[ExportRecord], key: SiteKey, *, alpha: float,
                      film_shape: tuple[int, int]) -> tuple[list[int], list[Named], int]:
     """The informed test of every recipient of a film, each against the source file their
@@ -417,7 +418,7 @@ def _test_recipients(aligned: np.ndarray, original: np.ndarray, sha256: str,
     the lossy one from a copy of the uncompressed one leaves its compression error, which
     drowns the mark. So the recipients are grouped by source file and each group is tested
     on the residual against its own original (read from the path its exports recorded; the
-    registered ``original`` when it cannot be read). The union bound spans every group:
+    registered ``original`` and its ``residual`` when it cannot be read). The union bound spans every group:
     group ``g`` with ``n_g`` of the film's ``N`` tests gets ``alpha * n_g / N`` and its
     p-values are scaled by ``N / n_g``, so that a p-value <= ``alpha`` still means named.
 
@@ -430,18 +431,18 @@ def _test_recipients(aligned: np.ndarray, original: np.ndarray, sha256: str,
     plan = []
     for sha, group in groups.items():
         numbers = sorted({e.recipient_number for e in group})
-        plan.append((sha, numbers, len(numbers) * min(len(numbers), MAX_NAMED)))
+        plan.append((sha, numbers, n_tests_for(len(numbers))))
     total = sum(n for _, _, n in plan)
     numbers_all: list[int] = []
     results_all: list[Named] = []
     for sha, numbers, n in plan:
-        reference = original
+        reference, group_residual = original, residual
         if sha != sha256:
             film, _, _ = _load_original(groups[sha])
             if film is not None and film.pixels.shape[:2] == tuple(film_shape):
                 reference = dwt.resample(render(film), original.shape)
-        residual, _ = informed_residual(aligned, reference)
-        soft = informed_soft_bits(residual, reference, key)
+                group_residual, _ = informed_residual(aligned, reference)
+        soft = informed_soft_bits(group_residual, reference, key)
         codewords = np.stack([payload.encode(number, key) for number in numbers])
         results, n_g = name_recipients(soft, codewords, alpha=alpha * n / total)
         offset = len(numbers_all)

@@ -39,8 +39,8 @@ from scipy import ndimage
 from . import dwt, stats
 from .keys import SiteKey
 
-__all__ = ["informed_residual", "informed_soft_bits", "name_recipients", "Named",
-           "MAX_NAMED"]
+__all__ = ["informed_residual", "informed_soft_bits", "name_recipients", "n_tests_for",
+           "Named", "MAX_NAMED"]
 
 MAX_NAMED = 4  # most recipients named in one leak (rounds of the successive test)
 _MIN_BIN = 16  # fewest pixels for a grey level's conditional mean
@@ -151,6 +151,12 @@ class Named:
     named: bool
 
 
+def n_tests_for(k: int, max_named: int = MAX_NAMED) -> int:
+    """Tests :func:`name_recipients` counts in its union bound for ``k`` candidates:
+    ``k`` per round, ``min(k, max_named)`` rounds (1 when there is no candidate)."""
+    return max(1, k * min(k, max_named))
+
+
 def name_recipients(soft: np.ndarray, codewords: np.ndarray, *,
                     alpha: float = stats.FALSE_ACCUSATION_RATE,
                     max_named: int = MAX_NAMED) -> tuple[list[Named], int]:
@@ -187,7 +193,7 @@ def name_recipients(soft: np.ndarray, codewords: np.ndarray, *,
     if k == 0:
         return [], 1
     rounds = min(k, max_named)
-    n_tests = k * rounds
+    n_tests = n_tests_for(k, max_named)
     named: list[int] = []
     last_z = np.zeros(k)
     y = soft
