@@ -563,7 +563,7 @@ def _soft_at_origin(tile: np.ndarray, key: SiteKey) -> np.ndarray:
 @dataclass(frozen=True)
 class PreparedLattice:
     """Key-independent search data for one lattice candidate: the folded tile and, for each
-    of the 8 flips/turns, the spectra of its 64 sub-grid phases (f, 64, 15) complex."""
+    of the 8 flips/turns, the spectra of its 64 sub-grid phases (f, 64, 15) complex64."""
 
     lattice: Lattice
     tile: np.ndarray
@@ -579,7 +579,9 @@ def prepare(image: np.ndarray, lattice: Lattice) -> PreparedLattice:
     tile = _whiten_folded(_to_working(np.asarray(image, dtype=np.float64), lattice))
     # one flip at a time (a stack of all 8 is slower: its work arrays leave the cache); the
     # transposed flips 4..7 are read from the spectra of 0..3
-    spectra = [_phase_spectra(_dihedral(tile, d)) for d in range(N_DIHEDRAL // 2)]
+    # kept in single precision: they only rank positions (the soft bits at the best ones are
+    # computed again from the tile in double precision), at half the memory and FFT time
+    spectra = [_phase_spectra(_dihedral(tile, d)).astype(np.complex64) for d in range(N_DIHEDRAL // 2)]
     spectra += [_transposed_spectra(s) for s in spectra]
     return PreparedLattice(lattice, tile, tuple(spectra))
 
@@ -696,9 +698,10 @@ def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None
     bit_spectra = _bit_spectra(key)
     matched = codewords is not None and 0 < len(codewords) <= N_BITS
     if matched:
-        filters = np.ascontiguousarray(bit_spectra @ np.asarray(codewords, dtype=np.float64).T)
+        filters = bit_spectra @ np.asarray(codewords, dtype=np.float64).T
     else:
-        filters = np.ascontiguousarray(bit_spectra[:, :, :_SEARCH_BITS])
+        filters = bit_spectra[:, :, :_SEARCH_BITS]
+    filters = np.ascontiguousarray(filters, dtype=prepared.spectra[0].dtype)
     candidates = []
     for d, freq in enumerate(prepared.spectra):
         out = _correlate(freq, filters)  # (64 phases, k, 16, 16)
@@ -722,7 +725,8 @@ def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None
 
 
 def _correlate(freq: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """Circular correlation of every phase with every filter: (64 phases, k, 16, 16) float64."""
+    """Circular correlation of every phase with every filter: (64 phases, k, 16, 16), real
+    (float32 for complex64 spectra)."""
     product = np.matmul(freq, filters)  # (f, p, k): a batched matrix product (BLAS)
     t = TILE >> max(LEVELS)
     product = np.ascontiguousarray(product.transpose(1, 2, 0)).reshape(freq.shape[1], -1, t, t // 2 + 1)
