@@ -508,6 +508,12 @@ class Ledger:
                                (source_sha256,)).fetchone()
         return bytes(row[0]) if row is not None else None
 
+    def sources_with_features(self) -> set[str]:
+        """SHA-256 of every source file whose features are kept (whatever their version)."""
+        if not self._has_sources:
+            return set()
+        return {sha for (sha,) in self._db.execute("SELECT source_sha256 FROM sources")}
+
     def source_features(self) -> dict[str, bytes]:
         """``{source SHA-256: features}`` for every exported source that has them."""
         if not self._has_sources:

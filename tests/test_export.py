@@ -16,6 +16,7 @@ from forensics import export as export_module
 from forensics import leaks
 from forensics.export import collect_sources, export_film, export_many, mark_film
 from forensics.ledger import Ledger
+from forensics.register import FilmFeatures
 from forensics.trace import detect_leak
 from watermark.dicomio import read_film, sha256_file
 from watermark.display import render
@@ -266,6 +267,41 @@ def test_workers_mark_again_when_the_ledger_assigns_another_number(tmp_path, dic
                                  ledger=book, key=KEY)
             assert report.decision == "traced" and report.recipient == "Dr. Par"
             assert report.detection.recipient_number == 2
+
+
+def test_workers_skip_the_features_the_ledger_keeps_and_renew_old_ones(tmp_path, dicom_films):
+    """A worker computes a film's features for `trace` (several times the cost of marking
+    it) only for a source the ledger has none for; features of leaktrace 0.2.0 (no
+    thumbnail) are renewed by the parent."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (FUJI, NIH):
+        shutil.copy(dicom_films[name], src / name)
+    fuji_sha = sha256_file(src / FUJI)
+    fresh = export_module._mark_in_worker(src / FUJI, tmp_path / "a.dcm", 1, KEY, False)
+    skipped = export_module._mark_in_worker(src / FUJI, tmp_path / "b.dcm", 1, KEY, False,
+                                            frozenset({fuji_sha}))
+    assert FilmFeatures.from_bytes(fresh.features).thumbnail is not None
+    assert skipped.features == b"" and skipped.encoded is not None and skipped.error is None
+
+    with Ledger(tmp_path / "l.sqlite") as book:
+        export_many(list(collect_sources([src], tmp_path / "out1")), recipient="Dr. One",
+                    ledger=book, key=KEY, workers=2)
+        first = book.source_features()
+        assert book.sources_with_features() == set(first) == {fuji_sha, sha256_file(src / NIH)}
+        # the Fuji film's features as leaktrace 0.2.0 kept them: no thumbnail
+        old = FilmFeatures.from_bytes(first[fuji_sha])
+        book.store_source_features(fuji_sha, FilmFeatures(old.shape, old.sets).to_bytes(),
+                                   replace=True)
+        outcomes = export_many(list(collect_sources([src], tmp_path / "out2")),
+                               recipient="Dr. Two", ledger=book, key=KEY, workers=2)
+        assert all(o.record is not None for o in outcomes)
+        second = book.source_features()
+    nih_sha = sha256_file(src / NIH)
+    assert second[nih_sha] == first[nih_sha]  # kept as it was
+    renewed = FilmFeatures.from_bytes(second[fuji_sha])
+    assert renewed.thumbnail is not None
+    assert np.array_equal(renewed.thumbnail, FilmFeatures.from_bytes(first[fuji_sha]).thumbnail)
 
 
 def test_negative_workers_are_refused(tmp_path, dicom_films):
