@@ -601,10 +601,13 @@ def _html(ev: dict, meta: dict, figures: list, left_out: list) -> str:
     parts.append("<h2>The matched original and its export record</h2>")
     source = ev.get("source")
     if isinstance(source, dict):
-        parts.append(_table([("SOP Instance UID", source.get("sop_instance_uid")),
-                             ("path", source.get("path")),
-                             ("exported (UTC)", source.get("export_time"))],
-                            mono=("SOP Instance UID", "path")))
+        twin = source.get("registered_on")
+        rows = [("SOP Instance UID", source.get("sop_instance_uid")), ("path", source.get("path")),
+                ("exported (UTC)", source.get("export_time"))]
+        if isinstance(twin, dict):  # the same image in another source file
+            rows.append(("registered on (same image, another file)", twin.get("path")))
+        parts.append(_table(rows, mono=("SOP Instance UID", "path",
+                                        "registered on (same image, another file)")))
         export = source.get("export")
         if isinstance(export, dict):
             parts.append("<p>The export record in the ledger:</p>")

@@ -267,13 +267,23 @@ def _report(leak: np.ndarray, detection: Detection, *, ledger: Ledger, key: Site
 
 
 def _source_dict(inf: _Informed, number: int | None) -> dict:
-    """The ``source`` field: the exported film, and the export record of ``number``'s copy."""
+    """The ``source`` field: the exported film, and the export record of ``number``'s copy.
+
+    When that copy was made from another source file of the same image (the film stored in
+    another transfer syntax, under another SOP Instance UID), the source is that file, and
+    ``registered_on`` names the file the leak was registered on.
+    """
     mine = [e for e in inf.exports if e.recipient_number == number]
     record = mine[-1] if mine else None
+    registered = {"sop_instance_uid": str(inf.film.dataset.get("SOPInstanceUID", "")),
+                  "sha256": inf.sha256, "path": str(inf.film.path)}
+    if record is not None and record.source_sha256 != inf.sha256:
+        origin = {"sop_instance_uid": record.source_sop_uid, "sha256": record.source_sha256,
+                  "path": record.source_path, "registered_on": registered}
+    else:
+        origin = registered
     return {
-        "sop_instance_uid": str(inf.film.dataset.get("SOPInstanceUID", "")),
-        "sha256": inf.sha256,
-        "path": str(inf.film.path),
+        **origin,
         "export": record.as_dict() if record else None,
         "export_time": record.created_utc if record else None,
         "exports": [{"id": e.id, "recipient": e.recipient_name,

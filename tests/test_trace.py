@@ -15,12 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from forensics import leaks
+from forensics import trace as trace_module
 from forensics.cli import app
 from forensics.export import export_film
 from forensics.ledger import Ledger
 from forensics.register import FilmFeatures, film_features, register
 from forensics.trace import trace_array, trace_leak
-from watermark.dicomio import read_film
+from watermark.dicomio import read_film, sha256_file
 from watermark.display import render
 from watermark.errors import InvalidInputError
 from watermark.keys import SiteKey
@@ -372,3 +373,20 @@ def test_one_image_from_three_source_files_tests_each_copy_against_its_own_sourc
             assert [r["recipient"] for r in out["recipients"]] == [name]
             assert out["p_value"] < 1e-12 and out["mode"] == "informed"
             assert {c["recipient"] for c in out["candidates"]} == set(names.values())
+            # the source reported is the file the named recipient's copy was made from
+            (film,) = [f for f, n in names.items() if n == name]
+            assert out["source"]["sha256"] == sha256_file(dicom_films[film])
+            assert out["source"]["export"]["source_sha256"] == out["source"]["sha256"]
+            assert out["source"]["sop_instance_uid"] == out["source"]["export"]["source_sop_uid"]
+            registered = out["source"].get("registered_on", out["source"])
+            assert registered["sha256"] in {sha256_file(dicom_films[f]) for f in names}
+        # registered on the lossy twin, a copy of the uncompressed file names that file
+        j2k = dicom_films["philips_cr_mono1_15bit_RG1_J2KI.dcm"]
+        inf = trace_module._Informed(sha256_file(j2k), read_film(j2k), book.exports(), {}, [], [],
+                                     0, {}, 1.0)
+        source = trace_module._source_dict(inf, book.recipient_number("Una"))
+        una_file = dicom_films["philips_cr_mono1_15bit_RG1_UNCR.dcm"]
+        assert source["sha256"] == sha256_file(una_file)
+        assert source["sop_instance_uid"] == str(read_film(una_file).dataset.SOPInstanceUID)
+        assert source["registered_on"]["sha256"] == sha256_file(j2k)
+        assert source["export"]["recipient_name"] == "Una"
