@@ -65,6 +65,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -147,6 +148,8 @@ def find_films(folder: str | os.PathLike, *, png: int = 2) -> list[Path]:
         The folder does not exist or holds no film.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise BenchError(f"--films {folder}: is a file; give the folder that holds the films")
     if not folder.is_dir():
         raise BenchError(f"--films {folder}: no such folder")
     human = lambda p: "veterinary" not in p.name.lower()  # noqa: E731
@@ -286,6 +289,7 @@ class Source:
     stored: np.ndarray
     display: np.ndarray
     peak: float
+    colour: bool = False  # a colour PNG/JPEG, turned to grey (PIL's ITU-R 601-2 luma)
 
     @property
     def name(self) -> str:
@@ -309,10 +313,11 @@ def load_source(path: Path) -> Source:
 
     try:
         with Image.open(path) as im:
+            colour = im.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
             grey = np.asarray(im.convert("L"), dtype=np.float64)
     except OSError as exc:
         raise BenchError(f"{path}: cannot read this image ({exc})") from None
-    return Source(path, "png", None, grey, grey.astype(np.uint8), 255.0)
+    return Source(path, "png", None, grey, grey.astype(np.uint8), 255.0, colour)
 
 
 def leak_image(source: Source, values: np.ndarray, pipeline: BenchPipeline | Sequence,
@@ -439,10 +444,6 @@ class Method:
         return source.stored if self.domain == "stored" else source.display
 
 
-def _number_bits(number: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(int(number).to_bytes(4, "big"), dtype=np.uint8))
-
-
 class Leaktrace(Method):
     """leaktrace's mark and its blind detection (:func:`watermark.detect.detect`)."""
 
@@ -464,16 +465,13 @@ class Leaktrace(Method):
         d = detect(leak, ctx.mark_key, list(ctx.numbers))
         p = {c.number: c.p_value for c in d.candidates}
         accuracy = None
-        if truth is not None and d.decoded_number is not None:
-            accuracy = float(np.mean(_number_bits(d.decoded_number) == _number_bits(truth)))
+        if truth is not None and d.soft_bits is not None:
+            # raw accuracy of the 256 coded bits read at the best hypothesis (before the
+            # Reed-Solomon decoder), against the true recipient's codeword
+            read = np.sign(d.polarity * d.soft_bits)
+            accuracy = float(np.mean(read == payload.encode(truth, ctx.mark_key)))
         return Outcome(list(d.recipient_numbers), p.get(truth) if truth is not None else None,
                        d.p_value, accuracy)
-
-
-def _trace_function() -> Callable | None:
-    from . import trace
-
-    return getattr(trace, "trace_array", None)
 
 
 @lru_cache(maxsize=1)
@@ -489,12 +487,6 @@ class LeaktraceTrace(Leaktrace):
     name = "leaktrace-trace"
     dicom_only = True  # only DICOM films are exported into the ledger
 
-    def unavailable(self) -> str | None:
-        if _trace_function() is None:
-            return ("forensics.trace.trace_array does not exist in this version of leaktrace "
-                    "(the informed trace is not merged yet)")
-        return None
-
     def prepare(self, ctx: Context, book, jobs, folder: Path) -> None:
         from .export import export_film
 
@@ -504,7 +496,9 @@ class LeaktraceTrace(Leaktrace):
                             ledger=book, key=ctx.key)
 
     def detect(self, leak: np.ndarray, ctx: Context, truth: int | None) -> Outcome:
-        report = _trace_function()(leak, ledger=_ledger_readonly(ctx.ledger_path), key=ctx.key)
+        from .trace import trace_array
+
+        report = trace_array(leak, ledger=_ledger_readonly(ctx.ledger_path), key=ctx.key)
         named = [int(n) for n in (report.recipient_numbers or [])]
         p_best = float(report.p_value) if report.p_value is not None else None
         p_truth = None
@@ -679,9 +673,10 @@ def _run_task(task: _Task) -> tuple[dict | None, list[dict]]:
             embed_row.update(embed_s=mem.seconds, embed_cpu_s=mem.cpu_seconds,
                              embed_peak_mb=mem.mb)
             embed_row.update(_imperceptibility(source, method, values))
-        except LeaktraceError as exc:
-            embed_row["error"] = str(exc)
-            return embed_row, [_query_row(base, p, None, None, f"not marked: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a benchmark records failures, never stops
+            message = str(exc) if isinstance(exc, LeaktraceError) else f"{type(exc).__name__}: {exc}"
+            embed_row["error"] = message
+            return embed_row, [_query_row(base, p, None, None, f"not marked: {message}")
                                for p in task.pipelines]
     rows = []
     for p in task.pipelines:
@@ -736,11 +731,13 @@ def select(names: Sequence[str] | None, known: Sequence[str], what: str) -> list
     Raises
     ------
     BenchError
-        An unknown name (the message lists the known ones).
+        An unknown name (the message lists the known ones), or only empty names.
     """
-    if not names:
+    if names is None or len(names) == 0:
         return list(known)
     picked = [n.strip() for item in names for n in str(item).split(",") if n.strip()]
+    if not picked:
+        raise BenchError(f"no {what} given; known: {', '.join(known)}")
     unknown = [n for n in picked if n not in known]
     if unknown:
         raise BenchError(f"unknown {what} {', '.join(map(repr, unknown))}; known: "
@@ -757,6 +754,7 @@ class BenchResult:
     summary: list = field(default_factory=list)
     methods: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)
+    skipped_films: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     files: list = field(default_factory=list)
 
@@ -788,33 +786,45 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
     progress : callable(done, total), optional
         Called as queries finish.
     say : callable(str), optional
-        Receives notes (skipped methods).
+        Receives notes (skipped methods and films, colour films, results replaced).
+
+    Ctrl-C (KeyboardInterrupt) while the leaks are read stops the workers; the queries done
+    so far are summarised and written, with ``interrupted: true`` in ``bench.json``. Films
+    that cannot be read or are too small to mark are left out with a note (and listed in
+    ``skipped_films``).
 
     Raises
     ------
     BenchError
-        Unknown method or pipeline, bad ``recipients``, no film, or no method can run.
+        Unknown method or pipeline, bad ``recipients`` or ``workers``, ``out`` not writable,
+        no usable film, or no method can run.
     """
+    say = say or (lambda text: None)
     method_names = select(methods, list(METHODS), "method")
     table = bench_pipelines()
     chosen = [table[n] for n in select(pipelines, list(table), "pipeline")]
-    if not 1 <= recipients <= N_RECIPIENTS:
-        raise BenchError(f"--recipients must be 1..{N_RECIPIENTS}, got {recipients}")
-    if workers < 1:
-        raise BenchError(f"--workers must be at least 1, got {workers}")
-    films = [Path(f) for f in films]
-    if not films:
-        raise BenchError("no films to run on")
+    workers = check_settings(recipients, workers)
+    if out is not None:
+        out = prepare_out(out, say)
     result = BenchResult()
+    films, result.skipped_films = readable_films([Path(f) for f in films], say)
+    if not films:
+        raise BenchError("no film to run on" + (": " + "; ".join(result.skipped_films.values())
+                                                 if result.skipped_films else ""))
     usable = []
     for name in method_names:
         reason = _method(name).unavailable()
+        others = [f for f in films if f.suffix.lower() != ".dcm"] if _method(name).dicom_only else []
+        if reason is None and len(others) == len(films):
+            reason = "only DICOM films are exported into a ledger, and no DICOM film was given"
         if reason:
             result.skipped[name] = reason
-            if say:
-                say(f"skipping {name}: {reason}")
-        else:
-            usable.append(name)
+            say(f"skipping {name}: {reason}")
+            continue
+        if others:
+            say(f"{name} runs on the DICOM films only (only they are exported into a ledger): "
+                f"{len(others)} PNG/JPEG film(s) left out for it")
+        usable.append(name)
     if not usable:
         raise BenchError("no method can run: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
 
@@ -842,14 +852,20 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
                 for truth in [*truths[path], None]:
                     tasks.append(_Task(path, name, truth, mine, ctx))
         total = sum(len(t.pipelines) for t in tasks)
-        done = 0
-        for embed_row, rows in _execute(tasks, workers):
-            if embed_row is not None:
-                result.embeds.append(embed_row)
-            result.queries.extend(rows)
-            done += len(rows)
-            if progress:
-                progress(done, total)
+        done, interrupted = 0, False
+        runs = _execute(tasks, workers)
+        try:
+            for embed_row, rows in runs:
+                if embed_row is not None:
+                    result.embeds.append(embed_row)
+                result.queries.extend(rows)
+                done += len(rows)
+                if progress:
+                    progress(done, total)
+        except KeyboardInterrupt:  # Ctrl-C: keep what is done
+            interrupted = True
+        finally:
+            runs.close()  # stops the workers if the run did not finish
     elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
     order = {n: i for i, n in enumerate(usable)}
     key = lambda r: (order[r["method"]], r["film"], str(r["truth"]))  # noqa: E731
@@ -866,13 +882,86 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
                      "ledger_recipients": N_RECIPIENTS, "fpr": FPR,
                      "peer_payload_bits": PAYLOAD_BITS, **(settings or {})},
         "skipped_methods": result.skipped,
+        "skipped_films": result.skipped_films,
+        "interrupted": interrupted,
         "queries": len(result.queries),
+        "queries_planned": total,
         "methods": result.methods,
         "summary": result.summary,
     }
-    if out is not None:
+    if out is not None and result.queries:
         result.files = write_outputs(result, Path(out), plots=plots)
     return result
+
+
+def check_settings(recipients: int, workers: int) -> int:
+    """Check ``recipients`` (1..:data:`N_RECIPIENTS`) and ``workers`` (0: one per CPU core);
+    returns the number of processes to use.
+
+    Raises
+    ------
+    BenchError
+        Either is out of range.
+    """
+    if not 1 <= recipients <= N_RECIPIENTS:
+        raise BenchError(f"--recipients must be 1..{N_RECIPIENTS}, got {recipients}")
+    if workers < 0:
+        raise BenchError(f"--workers must be >= 0 (0: one per CPU core), got {workers}")
+    return workers or os.cpu_count() or 1
+
+
+def prepare_out(out: str | os.PathLike, say: Callable[[str], None] | None = None) -> Path:
+    """Create the output folder and check that a file can be written in it, before the slow
+    part (so that a run is not lost at the end); notes when an earlier run's results will be
+    replaced.
+
+    Raises
+    ------
+    BenchError
+        ``out`` is a file, or the folder cannot be created or written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".leaktrace-probe-"):
+            pass
+    except OSError as exc:
+        raise BenchError(f"--out {out}: cannot write the results there "
+                         f"({exc.strerror or exc})") from None
+    if say and (out / "bench.json").exists():
+        say(f"the results of an earlier run in {out} will be replaced")
+    return out
+
+
+def readable_films(films: Sequence[Path], say: Callable[[str], None]) -> tuple[list[Path], dict]:
+    """The films that can be read and are large enough to mark; the others, each with the
+    reason (also passed to ``say``), are left out of the run.
+
+    Returns
+    -------
+    (list of Path, dict of str to str)
+        The usable films, and ``{path: reason}`` for those left out.
+    """
+    usable, skipped = [], {}
+    for path in films:
+        try:
+            source = load_source(path)
+            rows, cols = source.stored.shape[:2]
+            if min(rows, cols) < dwt.MIN_EMBED_EDGE:
+                raise BenchError(f"{path}: {cols} x {rows} px is too small to carry a mark (at "
+                                 f"least {dwt.MIN_EMBED_EDGE} px a side)")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is left out, with why
+            skipped[str(path)] = (str(exc) if isinstance(exc, LeaktraceError)
+                                  else f"{path}: cannot read this film ({type(exc).__name__}: {exc})")
+            say(f"skipping {skipped[str(path)]}")
+            continue
+        if source.colour:
+            say(f"{path}: a colour image; its luma (ITU-R BT.601) is the film")
+        usable.append(path)
+    load_source.cache_clear()  # the workers read their films themselves
+    return usable, skipped
 
 
 def _cpu_seconds() -> float:
@@ -899,10 +988,37 @@ def _execute(tasks: list[_Task], workers: int):
         return
     # peers are imported here, before any process exists (blind_watermark fixes the start
     # method when imported); the forked workers inherit them
-    with ProcessPoolExecutor(workers) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_worker_init)
+    try:
         futures = [pool.submit(_run_task, t) for t in ordered]
         for f in as_completed(futures):
             yield f.result()
+    except BaseException:  # Ctrl-C, SIGTERM turned into it, or the caller stopped early
+        _terminate(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _worker_init() -> None:
+    """In a worker: Ctrl-C (sent to the whole process group) is left to the parent, which
+    stops the workers; SIGTERM ends the worker at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: tasks not started are cancelled, running workers terminated."""
+    # the executor's own process table (Python 3.14 has pool.terminate_workers() for this)
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True)
 
 
 def _median(values) -> float | None:
@@ -1052,6 +1168,8 @@ def write_outputs(result: BenchResult, out: Path, *, plots: bool = True) -> list
                 if data is not None:
                     _write_atomic(out / name, data)
                     files.append(out / name)
+                else:  # nothing to plot (no strength sweep): no earlier run's plot either
+                    (out / name).unlink(missing_ok=True)
     except OSError as exc:
         raise BenchError(f"--out {out}: cannot write the results ({exc.strerror or exc})") from None
     return files

@@ -19,6 +19,8 @@ _FALLING = {"jpeg", "downscale", "crop_centre"}
 _STYLE = {"leaktrace": ("#1b7837", "o"), "leaktrace-trace": ("#5aae61", "s"),
           "invisible-watermark-dwtDct": ("#2166ac", "v"),
           "invisible-watermark-dwtDctSvd": ("#67a9cf", "^"), "blind-watermark": ("#b2182b", "D")}
+_DASHES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
+_DODGE = 1.2  # percentage points between methods' lines, so that equal rates stay visible
 
 
 def _pyplot():
@@ -63,20 +65,25 @@ def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
                              squeeze=False)
     order = [m["method"] for m in methods]
     for ax, (family, rows) in zip(axes.flat, sorted(families.items())):
-        for m in reversed(order):  # the first method (leaktrace) drawn last, on top
-            pts = sorted((float(r["strength"]), 100 * r["right_rate"]) for r in rows
+        for i in reversed(range(len(order))):  # the first method (leaktrace) drawn last, on top
+            m = order[i]
+            offset = _DODGE * (i - (len(order) - 1) / 2)
+            pts = sorted((float(r["strength"]), 100 * r["right_rate"] + offset) for r in rows
                          if r["method"] == m)
             if not pts:
                 continue
             colour, marker = _STYLE.get(m, ("#555555", "x"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour, label=m,
-                    lw=2.2 if m.startswith("leaktrace") else 1.4, alpha=0.9)
+                    ls=_DASHES[i % len(_DASHES)], lw=2.2 if m.startswith("leaktrace") else 1.4,
+                    alpha=0.9, markerfacecolor="none" if i % 2 else colour)
         ax.set_title(family)
         ax.set_xlabel(rows[0]["unit"] + (" (harder to the right)" if family in _FALLING else ""))
         if family in _FALLING:
             ax.invert_xaxis()
         ax.set_ylim(-3, 103)
         ax.set_ylabel("right recipient, %")
+        ax.text(0.01, 0.01, f"lines {_DODGE:g} points apart", transform=ax.transAxes,
+                fontsize=6, color="#777777")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -95,15 +102,17 @@ def plot_tradeoff(summary: list[dict], methods: list[dict]) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for m in points:
+    for i, m in enumerate(points):
         colour, marker = _STYLE.get(m["method"], ("#555555", "x"))
         x, y = m["psnr_display_db_median"], 100 * m["right_rate_main_pipelines"]
-        ax.scatter([x], [y], color=colour, marker=marker, s=70, label=m["method"])
+        # sizes falling and every other marker hollow: points on one spot stay visible
+        ax.scatter([x], [y], color=colour, marker=marker, s=150 - 25 * i, label=m["method"],
+                   facecolors="none" if i % 2 else colour, linewidths=1.5, zorder=3 + i)
     ax.set_xlabel("imperceptibility: median PSNR of the 8-bit display, dB (higher is better)")
     ax.set_ylabel("robustness: right recipient, % of leaks")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title("Imperceptibility against robustness (main leak pipelines)")
     fig.tight_layout()
     return _png(fig)

@@ -26,7 +26,7 @@ they fail before doing anything (it then has an ``error`` field).
 from __future__ import annotations
 
 import json
-import os
+import signal
 import sys
 import tempfile
 import warnings
@@ -363,45 +363,61 @@ def bench(
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and PNG files; created if missing.")] = Path("bench-results"),
     quick: Annotated[bool, typer.Option("--quick", help="A short run (2 small films, 1 recipient, 10 pipelines): a few minutes on 2 cores.")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Processes to use (default: every core).")] = os.cpu_count() or 1,
+    workers: Annotated[int, typer.Option("--workers", help="Processes to use (0: one per CPU core, the default).")] = 0,
     recipients: Annotated[Optional[int], typer.Option("--recipients", help="Recipients each film is marked for (default 2; --quick 1).")] = None,
     png: Annotated[Optional[int], typer.Option("--png", help="PNG/JPEG films to add from the shared layout's png/ folder (default 2; --quick 0).")] = None,
 ) -> None:
     """Compare leaktrace with other watermarking libraries on the same films and leaks.
 
     Writes bench_queries.csv, bench_embeds.csv, bench_summary.csv, bench.json and PNG plots
-    to OUT, and prints the summary table. Exit 0 when done, 2 for bad arguments.
+    to OUT, and prints the summary table. Ctrl-C stops the run and writes what is done.
+    Exit 0 when done, 2 for bad arguments, 130 when interrupted.
     """
     from . import bench as lb
 
     try:
         folder = films if films is not None else lb.film_data_dir()
+        if films is None and not folder.is_dir():
+            raise lb.BenchError(f"no film folder at {folder}: give --films DIR, or set "
+                                "LEAKTRACE_TEST_DATA to the folder of the shared films")
         quick_cfg = lb.QUICK if quick else None
         found = lb.find_films(folder, png=png if png is not None else (quick_cfg.png if quick else 2))
         if quick:
             found = lb.quick_films(found) + [p for p in found if p.suffix.lower() != ".dcm"]
         chosen = pipelines or (list(quick_cfg.pipelines) if quick else None)
         per_film = recipients if recipients is not None else (quick_cfg.recipients if quick else 2)
-        # check the names before the slow part starts
+        # check the names, numbers and the output folder before the slow part starts
         lb.select(methods, list(lb.METHODS), "method")
         lb.select(chosen, list(lb.bench_pipelines()), "pipeline")
-        if out.exists() and not out.is_dir():
-            raise lb.BenchError(f"--out {out}: exists and is not a folder")
+        lb.check_settings(per_film, workers)
+        lb.prepare_out(out)
         err.print(f"bench: {len(found)} film(s) from {folder}, results to {out}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err) as bar:
-            task = bar.add_task("queries", total=None)
-            result = lb.run_bench(
-                found, methods=methods, pipelines=chosen, recipients=per_film, workers=workers,
-                out=out, progress=lambda done, total: bar.update(task, completed=done, total=total),
-                say=lambda text: err.print(f"[yellow]note:[/] {escape(text)}"),
-                settings={"quick": quick})
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err) as bar:
+                task = bar.add_task("queries", total=None)
+                result = lb.run_bench(
+                    found, methods=methods, pipelines=chosen, recipients=per_film, workers=workers,
+                    out=out, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    say=lambda text: err.print(f"[yellow]note:[/] {escape(text)}"),
+                    settings={"quick": quick})
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
-    print(lb.format_table(result))
-    err.print(f"{result.meta['queries']} queries in {result.meta['seconds']:.0f} s; files written:")
+    meta = result.meta
+    if meta["interrupted"]:
+        err.print(f"[yellow]interrupted[/] after {meta['queries']} of {meta['queries_planned']} "
+                  "queries" + ("; the results so far were written:" if result.files
+                               else "; nothing was written"))
+    else:
+        print(lb.format_table(result))
+        err.print(f"{meta['queries']} queries in {meta['seconds']:.0f} s; files written:")
     for path in result.files:
         err.print(f"  {escape(str(path))}")
+    if meta["interrupted"]:
+        raise typer.Exit(130)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

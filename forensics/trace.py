@@ -553,8 +553,10 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     -------
     LeakReport
         ``mode`` is ``"informed"`` (a film was found and registered, its recipients tested
-        with the original subtracted), ``"informed+blind"`` (the informed test named nobody,
-        blind detection followed) or ``"blind"`` (no exported film found in the leak).
+        with the original subtracted), ``"informed+blind"`` (blind detection ran too: the
+        informed test named nobody, or the film found covers less of the leak than
+        ``FULL_VIEW``, e.g. a screenshot with a viewer's UI or another film beside it) or
+        ``"blind"`` (no exported film found in the leak).
 
     Raises
     ------

@@ -94,6 +94,10 @@ class Detection:
     geometry : dict
         For the geometric family: the lattice period (px), angle (degrees), flip/turn index and
         translation (working px) of the best position.
+    soft_bits : (256,) float64 array or None
+        The soft bits (coded bits before Reed-Solomon decoding, as read) of the best
+        hypothesis: ``sign(polarity * soft_bits)`` against a recipient's codeword
+        (:func:`watermark.payload.encode`) gives the raw bit accuracy.
     """
 
     decision: str
@@ -109,6 +113,7 @@ class Detection:
     recipient_numbers: list = field(default_factory=list)
     search: str = "whole_film"
     geometry: dict = field(default_factory=dict)
+    soft_bits: np.ndarray | None = None
 
 
 def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
@@ -260,7 +265,7 @@ def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha,
     energies = [float(np.sum(soft**2)) for soft, _ in hypotheses]
     to_decode = set(np.argsort(energies)[::-1][:n_decode].tolist())
     per_recipient = np.zeros(len(numbers))
-    best_z, best_geometry = 0.0, hypotheses[0][1]
+    best_z, best_geometry, best_soft = 0.0, hypotheses[0][1], hypotheses[0][0]
     decoded, decoded_z = None, 0.0
     for index, (soft, geometry) in enumerate(hypotheses):
         if numbers:
@@ -268,7 +273,7 @@ def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha,
             per_recipient = np.maximum(per_recipient, np.abs(z))
             i = int(np.argmax(np.abs(z)))
             if abs(z[i]) > abs(best_z):
-                best_z, best_geometry = float(z[i]), geometry
+                best_z, best_geometry, best_soft = float(z[i]), geometry, soft
         for polarity in ((1, -1) if index in to_decode else ()):
             number = payload.decode(polarity * soft, key)
             if number is None:
@@ -277,7 +282,7 @@ def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha,
             if zd > decoded_z:
                 decoded, decoded_z = number, zd
                 if not numbers:
-                    best_geometry = geometry
+                    best_geometry, best_soft = geometry, soft
 
     def corrected(z: float, n: int) -> float:
         return float(min(1.0, weight * stats.union_p_value(z, n)))
@@ -302,4 +307,5 @@ def _evaluate(hypotheses, numbers, table, key, *, n_tests, n_hyp, weight, alpha,
         recipient_numbers=named,
         search=search,
         geometry=geometry,
+        soft_bits=np.asarray(best_soft, dtype=np.float64),
     )
