@@ -340,14 +340,24 @@ class _Marked:
     features: bytes = b""
 
 
+_KNOWN_SOURCES: frozenset = frozenset()  # in a worker: sources whose features the ledger keeps
+
+
+def _init_worker(known: frozenset) -> None:
+    """Worker start: the SHA-256 of the sources whose features need not be computed."""
+    global _KNOWN_SOURCES
+    _KNOWN_SOURCES = known
+
+
 def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
-                    overwrite: bool, known: frozenset = frozenset()) -> _Marked:
+                    overwrite: bool, known: frozenset | None = None) -> _Marked:
     """Read, mark and encode one file for recipient ``number`` (runs in a worker process).
 
     The film's features for ``trace`` are computed too (about 1.4 s for a 3.6-megapixel
-    film, several times the marking), unless its SHA-256 is in ``known``: sources whose
-    features the ledger already keeps.
+    film, several times the marking), unless its SHA-256 is in ``known`` (default: the set
+    the worker was started with): sources whose features the ledger already keeps.
     """
+    known = _KNOWN_SOURCES if known is None else known
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -391,14 +401,18 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
     written: dict[Path, Path] = {}
     window = 2 * workers  # files in flight: bounds the encoded copies held in memory
     context = multiprocessing.get_context("spawn")  # no fork of a process holding the ledger
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    known = frozenset(ledger.sources_with_features())  # sent once to each worker
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(known,))
+
+    pool = new_pool()
     futures: dict = {}
-    known = frozenset(ledger.sources_with_features())  # no need to compute them again
 
     def submit(i: int) -> None:
         source, output = pairs[i]
-        futures[i] = pool.submit(_mark_in_worker, source, output, number, mark_key, overwrite,
-                                 known)
+        futures[i] = pool.submit(_mark_in_worker, source, output, number, mark_key, overwrite)
 
     try:
         for i in range(min(window, len(pairs))):
@@ -410,7 +424,7 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
                 marked = _Marked(source, number, error=f"{source}: the process marking it "
                                  "stopped unexpectedly; the file was not exported")
                 pool.shutdown(wait=True, cancel_futures=True)
-                pool = ProcessPoolExecutor(workers, mp_context=context)
+                pool = new_pool()
                 for j in sorted(futures):  # the other files in flight go to a new pool
                     submit(j)
             if i + window < len(pairs):
