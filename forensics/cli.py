@@ -362,7 +362,7 @@ def bench(
     pipelines: Annotated[Optional[list[str]], typer.Option("--pipelines", help="Leak pipelines to run (repeat the option or separate by commas). Default: all (--quick: a short list).")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and PNG files; created if missing.")] = Path("bench-results"),
-    quick: Annotated[bool, typer.Option("--quick", help="A short run (2 small films, 1 recipient, 10 pipelines): a few minutes on 2 cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (2 small films, 1 recipient, 10 pipelines): about 1.5 minutes on 2 cores.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes to use (0: one per CPU core, the default).")] = 0,
     recipients: Annotated[Optional[int], typer.Option("--recipients", help="Recipients each film is marked for (default 2; --quick 1).")] = None,
     png: Annotated[Optional[int], typer.Option("--png", help="PNG/JPEG films to add from the shared layout's png/ folder (default 2; --quick 0).")] = None,
@@ -376,6 +376,8 @@ def bench(
     from . import bench as lb
 
     try:
+        if png is not None and png < 0:
+            raise lb.BenchError(f"--png must be >= 0, got {png}")
         folder = films if films is not None else lb.film_data_dir()
         if films is None and not folder.is_dir():
             raise lb.BenchError(f"no film folder at {folder}: give --films DIR, or set "
@@ -406,6 +408,10 @@ def bench(
             signal.signal(signal.SIGTERM, previous)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:  # before the leaks were read (films, ledger), or while writing
+        err.print("[yellow]interrupted[/] before any result was written in full; files already "
+                  f"in {escape(str(out))} are whole (each is written atomically)")
+        raise typer.Exit(130) from None
     meta = result.meta
     if meta["interrupted"]:
         err.print(f"[yellow]interrupted[/] after {meta['queries']} of {meta['queries_planned']} "

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from watermark import __version__
 from watermark.errors import LeaktraceError
@@ -233,13 +234,15 @@ def _original_figure(original: np.ndarray) -> str:
 def _overlay_figure(original: np.ndarray, aligned: np.ndarray) -> str:
     orig = _unit(_thumb(original))
     leak = _thumb(aligned)
-    inside = np.isfinite(leak)
-    leak = np.where(inside, _unit(leak), 0.0)
+    usable = np.isfinite(leak)  # also False where the leak was clipped (black or white)
+    # the outline is the leak's footprint: clipped pixels inside it are holes, not edges
+    inside = ndimage.binary_fill_holes(usable)
+    leak = np.where(usable, _unit(leak), 0.0)
     # magenta = original, green = aligned leak: where they agree the overlay is grey
-    overlay = np.stack([orig, np.where(inside, leak, 0.35 * orig), orig], axis=-1)
+    overlay = np.stack([orig, np.where(usable, leak, 0.35 * orig), orig], axis=-1)
     tile = max(8, min(orig.shape) // 8)
     rr, cc = np.indices(orig.shape)
-    checker = np.where(inside & (((rr // tile) + (cc // tile)) % 2 == 1), leak, orig)
+    checker = np.where(usable & (((rr // tile) + (cc // tile)) % 2 == 1), leak, orig)
     h, w = original.shape
     fig = _figure(11, 5.5 * min(max(h / w, 0.4), 2.0) + 0.8)
     left, right = fig.subplots(1, 2)
@@ -253,7 +256,7 @@ def _overlay_figure(original: np.ndarray, aligned: np.ndarray) -> str:
         ax.set_axis_off()
     share = inside.mean()
     fig.suptitle(f"Leak registered on the original: yellow outline = overlap "
-                 f"({100 * share:.0f} % of the original)")
+                 f"({100 * share:.0f} % of the original); clipped leak pixels: original only")
     return _png(fig)
 
 
