@@ -145,8 +145,10 @@ def find_films(folder: str | os.PathLike, *, png: int = 2) -> list[Path]:
     Raises
     ------
     BenchError
-        The folder does not exist or holds no film.
+        ``png`` is negative, or the folder does not exist or holds no film.
     """
+    if png < 0:
+        raise BenchError(f"--png must be >= 0, got {png}")
     folder = Path(folder)
     if folder.is_file():
         raise BenchError(f"--films {folder}: is a file; give the folder that holds the films")
@@ -733,7 +735,7 @@ def select(names: Sequence[str] | None, known: Sequence[str], what: str) -> list
     BenchError
         An unknown name (the message lists the known ones), or only empty names.
     """
-    if names is None or len(names) == 0:
+    if not names:
         return list(known)
     picked = [n.strip() for item in names for n in str(item).split(",") if n.strip()]
     if not picked:

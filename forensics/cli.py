@@ -376,8 +376,6 @@ def bench(
     from . import bench as lb
 
     try:
-        if png is not None and png < 0:
-            raise lb.BenchError(f"--png must be >= 0, got {png}")
         folder = films if films is not None else lb.film_data_dir()
         if films is None and not folder.is_dir():
             raise lb.BenchError(f"no film folder at {folder}: give --films DIR, or set "

@@ -350,14 +350,13 @@ def _init_worker(known: frozenset) -> None:
 
 
 def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
-                    overwrite: bool, known: frozenset | None = None) -> _Marked:
+                    overwrite: bool) -> _Marked:
     """Read, mark and encode one file for recipient ``number`` (runs in a worker process).
 
     The film's features for ``trace`` are computed too (about 1.4 s for a 3.6-megapixel
-    film, several times the marking), unless its SHA-256 is in ``known`` (default: the set
-    the worker was started with): sources whose features the ledger already keeps.
+    film, several times the marking), unless its SHA-256 is in the set the worker was
+    started with (:func:`_init_worker`): sources whose features the ledger already keeps.
     """
-    known = _KNOWN_SOURCES if known is None else known
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -372,7 +371,7 @@ def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
                 marked = mark_film(film, number, mark_key)
                 encoded = encode_derived(film, marked, output, description=DERIVATION_DESCRIPTION)
                 result = _Marked(source, number, None, uid, description, source_sha256, encoded,
-                                 features=b"" if source_sha256 in known else _features(film))
+                                 features=b"" if source_sha256 in _KNOWN_SOURCES else _features(film))
         except (LeaktraceError, OSError, MemoryError, ValueError) as exc:
             result = _Marked(source, number, error=_failure(source, exc))
     return dataclasses.replace(result, warned=tuple((str(w.message), w.category) for w in caught))

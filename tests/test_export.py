@@ -279,8 +279,11 @@ def test_workers_skip_the_features_the_ledger_keeps_and_renew_old_ones(tmp_path,
         shutil.copy(dicom_films[name], src / name)
     fuji_sha = sha256_file(src / FUJI)
     fresh = export_module._mark_in_worker(src / FUJI, tmp_path / "a.dcm", 1, KEY, False)
-    skipped = export_module._mark_in_worker(src / FUJI, tmp_path / "b.dcm", 1, KEY, False,
-                                            frozenset({fuji_sha}))
+    export_module._init_worker(frozenset({fuji_sha}))  # as a worker started for this ledger
+    try:
+        skipped = export_module._mark_in_worker(src / FUJI, tmp_path / "b.dcm", 1, KEY, False)
+    finally:
+        export_module._init_worker(frozenset())
     assert FilmFeatures.from_bytes(fresh.features).thumbnail is not None
     assert skipped.features == b"" and skipped.encoded is not None and skipped.error is None
 
