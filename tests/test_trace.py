@@ -94,8 +94,10 @@ def test_leaks_are_traced_to_the_right_recipient_with_the_ledger(exported, pipel
     # every recipient of the film was tested; the innocents score like noise
     scores = {c["recipient"]: c for c in out["candidates"]}
     assert set(scores) == set(RECIPIENTS)
+    # (an innocent's score is noise under marks that change with each run's ledger id: its
+    # corrected p-value may fall below 1 - at z 2.46 it was 0.97 - but never near alpha 1e-6)
     for other in set(RECIPIENTS) - {name}:
-        assert abs(scores[other]["score"]) < 4.0 and scores[other]["p_value"] == 1.0
+        assert abs(scores[other]["score"]) < 4.0 and scores[other]["p_value"] > 1e-4
 
 
 def test_alignment_of_a_rotated_crop_is_recovered(exported):
@@ -305,7 +307,7 @@ def test_a_small_smooth_crop_is_found_by_its_grey_levels_and_traced(smooth_expor
     assert a["detail_correlation"] > 0.4 and a["explained_variance"] > 0.9
     assert abs(a["scale"] - 1.0) < 0.02
     others = [c for c in out["candidates"] if c["recipient"] != name]
-    assert others and all(c["p_value"] == 1.0 for c in others)
+    assert others and all(c["p_value"] > 1e-4 for c in others)  # noise, far from alpha
 
 
 @pytest.mark.parametrize("pipeline", ["crop_centre_keep10pct", "crop_centre_keep36pct"])
