@@ -292,6 +292,27 @@ def _bit_spectra(key: SiteKey) -> np.ndarray:
     return np.ascontiguousarray(spectra.reshape(n_bits, n_comp, -1).transpose(2, 1, 0))
 
 
+def _working_geometry(shape: tuple[int, int], lattice: Lattice,
+                      zoom: float | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The working grid of a lattice: the 3 x 3 matrix mapping a working pixel (x, y) to the
+    leak's (x, y), and the grid's shape (at most ``_MAX_WORK`` px a side, centred).
+
+    ``zoom`` is working px per px of the (possibly block-reduced) ``shape``; by default
+    ``TILE / lattice.period``.
+    """
+    zoom = TILE / lattice.period if zoom is None else zoom
+    rows, cols = shape
+    out_shape = (min(_MAX_WORK, max(1, int(np.ceil(rows * zoom)))),
+                 min(_MAX_WORK, max(1, int(np.ceil(cols * zoom)))))
+    # output (x, y) -> input (x, y): undo the rotation about the centre, then scale
+    centre_out = np.array([out_shape[1], out_shape[0]]) / 2.0
+    centre_in = np.array([cols, rows]) / 2.0
+    to_origin = AffineTransform(translation=-centre_out)
+    rot_scale = AffineTransform(scale=1.0 / zoom, rotation=-np.deg2rad(lattice.angle))
+    back = AffineTransform(translation=centre_in)
+    return back.params @ rot_scale.params @ to_origin.params, out_shape
+
+
 def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     """Resample and rotate so that the lattice period becomes TILE px and the angle 0.
 
@@ -304,25 +325,29 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
         reduced = block_reduce_to(image, target)
         zoom *= image.shape[0] / reduced.shape[0]
         image = reduced
-    rows, cols = image.shape
-    out_shape = (min(_MAX_WORK, max(1, int(np.ceil(rows * zoom)))),
-                 min(_MAX_WORK, max(1, int(np.ceil(cols * zoom)))))
+    matrix, out_shape = _working_geometry(image.shape, lattice, zoom)
     if zoom < 1.0:
         image = ndimage.gaussian_filter(image, 0.5 / zoom)
-    # output (x, y) -> input (x, y): undo the rotation about the centre, then scale
-    centre_out = np.array([out_shape[1], out_shape[0]]) / 2.0
-    centre_in = np.array([cols, rows]) / 2.0
-    to_origin = AffineTransform(translation=-centre_out)
-    rot_scale = AffineTransform(scale=1.0 / zoom, rotation=-np.deg2rad(lattice.angle))
-    back = AffineTransform(translation=centre_in)
-    tform = AffineTransform(matrix=back.params @ rot_scale.params @ to_origin.params)
-    if tform.params[0, 1] == 0 and tform.params[1, 0] == 0:  # no rotation
-        return _scale_bilinear(image, tform.params, out_shape)
-    return warp(image, tform, output_shape=out_shape, order=1, mode="constant", cval=np.nan,
-                preserve_range=True)
+    return np.concatenate([rows for _, rows in _resample_chunks(image, matrix, out_shape)])
 
 
-_WARP_CHUNK = 128  # output rows per block in _scale_bilinear
+def _resample_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
+    """The working grid ``matrix`` maps onto ``image``, bilinear, NaN beyond the image, as
+    ``(first row, rows)`` blocks of ``_WARP_CHUNK`` rows: scikit-image's ``warp(order=1,
+    mode="constant", cval=NaN, preserve_range=True)`` (:func:`_scale_bilinear` without
+    rotation), one block at a time so that the whole grid need not be held.
+    """
+    if matrix[0, 1] == 0 and matrix[1, 0] == 0:  # no rotation
+        yield from _scale_bilinear_chunks(image, matrix, out_shape)
+        return
+    for a in range(0, out_shape[0], _WARP_CHUNK):
+        b = min(out_shape[0], a + _WARP_CHUNK)
+        shifted = matrix @ AffineTransform(translation=(0, a)).params
+        yield a, warp(image, AffineTransform(matrix=shifted), output_shape=(b - a, out_shape[1]),
+                      order=1, mode="constant", cval=np.nan, preserve_range=True)
+
+
+_WARP_CHUNK = TILE  # output rows per block: each block folds onto the whole tile
 
 
 def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
@@ -336,6 +361,11 @@ def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int,
     outside the leak being NaN; then the result is clipped to the leak's range. Here the
     interpolation along rows is done once for each leak row that is read, then combined.
     """
+    return np.concatenate([rows for _, rows in _scale_bilinear_chunks(image, matrix, out_shape)])
+
+
+def _scale_bilinear_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
+    """:func:`_scale_bilinear` as ``(first row, rows)`` blocks of ``_WARP_CHUNK`` rows."""
     rows, cols = image.shape
     out_r, out_c = out_shape
     c = matrix[0, 0] * np.arange(out_c, dtype=np.float64) + matrix[0, 2]
@@ -347,7 +377,7 @@ def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int,
     # column indices into each leak row padded with one NaN either side
     col0 = (np.clip(min_c, -1, cols) + 1).astype(np.intp)
     col1 = (np.clip(max_c, -1, cols) + 1).astype(np.intp)
-    out = np.empty(out_shape)
+    lo, hi = image.min(), image.max()
     for a in range(0, out_r, _WARP_CHUNK):
         b = min(out_r, a + _WARP_CHUNK)
         row0 = np.clip(min_r[a:b], -1, rows).astype(np.intp)
@@ -358,38 +388,54 @@ def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int,
         source[inside, 1:-1] = image[read[inside]]
         along = (1 - dc) * source[:, col0]
         along += dc * source[:, col1]
-        top = along[np.searchsorted(read, row0)]
-        top *= (1 - dr[a:b])[:, None]
+        out = along[np.searchsorted(read, row0)]
+        out *= (1 - dr[a:b])[:, None]
         bottom = along[np.searchsorted(read, row1)]
         bottom *= dr[a:b, None]
-        np.add(top, bottom, out=out[a:b])
-    # scikit-image's clip to the input range (NaN stays NaN)
-    np.clip(out, image.min(), image.max(), out=out)
-    return out
+        out += bottom
+        # scikit-image's clip to the input range (NaN stays NaN)
+        np.clip(out, lo, hi, out=out)
+        yield a, out
 
 
-def _whiten(work: np.ndarray) -> np.ndarray:
+# whitening filters, in working px (the lattice period is TILE px): local standard deviation
+# (flat-area test), erosion of the mask, band-pass box, local RMS box
+_FILTERS = (7, 8, 13, 17)
+
+
+def _scaled_filters(scale: float) -> tuple[int, int, int, int]:
+    """:data:`_FILTERS` in px of a leak whose lattice period is ``scale * TILE`` px: odd boxes
+    of at least 3 px, at least 1 px of erosion."""
+    def odd(x: float) -> int:
+        return max(3, 2 * int(round((x - 1) / 2)) + 1)
+
+    flat, edge, band, rms = _FILTERS
+    return odd(flat * scale), max(1, int(round(edge * scale))), odd(band * scale), odd(rms * scale)
+
+
+def _whiten(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTERS) -> np.ndarray:
     """Band-pass and normalise by local RMS; zero outside the film.
 
     "Outside" is NaN (beyond the leak) or flat (a viewer's black pane, UI bars, collimation):
-    local standard deviation under 0.5 grey level. Both are widened by 8 px so that the hard
-    edge between film and background, which folds into a strong straight line, is left out.
-    Box filters keep this linear in the number of pixels.
+    local standard deviation under 0.5 grey level. Both are widened by ``filters[1]`` px (8 on
+    the working grid) so that the hard edge between film and background, which folds into a
+    strong straight line, is left out. Box filters keep this linear in the number of pixels.
 
-    The detector runs :func:`_whiten_folded` (the same numbers, strip by strip, with less
+    The detector runs :func:`_whiten_strips` (the same numbers, strip by strip, with less
     memory); this whole-image form is the reference the tests compare it with.
     """
+    flat, edge, band_box, rms_box = filters
     valid = np.isfinite(work)
     all_valid = bool(valid.all())
     filled = work if all_valid else np.where(valid, work, np.nanmean(work) if valid.any() else 0.0)
-    var = _box_mean(filled * filled, 7)
-    mean = _box_mean(filled, 7)
+    var = _box_mean(filled * filled, flat)
+    mean = _box_mean(filled, flat)
     var -= np.square(mean, out=mean)
     valid &= var > 0.25  # local standard deviation above 0.5
     del mean, var
-    valid = _erode(valid, 8)
-    band = filled - _box_mean(filled, 13)
-    local = _box_mean(band * band, 17)
+    valid = _erode(valid, edge)
+    band = filled - _box_mean(filled, band_box)
+    local = _box_mean(band * band, rms_box)
     np.maximum(local, 0.0, out=local)
     np.sqrt(local, out=local)
     floor = max(float(np.median(local[valid])) * 0.05, 1e-9) if valid.any() else 1.0
@@ -400,45 +446,48 @@ def _whiten(work: np.ndarray) -> np.ndarray:
     return white
 
 
-_STRIP = 128  # rows per strip in _whiten_folded
+_STRIP = 128  # rows per strip in _whiten_strips
 
 
-def _whiten_folded(work: np.ndarray) -> np.ndarray:
-    """``_fold(_whiten(work))``, computed strip by strip: (TILE, TILE) float64.
+def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTERS) -> np.ndarray:
+    """``_whiten(work, filters)``, computed strip by strip in ``work`` (overwritten, and
+    returned): (rows, columns) float64.
 
     The same filters, mask and floor as :func:`_whiten` (equal within rounding, about 1e-12
     relative at most), with far less memory: every filter is local, so each strip of
     :data:`_STRIP` rows is filtered with the few rows around it that its boxes reach, and
-    only ``work`` (overwritten: NaN filled, then the band-pass), the local RMS and the mask
-    are image-sized. The floor needs the median of the local RMS over the whole film, so the
-    division and the folding come last.
+    only ``work`` (NaN filled, then the band-pass, then the result), the local RMS and the
+    mask are image-sized. The floor needs the median of the local RMS over the whole film, so
+    the division comes last.
     """
-    n, m = work.shape
+    flat, edge, band_box, rms_box = filters
+    n = work.shape[0]
     valid = np.isfinite(work)
     if not valid.all():
         np.copyto(work, np.nanmean(work) if valid.any() else 0.0, where=~valid)
-    # local standard deviation above 0.5 (boxes of 7: 3 rows either side)
-    for a, b, lo, hi in _strips(n, 3):
+    # local standard deviation above 0.5
+    for a, b, lo, hi in _strips(n, flat // 2):
         block = work[lo:hi]
-        var = _box_mean(block * block, 7)
-        mean = _box_mean(block, 7)
+        var = _box_mean(block * block, flat)
+        mean = _box_mean(block, flat)
         var -= np.square(mean, out=mean)
         valid[a:b] &= var[a - lo:b - lo] > 0.25
         del var, mean
-    valid = _erode(valid, 8)
-    # band-pass (boxes of 13) and its local RMS (boxes of 17): 6 + 8 rows either side. Each
-    # strip's band overwrites its rows of `work` once the next strip has read them (strips
-    # are longer than the 14 rows a strip reads above itself).
+    valid = _erode(valid, edge)
+    # band-pass and its local RMS: each strip's band overwrites its rows of `work` once the
+    # next strip has read them (strips are longer than the rows a strip reads above itself)
+    halo = band_box // 2 + rms_box // 2
+    assert halo < _STRIP // 2
     local = np.empty_like(work)
     pending = None  # (a, b, band) of the previous strip, not yet written
-    for a, b, lo, hi in _strips(n, 14):
+    for a, b, lo, hi in _strips(n, halo):
         block = work[lo:hi]
-        band = block - _box_mean(block, 13)
+        band = block - _box_mean(block, band_box)
         if pending is not None:
             work[pending[0]:pending[1]] = pending[2]
-        blo, bhi = max(0, a - 8), min(n, b + 8)
+        blo, bhi = max(0, a - rms_box // 2), min(n, b + rms_box // 2)
         band = band[blo - lo:bhi - lo]
-        rms = _box_mean(band * band, 17)[a - blo:b - blo]
+        rms = _box_mean(band * band, rms_box)[a - blo:b - blo]
         np.maximum(rms, 0.0, out=rms)
         np.sqrt(rms, out=rms)
         local[a:b] = rms
@@ -449,16 +498,61 @@ def _whiten_folded(work: np.ndarray) -> np.ndarray:
     del pending
     floor = (max(float(np.median(local[valid], overwrite_input=True)) * 0.05, 1e-9)
              if valid.any() else 1.0)
-    tile = np.zeros((TILE, TILE))
-    for a in range(0, n, TILE):
-        b = min(n, a + TILE)
+    for a in range(0, n, _STRIP):
+        b = min(n, a + _STRIP)
         white = work[a:b]
         rms = np.maximum(local[a:b], floor, out=local[a:b])
         np.divide(white, rms, out=white)
         np.clip(white, -2.0, 2.0, out=white)
         white[~valid[a:b]] = 0.0
-        for c in range(0, m, TILE):
-            tile[:b - a, :min(TILE, m - c)] += white[:, c:c + TILE]
+    return work
+
+
+def _whiten_folded(work: np.ndarray) -> np.ndarray:
+    """``_fold(_whiten(work))`` by :func:`_whiten_strips` (``work`` is overwritten): (TILE,
+    TILE) float64."""
+    tile = np.zeros((TILE, TILE))
+    white = _whiten_strips(work)
+    for a in range(0, white.shape[0], TILE):
+        _fold_add(tile, white[a:a + TILE])
+    return tile
+
+
+def _fold_add(tile: np.ndarray, rows: np.ndarray) -> None:
+    """Add rows that start on a multiple of TILE (at most TILE of them) into the folded tile."""
+    for c in range(0, rows.shape[1], TILE):
+        part = rows[:, c:c + TILE]
+        tile[:part.shape[0], :part.shape[1]] += part
+
+
+def _whiten_resample_folded(image: np.ndarray, lattice: Lattice) -> np.ndarray:
+    """The folded, whitened working grid of a lattice whose period is at most TILE px: the
+    leak is whitened at its own resolution, with :data:`_FILTERS` scaled to its pixels, then
+    resampled onto the working grid block by block and folded: (TILE, TILE) float64.
+
+    Interpolation adds no detail, so whitening before upsampling gives the working grid's
+    whitening at a fraction of the cost (the leak's px, not the working grid's, and only the
+    part of the leak the grid covers), and the working grid is never held whole. Pixels
+    beyond the leak contribute 0, as masked pixels do.
+    """
+    zoom = TILE / lattice.period
+    filters = _scaled_filters(1.0 / zoom)
+    matrix, out_shape = _working_geometry(image.shape, lattice)
+    # the leak px the grid reads, and a margin in which the crop's own edges (eroded and
+    # reflected as if they were the leak's) do not reach them
+    h, w = out_shape
+    corners = matrix @ np.array([[0, w, 0, w], [0, 0, h, h], [1, 1, 1, 1]], dtype=np.float64)
+    margin = filters[1] + filters[0] // 2 + filters[2] // 2 + filters[3] // 2 + 2
+    c0, c1 = (int(np.floor(corners[0].min())) - margin, int(np.ceil(corners[0].max())) + margin + 1)
+    r0, r1 = (int(np.floor(corners[1].min())) - margin, int(np.ceil(corners[1].max())) + margin + 1)
+    r0, c0 = max(0, r0), max(0, c0)
+    r1, c1 = min(image.shape[0], r1), min(image.shape[1], c1)
+    white = _whiten_strips(np.array(image[r0:r1, c0:c1], dtype=np.float64), filters)
+    matrix = AffineTransform(translation=(-c0, -r0)).params @ matrix
+    tile = np.zeros((TILE, TILE))
+    for _, rows in _resample_chunks(white, matrix, out_shape):
+        np.nan_to_num(rows, copy=False, nan=0.0)
+        _fold_add(tile, rows)
     return tile
 
 
@@ -576,7 +670,11 @@ def prepare(image: np.ndarray, lattice: Lattice) -> PreparedLattice:
     Everything here is independent of the key, so one preparation serves any number of keys
     (the false-positive benchmark tests thousands of keys on each control leak).
     """
-    tile = _whiten_folded(_to_working(np.asarray(image, dtype=np.float64), lattice))
+    image = np.asarray(image, dtype=np.float64)
+    if lattice.period < TILE:  # the working grid is larger than the leak: whiten, then resample
+        tile = _whiten_resample_folded(image, lattice)
+    else:
+        tile = _whiten_folded(_to_working(image, lattice))
     # one flip at a time (a stack of all 8 is slower: its work arrays leave the cache); the
     # transposed flips 4..7 are read from the spectra of 0..3
     # kept in single precision: they only rank positions (the soft bits at the best ones are
