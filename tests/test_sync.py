@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from forensics import leaks
-from watermark import dwt, payload, sync
+from watermark import dwt, payload, stats, sync
 from watermark.detect import detect
 from watermark.keys import SiteKey
 
@@ -137,6 +137,55 @@ def test_whiten_folded_in_strips_equals_whiten_then_fold():
         reference = sync._fold(sync._whiten(work.copy()))
         np.testing.assert_allclose(sync._whiten_folded(work.copy()), reference,
                                    rtol=0, atol=1e-9 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.4, 0.7])
+def test_whiten_strips_with_scaled_filters_equals_whiten(scale):
+    """A leak whose period is under 128 px is whitened at its own resolution with the filters
+    scaled to its pixels; strip by strip, as the whole-image reference."""
+    filters = sync._scaled_filters(scale)
+    assert all(size % 2 == 1 and size >= 3 for size in (filters[0], filters[2], filters[3]))
+    assert filters[2] < sync._FILTERS[2] and filters[3] < sync._FILTERS[3]
+    rng = np.random.default_rng(9)
+    work = rng.standard_normal((400, 333)) * 20 + 100
+    work[:60] = 30.0  # a flat viewer pane
+    reference = sync._whiten(work.copy(), filters)
+    np.testing.assert_allclose(sync._whiten_strips(work.copy(), filters), reference, rtol=0, atol=1e-9)
+    assert np.all(reference[:60 - filters[1]] == 0.0)  # the pane is masked out
+    assert 0.5 < np.std(reference[80:]) < 1.5  # unit local RMS, clipped at 2
+
+
+def test_whitening_before_upsampling_matches_whitening_after(films):
+    """The folded tile of a reduced leak (period 51 px: 40 % of the 1024 px film), whitened
+    before it is upsampled onto the working grid, is close to the tile whitened after, and
+    carries the same mark."""
+    _, marked, number = films[0]
+    leak = leaks.apply(marked, [("scale", {"factor": 0.4}), ("png8", {})])
+    lattice = next(lat for lat in sync.lattice_candidates(leak)
+                   if lat.period == pytest.approx(51.2, rel=0.01))
+    before = sync._whiten_resample_folded(leak, lattice)
+    after = sync._whiten_folded(sync._to_working(leak, lattice))
+    assert np.corrcoef(before.ravel(), after.ravel())[0, 1] > 0.9
+    codeword = payload.encode(number, KEY)
+    z = [stats.normalised_correlation(sync._soft_at_origin(t, KEY), codeword) for t in (before, after)]
+    assert min(z) > 8 and abs(z[0] - z[1]) < 0.2 * z[1], z
+
+
+def test_resample_chunks_with_rotation_is_one_warp():
+    """With a rotation the working grid is warped 128 rows at a time: the same numbers as one
+    call of scikit-image's warp over the whole grid."""
+    from skimage.transform import AffineTransform, warp
+
+    image = np.random.default_rng(10).random((180, 260)) * 255
+    lattice = sync.Lattice(period=70.0, angle=4.0, score=0.0)
+    matrix, shape = sync._working_geometry(image.shape, lattice)
+    assert shape == (min(sync._MAX_WORK, int(np.ceil(180 * 128 / 70))), min(sync._MAX_WORK, int(np.ceil(260 * 128 / 70))))
+    reference = warp(image, AffineTransform(matrix=matrix), output_shape=shape, order=1,
+                     mode="constant", cval=np.nan, preserve_range=True)
+    chunks = list(sync._resample_chunks(image, matrix, shape))
+    assert [a for a, _ in chunks] == list(range(0, shape[0], dwt.TILE))
+    np.testing.assert_allclose(np.concatenate([c for _, c in chunks]), reference, rtol=0, atol=1e-9)
+    assert np.isnan(reference).any()  # the rotated grid reaches beyond the leak
 
 
 def test_transposed_spectra_equal_the_transforms_of_the_transposed_tile():

@@ -11,9 +11,11 @@ recovers the geometry in two steps, both from the leak alone:
    (:func:`lattice_candidates`). This is the self-reference of periodic watermarks (Kutter,
    Proc. SPIE 3528, 1999, doi:10.1117/12.337432), read in the magnitude spectrum as in
    Deguillaume, Voloshynovskiy & Pun, Proc. SPIE 4675, 2002, doi:10.1117/12.465313.
-2. **Translation, mirror, quarter turns.** The leak is resampled so that the period becomes
-   128 px again, whitened, and folded modulo 128 px into one tile (cropping and margins only
-   shift the fold cyclically). Every cyclic shift (all 128 x 128), every one of the 8 flips and
+2. **Translation, mirror, quarter turns.** The leak is whitened (band-pass, local RMS, flat
+   areas masked), resampled so that the period becomes 128 px again, and folded modulo 128 px
+   into one tile (cropping and margins only shift the fold cyclically). A leak whose period
+   is under 128 px is whitened at its own resolution, before it is upsampled; a larger one
+   after it is reduced: whichever grid has fewer pixels. Every cyclic shift (all 128 x 128), every one of the 8 flips and
    quarter turns of the tile, is scored at once by FFT correlation of the tile's DWT subbands
    with the keyed bit patterns (:func:`fold_search`).
 
@@ -328,7 +330,15 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     matrix, out_shape = _working_geometry(image.shape, lattice, zoom)
     if zoom < 1.0:
         image = ndimage.gaussian_filter(image, 0.5 / zoom)
-    return np.concatenate([rows for _, rows in _resample_chunks(image, matrix, out_shape)])
+    return _gather(_resample_chunks(image, matrix, out_shape), out_shape)
+
+
+def _gather(chunks, shape: tuple[int, int]) -> np.ndarray:
+    """Write ``(first row, rows)`` blocks into one array of ``shape`` (float64)."""
+    out = np.empty(shape)
+    for a, rows in chunks:
+        out[a:a + rows.shape[0]] = rows
+    return out
 
 
 def _resample_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
@@ -361,7 +371,7 @@ def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int,
     outside the leak being NaN; then the result is clipped to the leak's range. Here the
     interpolation along rows is done once for each leak row that is read, then combined.
     """
-    return np.concatenate([rows for _, rows in _scale_bilinear_chunks(image, matrix, out_shape)])
+    return _gather(_scale_bilinear_chunks(image, matrix, out_shape), out_shape)
 
 
 def _scale_bilinear_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
