@@ -191,9 +191,7 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
     def write(number: int) -> dict:
         marked = mark_film(film, number, mark_key, rms=rms)
         coded = payload.encode(number, mark_key)
-        rec = write_derived(film, marked, output, description=DERIVATION_DESCRIPTION)
-        return {"output_path": str(rec.path), "output_sop_uid": str(rec.sop_instance_uid),
-                "output_sha256": rec.sha256, "payload": np.packbits(coded < 0).tobytes().hex()}
+        return _written(write_derived(film, marked, output, description=DERIVATION_DESCRIPTION), coded)
 
     record = ledger.record_export(
         write, recipient=name,
@@ -452,6 +450,13 @@ class _WorkerFailure(LeaktraceError):
     """A failure already turned into its message by a worker."""
 
 
+def _written(rec, coded: np.ndarray) -> dict:
+    """The ledger's fields of a written copy: its absolute path (a relative ``--out`` would
+    mean nothing once the shell has moved on), SOP Instance UID, SHA-256 and coded payload."""
+    return {"output_path": str(Path(rec.path).resolve()), "output_sop_uid": str(rec.sop_instance_uid),
+            "output_sha256": rec.sha256, "payload": np.packbits(coded < 0).tobytes().hex()}
+
+
 def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: Ledger,
             key: SiteKey, mark_key: SiteKey, overwrite: bool) -> ExportRecord:
     """Write a worker's encoded copy and record it, in one ledger transaction."""
@@ -463,10 +468,7 @@ def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: L
             encoded = encode_derived(film, mark_film(film, number, mark_key), output,
                                      description=DERIVATION_DESCRIPTION)
         _check_output(source, output, overwrite)
-        rec = write_encoded(encoded, output)
-        coded = payload.encode(number, mark_key)
-        return {"output_path": str(rec.path), "output_sop_uid": str(rec.sop_instance_uid),
-                "output_sha256": rec.sha256, "payload": np.packbits(coded < 0).tobytes().hex()}
+        return _written(write_encoded(encoded, output), payload.encode(number, mark_key))
 
     record = ledger.record_export(
         write, recipient=name, source_sop_uid=marked.source_uid,

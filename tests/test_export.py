@@ -312,3 +312,22 @@ def test_negative_workers_are_refused(tmp_path, dicom_films):
         with pytest.raises(ValueError, match="workers must be >= 0"):
             export_many([(dicom_films[FUJI], tmp_path / "o.dcm")], recipient="r", ledger=book,
                         key=KEY, workers=-1)
+
+
+def test_a_relative_output_is_recorded_as_an_absolute_path(tmp_path, monkeypatch, dicom_films):
+    """`leaktrace embed ... --out exports/` run from some folder: the ledger records where the
+    copy is, not where it was relative to a shell long gone - by export_film and by the
+    workers of export_many alike."""
+    monkeypatch.chdir(tmp_path)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        one = export_film(dicom_films[FUJI], "one.dcm", recipient="Ann", ledger=ledger, key=KEY)
+        assert one.output_path == str(tmp_path / "one.dcm")
+        src = tmp_path / "src"
+        src.mkdir()
+        shutil.copy(dicom_films[FUJI], src / "fuji.dcm")
+        (outcome,) = export_many(collect_sources(["src"], "out"), recipient="Bea", ledger=ledger,
+                                 key=KEY, workers=2)
+        assert outcome.record is not None, outcome
+        assert outcome.record.output_path == str(tmp_path / "out" / "fuji.dcm")
+        recorded = [r.output_path for r in ledger.exports()]
+        assert recorded == [str(tmp_path / "one.dcm"), str(tmp_path / "out" / "fuji.dcm")]
