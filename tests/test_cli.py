@@ -352,3 +352,22 @@ def test_version_with_python_m():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"leaktrace {__version__}"
+
+
+def test_ctrl_c_while_the_command_line_loads_ends_with_a_message(monkeypatch, capsys):
+    """The console script imports the command line (numpy, SciPy, pydicom: about half a
+    second) inside its entry point: Ctrl-C then exits 130 with one line, no traceback."""
+    from forensics import entry
+
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "forensics.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "forensics.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stop:
+        entry.main()
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "leaktrace: interrupted while starting\n"
