@@ -391,7 +391,7 @@ def bench(
         lb.select(chosen, list(lb.bench_pipelines()), "pipeline")
         lb.check_settings(per_film, workers)
         lb.prepare_out(out)
-        err.print(f"bench: {len(found)} film(s) from {folder}, results to {out}")
+        err.print(f"bench: {len(found)} film file(s) found in {folder}, results to {out}")
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -417,7 +417,10 @@ def bench(
                                else "; nothing was written"))
     else:
         print(lb.format_table(result))
-        err.print(f"{meta['queries']} queries in {meta['seconds']:.0f} s; files written:")
+        n_films = len(meta["settings"]["films"])
+        skipped = f" ({len(result.skipped_films)} skipped)" if result.skipped_films else ""
+        err.print(f"{meta['queries']} queries on {n_films} film(s){skipped} in {meta['seconds']:.0f} s; "
+                  "files written:")
     for path in result.files:
         err.print(f"  {escape(str(path))}")
     if meta["interrupted"]:

@@ -198,7 +198,7 @@ def test_cli_bench_refuses_an_output_folder_it_cannot_write_before_the_run(fuji_
     res = runner.invoke(app, ["bench", "--films", str(fuji_folder), "--methods", "leaktrace",
                               "--out", str(tmp_path / "a_file" / "sub")])
     assert res.exit_code == 2 and "cannot write the results there" in res.output, res.output
-    assert "bench: 1 film" not in res.output and "Traceback" not in res.output
+    assert "film file(s) found" not in res.output and "Traceback" not in res.output
 
 
 def test_unreadable_and_tiny_films_are_left_out_with_a_note(fuji_folder, tmp_path):
@@ -246,3 +246,18 @@ def test_an_interrupted_run_stops_its_workers_and_writes_what_is_done(fuji_folde
     assert meta["interrupted"] is True and result.meta["interrupted"] is True
     assert 0 < meta["queries"] < meta["queries_planned"] == 6
     assert multiprocessing.active_children() == []  # no worker left behind
+
+
+def test_cli_bench_counts_the_films_it_ran_on_apart_from_those_skipped(fuji_folder, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / FUJI).symlink_to((fuji_folder / FUJI).resolve())
+    Image.fromarray(np.full((50, 50), 128, np.uint8)).save(folder / "tiny.png")
+    res = runner.invoke(app, ["bench", "--films", str(folder), "--methods", "leaktrace",
+                              "--pipelines", "viewer_png8", "--recipients", "1", "--workers", "1",
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "bench: 2 film file(s) found" in res.output
+    assert "2 queries on 1 film(s) (1 skipped) in" in res.output
