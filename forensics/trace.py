@@ -324,15 +324,28 @@ def _mark_key(ledger: Ledger, key: SiteKey) -> SiteKey:
     return key.scoped(ledger.ledger_id) if ledger.ledger_id is not None else key
 
 
+def _working_grid(display: np.ndarray) -> np.ndarray:
+    """A film's display (rows, columns), any real dtype, resampled to its working grid
+    (:func:`watermark.dwt.working_shape`): float64."""
+    return dwt.resample(display, dwt.working_shape(display.shape))
+
+
+def _working_original(film: Film) -> np.ndarray:
+    """The film's default display (:func:`render`) on its working grid, float64 of shape
+    ``dwt.working_shape(film.pixels.shape)``; the full-size display is not kept."""
+    return _working_grid(render(film))
+
+
 def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Alignment,
               exports: list[ExportRecord], key: SiteKey, *, alpha: float,
-              display: np.ndarray | None = None) -> _Informed:
+              original: np.ndarray | None = None) -> _Informed:
     """Register ``leak`` onto ``film`` (given the keypoint alignment), subtract it, test its
-    recipients at level ``alpha``."""
-    display = render(film) if display is None else display
-    wshape = dwt.working_shape(display.shape)
-    original = dwt.resample(display, wshape)
-    to_work = np.diag([wshape[1] / display.shape[1], wshape[0] / display.shape[0], 1.0])
+    recipients at level ``alpha``. ``original`` is the film's display on its working grid
+    (:func:`_working_original`), when already computed."""
+    film_shape = tuple(film.pixels.shape[:2])
+    original = _working_original(film) if original is None else original
+    wshape = original.shape
+    to_work = np.diag([wshape[1] / film_shape[1], wshape[0] / film_shape[0], 1.0])
     if alignment.template_ncc is not None:  # a thumbnail's precision: polish it first
         variant = leak[:, ::-1] if alignment.mirrored else leak
         polished = register.polish(variant, original, to_work @ alignment.matrix,
@@ -356,7 +369,7 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
         raise _NotThisFilm(f"the fine detail of the aligned leak and of the film correlate at "
                            f"{detail:.2f} (at least {MIN_DETAIL_CORRELATION} expected)")
     numbers, results, n_tests = _test_recipients(aligned, original, residual, sha256, exports,
-                                                 key, alpha=alpha, film_shape=display.shape)
+                                                 key, alpha=alpha, film_shape=film_shape)
     leak_to_film = np.linalg.inv(to_work) @ homography
     inside = np.isfinite(aligned)
     info = alignment.as_dict(leak.shape)
@@ -366,7 +379,7 @@ def _informed(leak: np.ndarray, sha256: str, film: Film, alignment: register.Ali
                 overlap_fraction=round(float(inside.mean()), 4),
                 usable_fraction=round(float(usable.mean()), 4),
                 refinement_px=round(float(np.hypot(*correction[:2, 2])), 3),
-                film_shape=list(display.shape))
+                film_shape=list(film_shape))
     figures = {"original_image": np.clip(original, 0, 255).astype(np.uint8),
                "aligned_leak": np.where(usable, residual + original, np.nan)}
     corners = np.array([[0, 0, 1], [wshape[1], 0, 1], [wshape[1], wshape[0], 1], [0, wshape[0], 1]],
@@ -448,9 +461,9 @@ def _test_recipients(aligned: np.ndarray, original: np.ndarray, residual: np.nda
     for sha, numbers, n in plan:
         reference, group_residual = original, residual
         if sha != sha256:
-            film, _, _ = _load_original(groups[sha])
-            if film is not None and film.pixels.shape[:2] == tuple(film_shape):
-                reference = dwt.resample(render(film), original.shape)
+            other = _group_original(groups[sha], film_shape)
+            if other is not None:
+                reference = other
                 group_residual, _ = informed_residual(aligned, reference)
         soft = informed_soft_bits(group_residual, reference, key)
         codewords = np.stack([payload.encode(number, key) for number in numbers])
@@ -460,6 +473,17 @@ def _test_recipients(aligned: np.ndarray, original: np.ndarray, residual: np.nda
                         for r in results]
         numbers_all += numbers
     return numbers_all, results_all, total
+
+
+def _group_original(exports: list[ExportRecord], film_shape: tuple[int, int]
+                    ) -> np.ndarray | None:
+    """The working-grid display (:func:`_working_original`) of the source file ``exports``
+    were made from, or ``None`` when it cannot be read or its film is not ``film_shape``
+    (rows, columns)."""
+    film, _, _ = _load_original(exports)
+    if film is None or film.pixels.shape[:2] != tuple(film_shape):
+        return None
+    return _working_original(film)
 
 
 def _polygon_area(points: np.ndarray) -> float:
@@ -580,12 +604,14 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
                             f"to test (at least {dwt.MIN_DETECT_EDGE} px on each side)")
     mark_key = _mark_key(ledger, key)
     warnings: list[str] = []
-    given_display = None
+    given_original = None
     originals: dict[str, tuple] = {}  # film id -> (Film | None, sha256, why not): read once
     if original is not None:
         film, sha, exports = _given_original(original, ledger)
-        given_display = render(film)  # rendered once: for the features and the informed test
-        films = [register.film_features(given_display)]
+        display = render(film)
+        films = [register.film_features(display)]
+        given_original = _working_grid(display)
+        del display
         shas = [sha]
         given_exports = {sha: exports}
         originals[exports[0].source_sop_uid or sha] = (film, sha, "")
@@ -609,7 +635,7 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         for sha, film, exports, alignment in found:
             try:
                 results.append(_informed(leak, sha, film, alignment, exports, mark_key,
-                                         alpha=informed_alpha, display=given_display))
+                                         alpha=informed_alpha, original=given_original))
             except _NotThisFilm as exc:  # chance resemblance of two chest films: not a match
                 refused.append(f"{film.path} ({exc})")
             except ValueError as exc:  # a degenerate alignment (the film barely in the leak)
