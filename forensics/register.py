@@ -175,13 +175,30 @@ def _rotation_of(m: np.ndarray) -> float:
 def _normalised(image: np.ndarray) -> np.ndarray:
     """Grey image scaled to 0..1 by its 0.5 and 99.5 percentiles (float64)."""
     image = np.asarray(image, dtype=np.float64)
+    return _scaled(image, _bounds(image))
+
+
+def _bounds(image: np.ndarray) -> tuple[float, float] | None:
+    """``(lo, hi)`` of :func:`_normalised` for a float64 image: the 0.5 and 99.5 percentiles
+    of its finite values (``hi`` raised to ``lo + 1`` when not above ``lo``); ``None`` when
+    no value is finite."""
     finite = image[np.isfinite(image)]
     if finite.size == 0:
+        return None
+    lo, hi = np.percentile(finite, [0.5, 99.5], overwrite_input=True)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _scaled(image: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """A float64 image mapped by ``bounds`` (from :func:`_bounds`) to 0..1, clipped, NaN
+    taken as ``lo``: a new float64 array of the same shape (zeros when ``bounds`` is None)."""
+    if bounds is None:
         return np.zeros_like(image)
-    lo, hi = np.percentile(finite, [0.5, 99.5])
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((np.nan_to_num(image, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    lo, hi = bounds
+    out = np.nan_to_num(image, nan=lo)
+    out -= lo
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _orb(image01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +261,15 @@ def leak_keypoints(leak: np.ndarray, level: int, *, mirrored: bool = False,
                    inverted: bool = False) -> KeypointSet:
     """ORB keypoints of one variant of a leak (mirrored left-right and/or inverted) at
     smoothing level ``level`` (index into :data:`SMOOTHING`); positions in px of the variant."""
-    image = _normalised(leak)
+    leak = np.asarray(leak, dtype=np.float64)
+    return _variant_keypoints(leak, _bounds(leak), level, mirrored=mirrored, inverted=inverted)
+
+
+def _variant_keypoints(leak: np.ndarray, bounds: tuple[float, float] | None, level: int, *,
+                       mirrored: bool, inverted: bool) -> KeypointSet:
+    """:func:`leak_keypoints` of a float64 leak whose :func:`_bounds` are known (one
+    full-size 0..1 image at a time, however many variants are tried)."""
+    image = _scaled(leak, bounds)
     if mirrored:
         image = image[:, ::-1]
     if inverted:
@@ -324,11 +349,13 @@ def register(leak: np.ndarray, films: list[FilmFeatures], *, good: int = 30
         the registered leak against the film. Empty if none is found.
     """
     leak = np.asarray(leak, dtype=np.float64)
+    bounds = _bounds(leak)
     best: dict[int, Alignment] = {}
     for level in range(len(SMOOTHING)):
         index = _Index(films, level)
         for mirrored, inverted in _VARIANTS:
-            variant = leak_keypoints(leak, level, mirrored=mirrored, inverted=inverted)
+            variant = _variant_keypoints(leak, bounds, level, mirrored=mirrored,
+                                         inverted=inverted)
             for i in index.shortlist(variant):
                 m, n, n_matches = _fit(variant, films[i].sets[level], films[i].shape)
                 if m is not None and (i not in best or n > best[i].inliers):
