@@ -459,13 +459,11 @@ def _test_recipients(aligned: np.ndarray, original: np.ndarray, residual: np.nda
     numbers_all: list[int] = []
     results_all: list[Named] = []
     for sha, numbers, n in plan:
-        reference, group_residual = original, residual
+        soft = None
         if sha != sha256:
-            other = _group_original(groups[sha], film_shape)
-            if other is not None:
-                reference = other
-                group_residual, _ = informed_residual(aligned, reference)
-        soft = informed_soft_bits(group_residual, reference, key)
+            soft = _source_soft_bits(aligned, groups[sha], film_shape, key)
+        if soft is None:
+            soft = informed_soft_bits(residual, original, key)
         codewords = np.stack([payload.encode(number, key) for number in numbers])
         results, n_g = name_recipients(soft, codewords, alpha=alpha * n / total)
         offset = len(numbers_all)
@@ -475,15 +473,29 @@ def _test_recipients(aligned: np.ndarray, original: np.ndarray, residual: np.nda
     return numbers_all, results_all, total
 
 
+def _source_soft_bits(aligned: np.ndarray, exports: list[ExportRecord],
+                      film_shape: tuple[int, int], key: SiteKey) -> np.ndarray | None:
+    """Informed soft bits (256,) float64 of ``aligned`` (the registered leak on the working
+    grid, NaN outside it) against the source file ``exports`` were made from
+    (:func:`_group_original`); ``None`` when that file cannot be used."""
+    reference = _group_original(exports, film_shape)
+    if reference is None:
+        return None
+    residual, _ = informed_residual(aligned, reference)
+    return informed_soft_bits(residual, reference, key)
+
+
 def _group_original(exports: list[ExportRecord], film_shape: tuple[int, int]
                     ) -> np.ndarray | None:
     """The working-grid display (:func:`_working_original`) of the source file ``exports``
     were made from, or ``None`` when it cannot be read or its film is not ``film_shape``
-    (rows, columns)."""
+    (rows, columns). The film (stored pixels and pixel data) is let go once rendered."""
     film, _, _ = _load_original(exports)
     if film is None or film.pixels.shape[:2] != tuple(film_shape):
         return None
-    return _working_original(film)
+    display = render(film)
+    del film
+    return _working_grid(display)
 
 
 def _polygon_area(points: np.ndarray) -> float:
