@@ -85,7 +85,10 @@ def informed_residual(aligned: np.ndarray, original: np.ndarray, *, n_bins: int 
     edges = np.unique(np.quantile(a, np.linspace(0.0, 1.0, n_bins + 1)))
     if len(edges) < 3:  # a flat leak
         return residual, np.zeros_like(inside)
-    index = np.clip(np.searchsorted(edges, a, side="right") - 1, 0, len(edges) - 2)
+    index = np.searchsorted(edges, a, side="right")
+    del a
+    index -= 1
+    np.clip(index, 0, len(edges) - 2, out=index)
     count = np.bincount(index, minlength=len(edges) - 1).astype(np.float64)
     total = np.bincount(index, weights=o, minlength=len(edges) - 1)
     total2 = np.bincount(index, weights=o * o, minlength=len(edges) - 1)
@@ -95,7 +98,9 @@ def informed_residual(aligned: np.ndarray, original: np.ndarray, *, n_bins: int 
     typical = float(np.median(spread[filled])) if filled.any() else 0.0
     good = filled & (spread <= _CLIPPED_SPREAD * max(typical, 0.5))
     keep = good[index]
-    values = np.where(keep, mean[index] - o, 0.0)
+    values = mean[index]
+    values -= o
+    values[~keep] = 0.0
     usable = np.zeros_like(inside)
     usable[inside] = keep
     residual[inside] = values
