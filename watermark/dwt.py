@@ -122,18 +122,20 @@ def default_rms(shape: tuple[int, int]) -> float:
     return DEFAULT_RMS * boost
 
 
-def block_reduce_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def block_reduce_to(image: np.ndarray, shape: tuple[int, int], dtype=None) -> np.ndarray:
     """Average ``k x k`` blocks, with the largest integer ``k`` that keeps the result at least
     twice ``shape`` on each side (no-op when ``k < 2``).
 
     A cheap antialiasing first step before an exact resampling of a very large image (a
-    10000 x 10000 px leak): memory and time stay proportional to the pixels read once.
+    10000 x 10000 px leak): memory and time stay proportional to the pixels read once. The
+    means are computed in ``dtype`` (default: the image's); float64 means of a float32 image
+    are those of its float64 copy.
     """
     k = int(min(image.shape[0] / (2 * shape[0]), image.shape[1] / (2 * shape[1])))
     if k < 2:
         return image
     rows, cols = (image.shape[0] // k) * k, (image.shape[1] // k) * k
-    return image[:rows, :cols].reshape(rows // k, k, cols // k, k).mean(axis=(1, 3))
+    return image[:rows, :cols].reshape(rows // k, k, cols // k, k).mean(axis=(1, 3), dtype=dtype)
 
 
 def _resample(image: np.ndarray, shape: tuple[int, int], dtype=np.float64) -> np.ndarray:

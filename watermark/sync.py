@@ -86,18 +86,80 @@ class SyncHit:
 
 
 def _whitened_spectrum(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """Power spectrum divided by its local mean (fftshifted), and the resampling factor used."""
+    """Power spectrum divided by its local mean (fftshifted), and the resampling factor used.
+
+    ``image`` (rows, columns) any real dtype; returns a (rows', columns') float64 array, the
+    image's shape times the factor (at most :data:`_SPECTRUM_EDGE` px a side).
+    """
     factor = min(1.0, _SPECTRUM_EDGE / max(image.shape))
     if factor < 1.0:
         target = (max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
-        reduced = block_reduce_to(image, target)
+        reduced = block_reduce_to(image, target, np.float64)
         zoom = factor * image.shape[0] / reduced.shape[0]
-        image = ndimage.zoom(ndimage.gaussian_filter(reduced, 0.5 / zoom), zoom, order=1)
-    g = image - _box_mean(image, 9)
-    window = np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
-    power = np.fft.fftshift(np.abs(np.fft.fft2(g * window)) ** 2)
-    local = _box_mean(power, 15, mode="wrap") + 1e-12
-    return power / local, factor
+        image = _blur_zoom(reduced, 0.5 / zoom, zoom)
+        del reduced
+    g = _box_mean(image, 9)
+    np.subtract(image, g, out=g)
+    del image
+    rows, cols = np.hanning(g.shape[0]), np.hanning(g.shape[1])
+    for a in range(0, g.shape[0], _STRIP):
+        g[a:a + _STRIP] *= np.outer(rows[a:a + _STRIP], cols)
+    spectrum = np.empty(g.shape, dtype=np.complex128)
+    spectrum.real = g
+    spectrum.imag = 0.0
+    del g
+    np.fft.fft2(spectrum, out=spectrum)
+    power = np.abs(spectrum)
+    del spectrum
+    np.square(power, out=power)
+    power = np.fft.fftshift(power)
+    local = _box_mean(power, 15, mode="wrap")
+    local += 1e-12
+    return np.divide(power, local, out=power), factor
+
+
+def _blur_zoom(image: np.ndarray, sigma: float, zoom: float) -> np.ndarray:
+    """``ndimage.zoom(ndimage.gaussian_filter(image, sigma), zoom, order=1)`` computed in
+    float64 a band of output rows at a time: the same numbers, without an image-sized blurred
+    copy (each band blurs only the leak rows it reads, with the filter's reach around them).
+
+    ``image`` (rows, columns) any real dtype; returns (round(rows * zoom), round(columns *
+    zoom)) float64.
+    """
+    out_shape = tuple(int(round(n * zoom)) for n in image.shape)
+    r0, r1, wr0, wr1 = _linear_zoom_weights(image.shape[0], out_shape[0])
+    c0, c1, wc0, wc1 = _linear_zoom_weights(image.shape[1], out_shape[1])
+    reach = int(4.0 * sigma + 0.5)  # gaussian_filter's radius (truncate=4)
+    out = np.empty(out_shape)
+    for a in range(0, out_shape[0], _ZOOM_BAND):
+        b = min(out_shape[0], a + _ZOOM_BAND)
+        first, last = int(r0[a]), int(r1[b - 1]) + 1  # blurred rows read by the band
+        lo, hi = max(0, first - reach), min(image.shape[0], last + reach)
+        blurred = ndimage.gaussian_filter(image[lo:hi], sigma, output=np.float64)[first - lo:last - lo]
+        top, bottom = blurred[r0[a:b] - first], blurred[r1[a:b] - first]
+        # ndimage's order: sum over the 2 x 2 neighbours (column fastest) of value * w_row * w_col
+        w_top, w_bottom = wr0[a:b, None], wr1[a:b, None]
+        band = out[a:b]
+        np.multiply(top[:, c0] * w_top, wc0, out=band)
+        band += top[:, c1] * w_top * wc1
+        band += bottom[:, c0] * w_bottom * wc0
+        band += bottom[:, c1] * w_bottom * wc1
+    return out
+
+
+_ZOOM_BAND = 64  # output rows per band in _blur_zoom
+
+
+def _linear_zoom_weights(n_in: int, n_out: int):
+    """Per output index along one axis, the two input indices read by ``ndimage.zoom(order=1,
+    grid_mode=False)`` and their weights, computed as ndimage does (the second weight is
+    ``1 - first``; a neighbour past the last pixel has weight 0 and reads the last one)."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 1.0
+    coord = np.arange(n_out, dtype=np.float64) * scale
+    first = np.floor(coord)
+    w0 = 1.0 - (coord - first)
+    i0 = np.minimum(first.astype(np.intp), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), w0, 1.0 - w0
 
 
 @lru_cache(maxsize=1)
