@@ -151,24 +151,47 @@ def _resample(image: np.ndarray, shape: tuple[int, int], dtype=np.float64) -> np
     several. The weights are non-negative and sum to 1, so resize's clipping to the input
     range has nothing to do and is not repeated. float64 results agree with resize to about
     1e-13 of the value range; float32 ones to float32 rounding.
+
+    ``image`` (rows, columns) any real dtype; returns ``shape`` in ``dtype``. When
+    downsampling, the output is made a band of rows at a time from the input rows the band
+    reads, converted to ``dtype`` a block at a time: no image-sized intermediate, and a float32
+    leak gives exactly the numbers of its float64 copy.
     """
     dtype = np.dtype(dtype)
     shape = (int(shape[0]), int(shape[1]))
     if image.shape == shape:
         return image.astype(dtype, copy=False)
-    image = block_reduce_to(image, shape)
+    image = block_reduce_to(image, shape, np.float64 if dtype == np.float64 else None)
     down = shape[0] < image.shape[0] or shape[1] < image.shape[1]
     # skimage's anti-aliasing sigma: (input / output - 1) / 2 per axis, none when upsampling
     sigmas = [max(0.0, (n_in / n_out - 1.0) / 2.0) if down else 0.0
               for n_in, n_out in zip(image.shape, shape)]
     rows = _axis_operator(image.shape[0], shape[0], sigmas[0])
     cols = _axis_operator(image.shape[1], shape[1], sigmas[1])
-    image = np.ascontiguousarray(image, dtype=dtype)
-    if shape[0] * image.shape[1] <= image.shape[0] * shape[1]:  # smaller intermediate first
-        return _apply_cols(cols, _apply_rows(rows, image))
-    return _apply_rows(rows, _apply_cols(cols, image))
+    rows_first = shape[0] * image.shape[1] <= image.shape[0] * shape[1]  # smaller intermediate
+    out = np.empty(shape, dtype=dtype)
+    # each dense product (_apply_cols) spans at least _ROW_BAND rows (a short last band joins
+    # the one before; one band when upsampling), so that BLAS sums every element in the order
+    # of the whole-image product
+    step = _ROW_BAND if rows_first else -(-_ROW_BAND * shape[0] // image.shape[0])
+    starts = list(range(0, shape[0], step)) if down else [0]
+    if len(starts) > 1 and shape[0] - starts[-1] < step:
+        starts.pop()
+    for start, stop in zip(starts, starts[1:] + [shape[0]]):
+        part = rows.csr[start:stop]
+        lo, hi = int(part.indices.min()), int(part.indices.max()) + 1
+        part = part[:, lo:hi].astype(dtype)
+        if rows_first:
+            across = np.empty((stop - start, image.shape[1]), dtype=dtype)
+            for c in range(0, image.shape[1], _ROW_BAND):
+                across[:, c:c + _ROW_BAND] = part @ image[lo:hi, c:c + _ROW_BAND].astype(dtype)
+            _apply_cols(cols, across, out[start:stop])
+        else:
+            out[start:stop] = part @ _apply_cols(cols, np.ascontiguousarray(image[lo:hi], dtype=dtype))
+    return out
 
 
+_ROW_BAND = 256  # rows per band (and columns per conversion block) in _resample
 _COLUMN_BLOCK = 64  # output columns per matrix product in _apply_cols
 
 
@@ -236,14 +259,11 @@ def _axis_operator(n_in: int, n_out: int, sigma: float) -> _AxisOperator:
     return _AxisOperator(matrix, tuple(blocks))
 
 
-def _apply_rows(op: _AxisOperator, image: np.ndarray) -> np.ndarray:
-    """``op @ image``: resample axis 0 of a C-contiguous float array (same dtype)."""
-    return np.ascontiguousarray(op.csr.astype(image.dtype) @ image)
-
-
-def _apply_cols(op: _AxisOperator, image: np.ndarray) -> np.ndarray:
-    """``image @ op.T``: resample axis 1, one band of output columns at a time (same dtype)."""
-    out = np.empty((image.shape[0], op.csr.shape[0]), dtype=image.dtype)
+def _apply_cols(op: _AxisOperator, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``image @ op.T``: resample axis 1, one band of output columns at a time (same dtype),
+    into ``out`` if given."""
+    if out is None:
+        out = np.empty((image.shape[0], op.csr.shape[0]), dtype=image.dtype)
     for start, stop, lo, hi, block in op.blocks:
         np.matmul(image[:, lo:hi], block.T.astype(image.dtype), out=out[:, start:stop])
     return out
@@ -413,12 +433,14 @@ def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float | None = No
 
 
 def _working_grid(image: np.ndarray, long_edge: int) -> np.ndarray:
-    """A leak resampled to the working grid, after checking it is big enough to test."""
-    image = np.asarray(image, dtype=np.float64)
+    """A leak (rows, columns), any real dtype, resampled to the working grid: a new float64
+    array (the caller may overwrite it), after checking the leak is big enough to test."""
+    image = np.asarray(image)
     if image.ndim != 2 or min(image.shape) < MIN_DETECT_EDGE:
         raise ValueError(f"image must be 2-D and at least {MIN_DETECT_EDGE} px on each side, "
                          f"got shape {image.shape}")
-    return _resample(image, working_shape(image.shape, long_edge))
+    work = _resample(image, working_shape(image.shape, long_edge))
+    return work.copy() if np.shares_memory(work, image) else work
 
 
 def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarray]:
@@ -445,12 +467,23 @@ def folded_subbands(image: np.ndarray, *, long_edge: int) -> dict[int, np.ndarra
     return _folded_subbands_of(_working_grid(image, long_edge))
 
 
+def _marked_details(work: np.ndarray) -> dict[int, tuple]:
+    """The (H, V, D) detail subbands of each marked level of ``pywt.wavedec2(work, WAVELET,
+    mode=MODE, level=N_LEVELS)`` (the same numbers), without keeping the unmarked levels'."""
+    details, approx = {}, work
+    for level in range(1, N_LEVELS + 1):
+        approx, bands = pywt.dwt2(approx, WAVELET, mode=MODE)
+        if level in LEVELS:
+            details[level] = bands
+    return details
+
+
 def _folded_subbands_of(work: np.ndarray) -> dict[int, np.ndarray]:
     """:func:`folded_subbands` of a leak already on its working grid (``_working_grid``)."""
-    coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
+    details = _marked_details(work)
     out = {}
     for level in LEVELS:
-        bands = coeffs[N_LEVELS + 1 - level]
+        bands = details[level]
         act = _activity(bands)
         floor = max(float(np.median(act)) * 0.05, 1e-9)
         t = TILE >> level
@@ -553,21 +586,29 @@ def folded_coarse_robust(image: np.ndarray, *, long_edge: int) -> dict[int, np.n
 
 
 def _folded_coarse_robust_of(work: np.ndarray) -> dict[int, np.ndarray]:
-    """:func:`folded_coarse_robust` of a leak already on its working grid (``_working_grid``)."""
-    spectrum = scipy.fft.rfft2(work - work.mean())
-    power = spectrum.real**2 + spectrum.imag**2
+    """:func:`folded_coarse_robust` of a leak already on its working grid (``_working_grid``;
+    ``work`` (rows, columns) float64 is overwritten)."""
+    shape = work.shape
+    work -= work.mean()
+    spectrum = scipy.fft.rfft2(work)
+    del work
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
     # smoothed over frequencies: cyclic along rows; the half plane mirrors at its edges
     power = ndimage.uniform_filter1d(power, _ROBUST_SMOOTH, axis=0, mode="wrap")
     power = ndimage.uniform_filter1d(power, _ROBUST_SMOOTH, axis=1, mode="reflect")
-    work = scipy.fft.irfft2(spectrum / (power + 1e-12) ** 0.25, s=work.shape)
-    coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
+    power += 1e-12
+    spectrum /= np.power(power, 0.25, out=power)
+    del power
+    details = _marked_details(scipy.fft.irfft2(spectrum, s=shape, overwrite_x=True))
+    del spectrum
     out = {}
     for level in LEVELS:
         t = TILE >> level
         if level != max(LEVELS):
             out[level] = np.zeros((3, t, t))
             continue
-        bands = coeffs[N_LEVELS + 1 - level]
+        bands = details[level]
         act = _activity_window(bands, 3)
         rel = act / max(float(np.median(act)), 1e-12)
         weight = np.clip(rel, *_ROBUST_REL) ** _ROBUST_GAMMA
