@@ -101,3 +101,14 @@ def test_float32_mark_is_the_float64_mark(film_png):
     single = dwt.mark_residual(film_png.astype(np.float32), codeword, KEY, dtype=np.float32)
     assert single.dtype == np.float32 and single.shape == double.shape
     assert np.abs(single - double).max() < 1e-4 * np.abs(double).max()
+
+
+@pytest.mark.parametrize("source", [(1080, 1920), (1955, 1841), (720, 1280), (324, 324)])
+def test_working_grid_of_a_float32_leak_is_that_of_its_float64_copy(source):
+    """The grid is resampled band by band from the leak's own dtype: a float32 leak (exact grey
+    values) gives bit for bit the grid of its float64 copy, and never an alias of the leak."""
+    leak = np.random.default_rng(4).integers(0, 256, source).astype(np.float32)
+    for edge in dwt.WORKING_EDGES:
+        assert np.array_equal(dwt._working_grid(leak, edge), dwt._working_grid(leak.astype(np.float64), edge))
+    square = leak[:256, :256].astype(np.float64)
+    assert not np.shares_memory(dwt._working_grid(square, 256), square)

@@ -127,3 +127,18 @@ def test_too_small_leak_error_names_the_file(marked_fuji, tmp_path):
     Image.fromarray(shown[:20, :20]).save(tmp_path / "tiny.png")
     with pytest.raises(CapacityError, match=r"tiny\.png: image of 20 x 20 px is too small"):
         _traced(folder, tmp_path / "tiny.png")
+
+
+def test_grey_files_are_read_exactly_in_float32(tmp_path):
+    """8- and 16-bit grey files come back as float32 (every value exact, half the memory of
+    float64); colour as float64 luma."""
+    rng = np.random.default_rng(2)
+    grey8 = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (60, 80), dtype=np.uint16)
+    Image.fromarray(grey8).save(tmp_path / "g8.png")
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    for name, values in (("g8.png", grey8), ("g16.png", grey16)):
+        gray = read_leak(tmp_path / name).gray
+        assert gray.dtype == np.float32 and np.array_equal(gray, values)
+    Image.fromarray(np.stack([grey8] * 3, axis=-1)).save(tmp_path / "c.png")
+    assert read_leak(tmp_path / "c.png").gray.dtype == np.float64

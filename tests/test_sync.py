@@ -209,3 +209,29 @@ def test_scale_bilinear_is_skimages_warp():
         reference = warp(image, AffineTransform(matrix=matrix), output_shape=shape, order=1,
                          mode="constant", cval=np.nan, preserve_range=True)
         assert np.array_equal(sync._scale_bilinear(image, matrix, shape), reference, equal_nan=True)
+
+
+def test_blur_zoom_is_ndimages_blur_then_zoom():
+    """The banded blur and order-1 zoom of the spectrum image are ndimage's, bit for bit, from
+    float64 or float32 grey values."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(8)
+    for shape in [(1080, 1920), (1955, 1841), (1100, 1030)]:
+        image = rng.integers(0, 256, shape).astype(np.float64)
+        zoom = 1024 / max(shape)
+        expected = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 / zoom), zoom, order=1)
+        assert np.array_equal(sync._blur_zoom(image, 0.5 / zoom, zoom), expected)
+        assert np.array_equal(sync._blur_zoom(image.astype(np.float32), 0.5 / zoom, zoom), expected)
+
+
+def test_float32_leak_gives_the_lattices_and_tiles_of_its_float64_copy(films):
+    """Detection keeps an 8-bit leak in float32 and reads it in float64: the lattice candidates
+    and prepared tiles are those of the float64 copy, bit for bit."""
+    leak = leaks.screenshot(films[0][1], np.random.default_rng(0))  # 1920 x 1080, 8-bit
+    single = np.asarray(leak, dtype=np.float32)
+    assert np.array_equal(single, leak)
+    found = sync.lattice_candidates(single)
+    assert found == sync.lattice_candidates(np.asarray(leak, dtype=np.float64))
+    for lattice in found[:2]:
+        assert np.array_equal(sync.prepare(single, lattice).tile, sync.prepare(leak, lattice).tile)

@@ -155,6 +155,11 @@ class PreparedLeak:
         Keep each prepared lattice candidate for later keys (about 18 MB each); False for a
         single query, which then holds one at a time.
 
+    Attributes
+    ----------
+    image : (rows, columns) float32 or float64 array
+        The leak's grey values, float32 when that is exact (see :func:`_grey_values`).
+
     Raises
     ------
     CapacityError
@@ -162,7 +167,7 @@ class PreparedLeak:
     """
 
     def __init__(self, image: np.ndarray, *, keep_lattices: bool = True):
-        image = np.asarray(image, dtype=np.float64)
+        image = _grey_values(image)
         if image.ndim != 2 or min(image.shape) < dwt.MIN_DETECT_EDGE:
             raise CapacityError(
                 f"image of {image.shape[1] if image.ndim > 1 else 0} x {image.shape[0]} px is too "
@@ -177,7 +182,7 @@ class PreparedLeak:
         for e in edges:
             work = dwt._working_grid(image, e)
             plain.append((e, dwt._folded_subbands_of(work)))
-            robust.append((e, dwt._folded_coarse_robust_of(work)))
+            robust.append((e, dwt._folded_coarse_robust_of(work)))  # overwrites work
             del work
         self.whole = plain + robust
         self._candidates = None
@@ -205,6 +210,18 @@ class PreparedLeak:
     def lattices(self) -> list:
         """Every prepared lattice candidate for the geometric search."""
         return [self.prepared(i) for i in range(len(self.candidates))]
+
+
+def _grey_values(image) -> np.ndarray:
+    """The leak as kept during detection: (rows, columns) float32 when that holds its values
+    exactly (float32, or integers of at most 16 bits: 8- and 16-bit files), else float64.
+
+    Every step reads it in float64 (a band or a crop at a time), so float32 only halves the
+    memory held: the results are those of the float64 copy.
+    """
+    image = np.asarray(image)
+    exact = image.dtype == np.float32 or (image.dtype.kind in "biu" and image.dtype.itemsize <= 2)
+    return image.astype(np.float32 if exact else np.float64, copy=False)
 
 
 def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] = (), *,

@@ -51,8 +51,10 @@ class LeakImage:
     Attributes
     ----------
     path : Path
-    gray : (rows, columns) float64 array
-        Grey values (0..255 for 8-bit and DICOM renders, 0..65535 for 16-bit files).
+    gray : (rows, columns) float32 or float64 array
+        Grey values (0..255 for 8-bit and DICOM renders, 0..65535 for 16-bit files): float32
+        for grey files of 8 or 16 bit and float32 files (it holds them exactly, in half the
+        memory), float64 for colour (luma), 32-bit integer files and DICOM.
     format : str
         ``"DICOM"`` or Pillow's format name (``"PNG"``, ``"JPEG"``, ...).
     mode : str
@@ -204,13 +206,16 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def _to_gray(im: Image.Image) -> np.ndarray:
+    """Grey values of a decoded image: float32 where exact (see :class:`LeakImage`), else float64."""
     mode = im.mode
-    if mode in ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if mode in ("L", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return np.asarray(im, dtype=np.float32)
+    if mode == "I":  # 32-bit integers: float32 would round those above 2**24
         return np.asarray(im, dtype=np.float64)
     if mode == "1":
-        return np.asarray(im.convert("L"), dtype=np.float64)
+        return np.asarray(im.convert("L"), dtype=np.float32)
     if mode in ("LA", "La"):
-        return np.asarray(im.getchannel("L"), dtype=np.float64)
+        return np.asarray(im.getchannel("L"), dtype=np.float32)
     if mode != "RGB":
         im = im.convert("RGB")
     return _luma(np.asarray(im))

@@ -259,8 +259,7 @@ def lattice_candidates(image: np.ndarray, *, max_angle: float = 15.0,
         Periods in px of ``image``, angles in degrees. A harmonic (double or half period of a
         peak) has score 0: it was not measured.
     """
-    image = np.asarray(image, dtype=np.float64)
-    spectrum, factor = _whitened_spectrum(image)
+    spectrum, factor = _whitened_spectrum(np.asarray(image))
     # search range in px of the (possibly reduced) spectrum image: a leak larger than
     # _SPECTRUM_EDGE is searched for proportionally larger periods too
     hi = min(MAX_PERIOD, min(spectrum.shape) / 1.5)
@@ -386,12 +385,14 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     zoom = TILE / lattice.period
     if zoom < 0.5:  # a very large leak: average blocks first (cheap antialiasing)
         target = (max(1, round(image.shape[0] * zoom)), max(1, round(image.shape[1] * zoom)))
-        reduced = block_reduce_to(image, target)
+        reduced = block_reduce_to(image, target, np.float64)
         zoom *= image.shape[0] / reduced.shape[0]
         image = reduced
     matrix, out_shape = _working_geometry(image.shape, lattice, zoom)
     if zoom < 1.0:
-        image = ndimage.gaussian_filter(image, 0.5 / zoom)
+        image = ndimage.gaussian_filter(image, 0.5 / zoom, output=np.float64)
+    else:
+        image = np.asarray(image, dtype=np.float64)
     return _gather(_resample_chunks(image, matrix, out_shape), out_shape)
 
 
@@ -740,9 +741,10 @@ def prepare(image: np.ndarray, lattice: Lattice) -> PreparedLattice:
     """Resample, whiten and fold a leak for one lattice; transform every flip and phase.
 
     Everything here is independent of the key, so one preparation serves any number of keys
-    (the false-positive benchmark tests thousands of keys on each control leak).
+    (the false-positive benchmark tests thousands of keys on each control leak). ``image``
+    (rows, columns) may be of any real dtype: the work is done in float64 on the parts read.
     """
-    image = np.asarray(image, dtype=np.float64)
+    image = np.asarray(image)
     if lattice.period < TILE:  # the working grid is larger than the leak: whiten, then resample
         tile = _whiten_resample_folded(image, lattice)
     else:
