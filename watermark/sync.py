@@ -529,9 +529,11 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
     The same filters, mask and floor as :func:`_whiten` (equal within rounding, about 1e-12
     relative at most), with far less memory: every filter is local, so each strip of
     :data:`_STRIP` rows is filtered with the few rows around it that its boxes reach, and
-    only ``work`` (NaN filled, then the band-pass, then the result), the local RMS and the
-    mask are image-sized. The floor needs the median of the local RMS over the whole film, so
-    the division comes last.
+    only ``work`` (NaN filled, then the band-pass, then the result) and the mask are
+    image-sized. The floor needs the median of the local RMS over the whole film: the RMS of
+    the film's pixels is gathered for it (not kept per pixel), and computed again, strip by
+    strip, for the division, from the same band values (each strip keeps the rows of band it
+    computed beyond its own, which differ from its neighbours' in the last bits).
     """
     flat, edge, band_box, rms_box = filters
     n = work.shape[0]
@@ -551,34 +553,52 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
     # next strip has read them (strips are longer than the rows a strip reads above itself)
     halo = band_box // 2 + rms_box // 2
     assert halo < _STRIP // 2
-    local = np.empty_like(work)
-    pending = None  # (a, b, band) of the previous strip, not yet written
-    for a, b, lo, hi in _strips(n, halo):
+    strips = list(_strips(n, halo))
+    film_rms = np.empty(int(np.count_nonzero(valid)))
+    filled = 0
+    margins = []  # per strip, its band's rows above and below its own
+    pending = None  # (a, b, rows) of the previous strip, not yet written
+    for a, b, lo, hi in strips:
         block = work[lo:hi]
         band = block - _box_mean(block, band_box)
         if pending is not None:
             work[pending[0]:pending[1]] = pending[2]
-        blo, bhi = max(0, a - rms_box // 2), min(n, b + rms_box // 2)
-        band = band[blo - lo:bhi - lo]
-        rms = _box_mean(band * band, rms_box)[a - blo:b - blo]
-        np.maximum(rms, 0.0, out=rms)
-        np.sqrt(rms, out=rms)
-        local[a:b] = rms
+        blo = max(0, a - rms_box // 2)
+        band = band[blo - lo:min(n, b + rms_box // 2) - lo]
+        rms = _local_rms(band, a - blo, b - blo, rms_box)[valid[a:b]]
+        film_rms[filled:filled + rms.size] = rms
+        filled += rms.size
+        margins.append((band[:a - blo].copy(), band[b - blo:].copy()))
         pending = (a, b, band[a - blo:b - blo])
         del band, rms
     if pending is not None:
         work[pending[0]:pending[1]] = pending[2]
-    del pending
-    floor = (max(float(np.median(local[valid], overwrite_input=True)) * 0.05, 1e-9)
-             if valid.any() else 1.0)
-    for a in range(0, n, _STRIP):
-        b = min(n, a + _STRIP)
-        white = work[a:b]
-        rms = np.maximum(local[a:b], floor, out=local[a:b])
-        np.divide(white, rms, out=white)
+    floor = max(float(np.median(film_rms, overwrite_input=True)) * 0.05, 1e-9) if filled else 1.0
+    del film_rms
+    # divide by the local RMS, computed again from the band as above; each strip's result
+    # overwrites its rows once the next strip has read them
+    pending = None
+    for (a, b, _, _), (above, below) in zip(strips, margins):
+        rms = _local_rms(np.concatenate([above, work[a:b], below]), len(above), len(above) + b - a,
+                         rms_box)
+        if pending is not None:
+            work[pending[0]:pending[1]] = pending[2]
+        white = np.maximum(rms, floor, out=rms)
+        np.divide(work[a:b], white, out=white)
         np.clip(white, -2.0, 2.0, out=white)
         white[~valid[a:b]] = 0.0
+        pending = (a, b, white)
+    if pending is not None:
+        work[pending[0]:pending[1]] = pending[2]
     return work
+
+
+def _local_rms(band: np.ndarray, a: int, b: int, size: int) -> np.ndarray:
+    """Rows ``a:b`` of the local RMS of ``band`` (rows, columns) float64 over ``size x size``
+    boxes: (b - a, columns) float64."""
+    rms = _box_mean(band * band, size)[a:b]
+    np.maximum(rms, 0.0, out=rms)
+    return np.sqrt(rms, out=rms)
 
 
 def _whiten_folded(work: np.ndarray) -> np.ndarray:
