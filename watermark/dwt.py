@@ -475,6 +475,7 @@ def _marked_details(work: np.ndarray) -> dict[int, tuple]:
         approx, bands = pywt.dwt2(approx, WAVELET, mode=MODE)
         if level in LEVELS:
             details[level] = bands
+        del bands
     return details
 
 
@@ -588,10 +589,8 @@ def folded_coarse_robust(image: np.ndarray, *, long_edge: int) -> dict[int, np.n
 def _folded_coarse_robust_of(work: np.ndarray) -> dict[int, np.ndarray]:
     """:func:`folded_coarse_robust` of a leak already on its working grid (``_working_grid``;
     ``work`` (rows, columns) float64 is overwritten)."""
-    shape = work.shape
     work -= work.mean()
     spectrum = scipy.fft.rfft2(work)
-    del work
     power = np.square(spectrum.real)
     power += np.square(spectrum.imag)
     # smoothed over frequencies: cyclic along rows; the half plane mirrors at its edges
@@ -600,8 +599,9 @@ def _folded_coarse_robust_of(work: np.ndarray) -> dict[int, np.ndarray]:
     power += 1e-12
     spectrum /= np.power(power, 0.25, out=power)
     del power
-    details = _marked_details(scipy.fft.irfft2(spectrum, s=shape, overwrite_x=True))
+    work[...] = scipy.fft.irfft2(spectrum, s=work.shape, overwrite_x=True)
     del spectrum
+    details = _marked_details(work)
     out = {}
     for level in LEVELS:
         t = TILE >> level
