@@ -235,3 +235,16 @@ def test_float32_leak_gives_the_lattices_and_tiles_of_its_float64_copy(films):
     assert found == sync.lattice_candidates(np.asarray(leak, dtype=np.float64))
     for lattice in found[:2]:
         assert np.array_equal(sync.prepare(single, lattice).tile, sync.prepare(leak, lattice).tile)
+
+
+def test_blurred_rows_resample_as_the_whole_blurred_leak():
+    """A lattice over 128 px without rotation is resampled from a blur made band by band as
+    the grid reads the leak: bit for bit the grid of the whole blurred leak."""
+    from scipy import ndimage
+
+    leak = np.random.default_rng(9).integers(0, 256, (700, 1100)).astype(np.float32)
+    lattice = sync.Lattice(227.3, 0.0, 0.0)
+    zoom = sync.TILE / lattice.period
+    matrix, shape = sync._working_geometry(leak.shape, lattice, zoom)
+    whole = sync._scale_bilinear(ndimage.gaussian_filter(leak.astype(np.float64), 0.5 / zoom), matrix, shape)
+    assert np.array_equal(sync._to_working(leak, lattice), whole, equal_nan=True)

@@ -380,7 +380,9 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     """Resample and rotate so that the lattice period becomes TILE px and the angle 0.
 
     Pixels that fall outside the leak are NaN. At most the central ``_MAX_WORK`` px a side are
-    kept (enough tiles for any leak the mark survives in; bounds time and memory).
+    kept (enough tiles for any leak the mark survives in; bounds time and memory). ``image``
+    (rows, columns) any real dtype; returns the working grid, float64. Without rotation, the
+    antialiasing blur is made band by band as the grid reads the leak (:class:`_BlurredRows`).
     """
     zoom = TILE / lattice.period
     if zoom < 0.5:  # a very large leak: average blocks first (cheap antialiasing)
@@ -389,11 +391,46 @@ def _to_working(image: np.ndarray, lattice: Lattice) -> np.ndarray:
         zoom *= image.shape[0] / reduced.shape[0]
         image = reduced
     matrix, out_shape = _working_geometry(image.shape, lattice, zoom)
-    if zoom < 1.0:
+    if zoom < 1.0 and matrix[0, 1] == 0 and matrix[1, 0] == 0:
+        image = _BlurredRows(image, 0.5 / zoom)
+    elif zoom < 1.0:
         image = ndimage.gaussian_filter(image, 0.5 / zoom, output=np.float64)
     else:
         image = np.asarray(image, dtype=np.float64)
     return _gather(_resample_chunks(image, matrix, out_shape), out_shape)
+
+
+class _BlurredRows:
+    """``ndimage.gaussian_filter(image, sigma)`` in float64, as :func:`_scale_bilinear_chunks`
+    reads it (``shape``, ``min()``, ``max()`` and rows by sorted indices), never held whole.
+
+    Each read blurs only the rows asked for, with the filter's reach of rows around them: the
+    same numbers as the whole blurred image. The range (for the clip) takes one pass first.
+    """
+
+    def __init__(self, image: np.ndarray, sigma: float):
+        self.image, self.sigma, self.shape = image, sigma, image.shape
+        self.reach = int(4.0 * sigma + 0.5)  # gaussian_filter's radius (truncate=4)
+        lo, hi = np.inf, -np.inf
+        for a in range(0, self.shape[0], _STRIP):
+            band = self._rows(a, min(self.shape[0], a + _STRIP))
+            lo, hi = min(lo, band.min()), max(hi, band.max())
+        self._range = (lo, hi)
+
+    def _rows(self, a: int, b: int) -> np.ndarray:
+        lo, hi = max(0, a - self.reach), min(self.shape[0], b + self.reach)
+        return ndimage.gaussian_filter(self.image[lo:hi], self.sigma, output=np.float64)[a - lo:b - lo]
+
+    def min(self) -> float:
+        return self._range[0]
+
+    def max(self) -> float:
+        return self._range[1]
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.empty((0, self.shape[1]))
+        return self._rows(int(rows[0]), int(rows[-1]) + 1)[rows - rows[0]]
 
 
 def _gather(chunks, shape: tuple[int, int]) -> np.ndarray:
