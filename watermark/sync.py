@@ -580,7 +580,8 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
     # local standard deviation above 0.5
     for a, b, lo, hi in _strips(n, flat // 2):
         block = work[lo:hi]
-        var = _box_mean(block * block, flat)
+        var = np.square(block)
+        var = _box_mean(var, flat, out=var)
         mean = _box_mean(block, flat)
         var -= np.square(mean, out=mean)
         valid[a:b] &= var[a - lo:b - lo] > 0.25
@@ -597,7 +598,8 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
     pending = None  # (a, b, rows) of the previous strip, not yet written
     for a, b, lo, hi in strips:
         block = work[lo:hi]
-        band = block - _box_mean(block, band_box)
+        band = _box_mean(block, band_box)
+        np.subtract(block, band, out=band)
         if pending is not None:
             work[pending[0]:pending[1]] = pending[2]
         blo = max(0, a - rms_box // 2)
@@ -633,7 +635,8 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
 def _local_rms(band: np.ndarray, a: int, b: int, size: int) -> np.ndarray:
     """Rows ``a:b`` of the local RMS of ``band`` (rows, columns) float64 over ``size x size``
     boxes: (b - a, columns) float64."""
-    rms = _box_mean(band * band, size)[a:b]
+    rms = np.square(band)
+    rms = _box_mean(rms, size, out=rms)[a:b]
     np.maximum(rms, 0.0, out=rms)
     return np.sqrt(rms, out=rms)
 
@@ -697,10 +700,12 @@ def _strips(n: int, halo: int):
         yield a, b, max(0, a - halo), min(n, b + halo)
 
 
-def _box_mean(image: np.ndarray, size: int, mode: str = "reflect") -> np.ndarray:
+def _box_mean(image: np.ndarray, size: int, mode: str = "reflect",
+              out: np.ndarray | None = None) -> np.ndarray:
     """Mean over ``size x size`` boxes: ``scipy.ndimage.uniform_filter(image, size, mode=mode)``
     for ``mode`` "reflect" or "wrap" (float64, equal to it within rounding, about 1e-14
-    relative).
+    relative), written into ``out`` if given (a float64 array of the image's shape, which may
+    be ``image`` itself: it is read whole before ``out`` is written).
 
     SciPy filters along columns far more slowly than along rows (it gathers each column
     into a buffer); here the column pass is a running sum over whole rows instead.
@@ -709,7 +714,7 @@ def _box_mean(image: np.ndarray, size: int, mode: str = "reflect") -> np.ndarray
     rows = ndimage.uniform_filter1d(np.asarray(image, dtype=np.float64), size, axis=1, mode=mode)
     n = rows.shape[0]
     if n < size:  # too few rows to extend by one reflection: leave it to SciPy
-        return ndimage.uniform_filter1d(rows, size, axis=0, mode=mode)
+        return ndimage.uniform_filter1d(rows, size, axis=0, mode=mode, output=out)
     if mode not in ("reflect", "wrap"):
         raise ValueError(f"mode must be 'reflect' or 'wrap', got {mode!r}")
 
@@ -720,7 +725,7 @@ def _box_mean(image: np.ndarray, size: int, mode: str = "reflect") -> np.ndarray
             return rows[i % n]
         return rows[-i - 1] if i < 0 else rows[2 * n - i - 1]  # d c b a | a b c d | d c b a
 
-    out = np.empty_like(rows)
+    out = np.empty_like(rows) if out is None else out
     acc = np.zeros(rows.shape[1:])
     for i in range(-r, r + 1):
         acc += row(i)
