@@ -445,11 +445,13 @@ def _resample_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int
     """The working grid ``matrix`` maps onto ``image``, bilinear, NaN beyond the image, as
     ``(first row, rows)`` blocks of ``_WARP_CHUNK`` rows: scikit-image's ``warp(order=1,
     mode="constant", cval=NaN, preserve_range=True)`` (:func:`_scale_bilinear` without
-    rotation), one block at a time so that the whole grid need not be held.
+    rotation), one block at a time so that the whole grid need not be held. Computed in
+    float64 whatever the image's dtype (scikit-image would warp float32 in float32).
     """
     if matrix[0, 1] == 0 and matrix[1, 0] == 0:  # no rotation
         yield from _scale_bilinear_chunks(image, matrix, out_shape)
         return
+    image = np.asarray(image, dtype=np.float64)
     for a in range(0, out_shape[0], _WARP_CHUNK):
         b = min(out_shape[0], a + _WARP_CHUNK)
         shifted = matrix @ AffineTransform(translation=(0, a)).params
@@ -561,16 +563,19 @@ _STRIP = 128  # rows per strip in _whiten_strips
 
 def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTERS) -> np.ndarray:
     """``_whiten(work, filters)``, computed strip by strip in ``work`` (overwritten, and
-    returned): (rows, columns) float64.
+    returned): (rows, columns) float64 or float32.
 
     The same filters, mask and floor as :func:`_whiten` (equal within rounding, about 1e-12
-    relative at most), with far less memory: every filter is local, so each strip of
+    relative at most for float64 ``work``; a float32 ``work`` stores the band and the result
+    rounded to float32, about 1e-7 relative, computing each strip in float64), with far less
+    memory: every filter is local, so each strip of
     :data:`_STRIP` rows is filtered with the few rows around it that its boxes reach, and
     only ``work`` (NaN filled, then the band-pass, then the result) and the mask are
     image-sized. The floor needs the median of the local RMS over the whole film: the RMS of
     the film's pixels is gathered for it (not kept per pixel), and computed again, strip by
     strip, for the division, from the same band values (each strip keeps the rows of band it
-    computed beyond its own, which differ from its neighbours' in the last bits).
+    computed beyond its own, which differ from its neighbours' in the last bits). The median
+    is taken of their float32 roundings (the floor within 1e-7 relative, at half the memory).
     """
     flat, edge, band_box, rms_box = filters
     n = work.shape[0]
@@ -579,7 +584,7 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
         np.copyto(work, np.nanmean(work) if valid.any() else 0.0, where=~valid)
     # local standard deviation above 0.5
     for a, b, lo, hi in _strips(n, flat // 2):
-        block = work[lo:hi]
+        block = np.asarray(work[lo:hi], dtype=np.float64)
         var = np.square(block)
         var = _box_mean(var, flat, out=var)
         mean = _box_mean(block, flat)
@@ -592,12 +597,12 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
     halo = band_box // 2 + rms_box // 2
     assert halo < _STRIP // 2
     strips = list(_strips(n, halo))
-    film_rms = np.empty(int(np.count_nonzero(valid)))
+    film_rms = np.empty(int(np.count_nonzero(valid)), dtype=np.float32)  # for the median only
     filled = 0
     margins = []  # per strip, its band's rows above and below its own
     pending = None  # (a, b, rows) of the previous strip, not yet written
     for a, b, lo, hi in strips:
-        block = work[lo:hi]
+        block = np.asarray(work[lo:hi], dtype=np.float64)
         band = _box_mean(block, band_box)
         np.subtract(block, band, out=band)
         if pending is not None:
@@ -680,7 +685,7 @@ def _whiten_resample_folded(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     r0, r1 = (int(np.floor(corners[1].min())) - margin, int(np.ceil(corners[1].max())) + margin + 1)
     r0, c0 = max(0, r0), max(0, c0)
     r1, c1 = min(image.shape[0], r1), min(image.shape[1], c1)
-    white = _whiten_strips(np.array(image[r0:r1, c0:c1], dtype=np.float64), filters)
+    white = _whiten_strips(np.array(image[r0:r1, c0:c1], dtype=np.float32), filters)
     matrix = AffineTransform(translation=(-c0, -r0)).params @ matrix
     tile = np.zeros((TILE, TILE))
     for _, rows in _resample_chunks(white, matrix, out_shape):
