@@ -584,8 +584,8 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
         np.copyto(work, np.nanmean(work) if valid.any() else 0.0, where=~valid)
     # local standard deviation above 0.5
     for a, b, lo, hi in _strips(n, flat // 2):
-        block = np.asarray(work[lo:hi], dtype=np.float64)
-        var = np.square(block)
+        block = work[lo:hi]
+        var = np.square(block, dtype=np.float64)
         var = _box_mean(var, flat, out=var)
         mean = _box_mean(block, flat)
         var -= np.square(mean, out=mean)
@@ -602,7 +602,7 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
     margins = []  # per strip, its band's rows above and below its own
     pending = None  # (a, b, rows) of the previous strip, not yet written
     for a, b, lo, hi in strips:
-        block = np.asarray(work[lo:hi], dtype=np.float64)
+        block = work[lo:hi]
         band = _box_mean(block, band_box)
         np.subtract(block, band, out=band)
         if pending is not None:
@@ -716,7 +716,7 @@ def _box_mean(image: np.ndarray, size: int, mode: str = "reflect",
     into a buffer); here the column pass is a running sum over whole rows instead.
     """
     r = size // 2
-    rows = ndimage.uniform_filter1d(np.asarray(image, dtype=np.float64), size, axis=1, mode=mode)
+    rows = ndimage.uniform_filter1d(image, size, axis=1, mode=mode, output=np.float64)
     n = rows.shape[0]
     if n < size:  # too few rows to extend by one reflection: leave it to SciPy
         return ndimage.uniform_filter1d(rows, size, axis=0, mode=mode, output=out)
