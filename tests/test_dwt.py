@@ -104,11 +104,14 @@ def test_float32_mark_is_the_float64_mark(film_png):
 
 
 @pytest.mark.parametrize("source", [(1080, 1920), (1955, 1841), (720, 1280), (324, 324)])
-def test_working_grid_of_a_float32_leak_is_that_of_its_float64_copy(source):
-    """The grid is resampled band by band from the leak's own dtype: a float32 leak (exact grey
-    values) gives bit for bit the grid of its float64 copy, and never an alias of the leak."""
-    leak = np.random.default_rng(4).integers(0, 256, source).astype(np.float32)
+def test_working_grid_of_an_8bit_leak_is_that_of_its_float64_copy(source):
+    """The grid is resampled band by band from the leak's own dtype: a uint8 or float32 leak
+    (exact grey values) gives bit for bit the grid of its float64 copy, and never an alias of
+    the leak."""
+    leak = np.random.default_rng(4).integers(0, 256, source).astype(np.uint8)
     for edge in dwt.WORKING_EDGES:
-        assert np.array_equal(dwt._working_grid(leak, edge), dwt._working_grid(leak.astype(np.float64), edge))
+        double = dwt._working_grid(leak.astype(np.float64), edge)
+        assert np.array_equal(dwt._working_grid(leak, edge), double)
+        assert np.array_equal(dwt._working_grid(leak.astype(np.float32), edge), double)
     square = leak[:256, :256].astype(np.float64)
     assert not np.shares_memory(dwt._working_grid(square, 256), square)

@@ -129,16 +129,18 @@ def test_too_small_leak_error_names_the_file(marked_fuji, tmp_path):
         _traced(folder, tmp_path / "tiny.png")
 
 
-def test_grey_files_are_read_exactly_in_float32(tmp_path):
-    """8- and 16-bit grey files come back as float32 (every value exact, half the memory of
-    float64); colour as float64 luma."""
+def test_grey_files_are_read_in_their_own_integers(tmp_path):
+    """8- and 16-bit grey files come back as their own uint8 / uint16 values (1 or 2 bytes a
+    pixel, native byte order), grey with alpha as its grey channel; colour as float64 luma."""
     rng = np.random.default_rng(2)
     grey8 = rng.integers(0, 256, (60, 80), dtype=np.uint8)
     grey16 = rng.integers(0, 65536, (60, 80), dtype=np.uint16)
     Image.fromarray(grey8).save(tmp_path / "g8.png")
     Image.fromarray(grey16).save(tmp_path / "g16.png")
-    for name, values in (("g8.png", grey8), ("g16.png", grey16)):
+    Image.fromarray(np.stack([grey8, grey8[::-1]], axis=-1), mode="LA").save(tmp_path / "la.png")
+    for name, values in (("g8.png", grey8), ("g16.png", grey16), ("la.png", grey8)):
         gray = read_leak(tmp_path / name).gray
-        assert gray.dtype == np.float32 and np.array_equal(gray, values)
+        assert gray.dtype == values.dtype and gray.dtype.isnative and np.array_equal(gray, values)
+        assert gray.flags.writeable
     Image.fromarray(np.stack([grey8] * 3, axis=-1)).save(tmp_path / "c.png")
     assert read_leak(tmp_path / "c.png").gray.dtype == np.float64

@@ -213,7 +213,7 @@ def test_scale_bilinear_is_skimages_warp():
 
 def test_blur_zoom_is_ndimages_blur_then_zoom():
     """The banded blur and order-1 zoom of the spectrum image are ndimage's, bit for bit, from
-    float64 or float32 grey values."""
+    float64, float32 or uint8 grey values."""
     from scipy import ndimage
 
     rng = np.random.default_rng(8)
@@ -222,14 +222,17 @@ def test_blur_zoom_is_ndimages_blur_then_zoom():
         zoom = 1024 / max(shape)
         expected = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 / zoom), zoom, order=1)
         assert np.array_equal(sync._blur_zoom(image, 0.5 / zoom, zoom), expected)
-        assert np.array_equal(sync._blur_zoom(image.astype(np.float32), 0.5 / zoom, zoom), expected)
+        for dtype in (np.float32, np.uint8):
+            assert np.array_equal(sync._blur_zoom(image.astype(dtype), 0.5 / zoom, zoom), expected)
 
 
-def test_float32_leak_gives_the_lattices_and_tiles_of_its_float64_copy(films):
-    """Detection keeps an 8-bit leak in float32 and reads it in float64: the lattice candidates
-    and prepared tiles are those of the float64 copy, bit for bit."""
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_8bit_leak_gives_the_lattices_and_tiles_of_its_float64_copy(films, dtype):
+    """Detection keeps an 8-bit leak in its own bytes (or a float32 one as it is) and reads it
+    in float64: the lattice candidates and prepared tiles are those of the float64 copy, bit
+    for bit."""
     leak = leaks.screenshot(films[0][1], np.random.default_rng(0))  # 1920 x 1080, 8-bit
-    single = np.asarray(leak, dtype=np.float32)
+    single = np.asarray(leak, dtype=dtype)
     assert np.array_equal(single, leak)
     found = sync.lattice_candidates(single)
     assert found == sync.lattice_candidates(np.asarray(leak, dtype=np.float64))

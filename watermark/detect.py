@@ -157,8 +157,9 @@ class PreparedLeak:
 
     Attributes
     ----------
-    image : (rows, columns) float32 or float64 array
-        The leak's grey values, float32 when that is exact (see :func:`_grey_values`).
+    image : (rows, columns) array
+        The leak's grey values: 8- or 16-bit integers, float32 or float64 (see
+        :func:`_grey_values`).
 
     Raises
     ------
@@ -213,15 +214,16 @@ class PreparedLeak:
 
 
 def _grey_values(image) -> np.ndarray:
-    """The leak as kept during detection: (rows, columns) float32 when that holds its values
-    exactly (float32, or integers of at most 16 bits: 8- and 16-bit files), else float64.
+    """The leak as kept during detection (rows, columns): integers of at most 16 bits (8- and
+    16-bit files) as they are, float32 as it is, any other dtype in float64.
 
-    Every step reads it in float64 (a band or a crop at a time), so float32 only halves the
-    memory held: the results are those of the float64 copy.
+    Every step reads it in float64 (a band or a crop at a time), so an 8-bit leak is held in
+    one byte a pixel and its results are those of its float64 copy.
     """
     image = np.asarray(image)
-    exact = image.dtype == np.float32 or (image.dtype.kind in "biu" and image.dtype.itemsize <= 2)
-    return image.astype(np.float32 if exact else np.float64, copy=False)
+    if (image.dtype.kind in "iu" and image.dtype.itemsize <= 2) or image.dtype == np.float32:
+        return image
+    return image.astype(np.float32 if image.dtype == np.bool_ else np.float64, copy=False)
 
 
 def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] = (), *,

@@ -34,7 +34,7 @@ from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
 __all__ = ["LeakImage", "read_leak", "MAX_PIXELS", "FORMATS"]
 
 #: Largest leak read, in pixels: a 10000 x 10000 leak is allowed, a larger image is refused
-#: before decoding rather than exhausting memory (detection holds several float64 copies).
+#: before decoding rather than exhausting memory (detection holds a copy of it in float64 bands and crops).
 MAX_PIXELS = 120_000_000
 
 #: The formats accepted, for messages.
@@ -51,10 +51,11 @@ class LeakImage:
     Attributes
     ----------
     path : Path
-    gray : (rows, columns) float32 or float64 array
-        Grey values (0..255 for 8-bit and DICOM renders, 0..65535 for 16-bit files): float32
-        for grey files of 8 or 16 bit and float32 files (it holds them exactly, in half the
-        memory), float64 for colour (luma), 32-bit integer files and DICOM.
+    gray : (rows, columns) uint8, uint16, float32 or float64 array
+        Grey values (0..255 for 8-bit and DICOM renders, 0..65535 for 16-bit files): a grey
+        file's own values (uint8 or uint16 for 8- or 16-bit files, float32 for float files),
+        float64 for colour (luma), 32-bit integer files and DICOM. Do arithmetic on it in a
+        float type (``np.asarray(gray, dtype=np.float64)``).
     format : str
         ``"DICOM"`` or Pillow's format name (``"PNG"``, ``"JPEG"``, ...).
     mode : str
@@ -206,16 +207,18 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def _to_gray(im: Image.Image) -> np.ndarray:
-    """Grey values of a decoded image: float32 where exact (see :class:`LeakImage`), else float64."""
+    """Grey values of a decoded image: a grey file's own values (uint8, uint16 or float32, see
+    :class:`LeakImage`), else float64."""
     mode = im.mode
     if mode in ("L", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return np.asarray(im, dtype=np.float32)
-    if mode == "I":  # 32-bit integers: float32 would round those above 2**24
+        values = np.array(im)
+        return values.astype(values.dtype.newbyteorder("="), copy=False)
+    if mode == "I":  # 32-bit integers
         return np.asarray(im, dtype=np.float64)
     if mode == "1":
-        return np.asarray(im.convert("L"), dtype=np.float32)
+        return np.array(im.convert("L"))
     if mode in ("LA", "La"):
-        return np.asarray(im.getchannel("L"), dtype=np.float32)
+        return np.array(im.getchannel("L"))
     if mode != "RGB":
         im = im.convert("RGB")
     return _luma(np.asarray(im))
