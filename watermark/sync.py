@@ -443,10 +443,11 @@ def _gather(chunks, shape: tuple[int, int]) -> np.ndarray:
 
 def _resample_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
     """The working grid ``matrix`` maps onto ``image``, bilinear, NaN beyond the image, as
-    ``(first row, rows)`` blocks of ``_WARP_CHUNK`` rows: scikit-image's ``warp(order=1,
-    mode="constant", cval=NaN, preserve_range=True)`` (:func:`_scale_bilinear` without
-    rotation), one block at a time so that the whole grid need not be held. Computed in
-    float64 whatever the image's dtype (scikit-image would warp float32 in float32).
+    ``(first row, rows)`` float64 blocks (``_SCALE_CHUNK`` rows without rotation,
+    ``_WARP_CHUNK`` with; none crosses a multiple of TILE rows): scikit-image's
+    ``warp(order=1, mode="constant", cval=NaN, preserve_range=True)`` (:func:`_scale_bilinear`
+    without rotation), one block at a time so that the whole grid need not be held. Computed
+    in float64 whatever the image's dtype (scikit-image would warp float32 in float32).
     """
     if matrix[0, 1] == 0 and matrix[1, 0] == 0:  # no rotation
         yield from _scale_bilinear_chunks(image, matrix, out_shape)
@@ -459,7 +460,8 @@ def _resample_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int
                       order=1, mode="constant", cval=np.nan, preserve_range=True)
 
 
-_WARP_CHUNK = TILE  # output rows per block: each block folds onto the whole tile
+_WARP_CHUNK = TILE  # output rows per warped block (rotation): each folds onto the whole tile
+_SCALE_CHUNK = TILE // 2  # output rows per block of _scale_bilinear_chunks: half the tile
 
 
 def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
@@ -477,7 +479,8 @@ def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int,
 
 
 def _scale_bilinear_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
-    """:func:`_scale_bilinear` as ``(first row, rows)`` blocks of ``_WARP_CHUNK`` rows."""
+    """:func:`_scale_bilinear` as ``(first row, rows)`` blocks of ``_SCALE_CHUNK`` rows (each
+    block reads about ``_SCALE_CHUNK / zoom`` rows of the leak, held in float64 while it is made)."""
     rows, cols = image.shape
     out_r, out_c = out_shape
     c = matrix[0, 0] * np.arange(out_c, dtype=np.float64) + matrix[0, 2]
@@ -490,8 +493,8 @@ def _scale_bilinear_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tup
     col0 = (np.clip(min_c, -1, cols) + 1).astype(np.intp)
     col1 = (np.clip(max_c, -1, cols) + 1).astype(np.intp)
     lo, hi = image.min(), image.max()
-    for a in range(0, out_r, _WARP_CHUNK):
-        b = min(out_r, a + _WARP_CHUNK)
+    for a in range(0, out_r, _SCALE_CHUNK):
+        b = min(out_r, a + _SCALE_CHUNK)
         row0 = np.clip(min_r[a:b], -1, rows).astype(np.intp)
         row1 = np.clip(max_r[a:b], -1, rows).astype(np.intp)
         read = np.unique(np.concatenate([row0, row1]))  # leak rows read by this block
@@ -652,15 +655,17 @@ def _whiten_folded(work: np.ndarray) -> np.ndarray:
     tile = np.zeros((TILE, TILE))
     white = _whiten_strips(work)
     for a in range(0, white.shape[0], TILE):
-        _fold_add(tile, white[a:a + TILE])
+        _fold_add(tile, a, white[a:a + TILE])
     return tile
 
 
-def _fold_add(tile: np.ndarray, rows: np.ndarray) -> None:
-    """Add rows that start on a multiple of TILE (at most TILE of them) into the folded tile."""
+def _fold_add(tile: np.ndarray, first: int, rows: np.ndarray) -> None:
+    """Add rows of the working grid, from row ``first`` on, into the folded (TILE, TILE) tile;
+    they must not wrap (``first % TILE + len(rows) <= TILE``)."""
+    t = first % TILE
     for c in range(0, rows.shape[1], TILE):
         part = rows[:, c:c + TILE]
-        tile[:part.shape[0], :part.shape[1]] += part
+        tile[t:t + part.shape[0], :part.shape[1]] += part
 
 
 def _whiten_resample_folded(image: np.ndarray, lattice: Lattice) -> np.ndarray:
@@ -688,9 +693,9 @@ def _whiten_resample_folded(image: np.ndarray, lattice: Lattice) -> np.ndarray:
     white = _whiten_strips(np.array(image[r0:r1, c0:c1], dtype=np.float32), filters)
     matrix = AffineTransform(translation=(-c0, -r0)).params @ matrix
     tile = np.zeros((TILE, TILE))
-    for _, rows in _resample_chunks(white, matrix, out_shape):
+    for a, rows in _resample_chunks(white, matrix, out_shape):
         np.nan_to_num(rows, copy=False, nan=0.0)
-        _fold_add(tile, rows)
+        _fold_add(tile, a, rows)
     return tile
 
 
