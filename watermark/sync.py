@@ -595,48 +595,47 @@ def _whiten_strips(work: np.ndarray, filters: tuple[int, int, int, int] = _FILTE
         valid[a:b] &= var[a - lo:b - lo] > 0.25
         del var, mean
     valid = _erode(valid, edge)
-    # band-pass and its local RMS: each strip's band overwrites its rows of `work` once the
-    # next strip has read them (strips are longer than the rows a strip reads above itself)
+    # band-pass and its local RMS: each strip's band overwrites its rows of `work` at once; the
+    # rows the next strip reads above itself are kept as they were and put back while it reads
+    # them (strips are longer than those rows)
     halo = band_box // 2 + rms_box // 2
     assert halo < _STRIP // 2
     strips = list(_strips(n, halo))
     film_rms = np.empty(int(np.count_nonzero(valid)), dtype=np.float32)  # for the median only
     filled = 0
     margins = []  # per strip, its band's rows above and below its own
-    pending = None  # (a, b, rows) of the previous strip, not yet written
+    above = None  # rows lo:a of the current strip as they were before they held band
     for a, b, lo, hi in strips:
+        if above is not None:
+            held = work[lo:a].copy()
+            work[lo:a] = above
         block = work[lo:hi]
         band = _box_mean(block, band_box)
         np.subtract(block, band, out=band)
-        if pending is not None:
-            work[pending[0]:pending[1]] = pending[2]
+        if above is not None:
+            work[lo:a] = held
+        above = work[b - halo:b].copy()
         blo = max(0, a - rms_box // 2)
         band = band[blo - lo:min(n, b + rms_box // 2) - lo]
         rms = _local_rms(band, a - blo, b - blo, rms_box)[valid[a:b]]
         film_rms[filled:filled + rms.size] = rms
         filled += rms.size
         margins.append((band[:a - blo].copy(), band[b - blo:].copy()))
-        pending = (a, b, band[a - blo:b - blo])
+        work[a:b] = band[a - blo:b - blo]
         del band, rms
-    if pending is not None:
-        work[pending[0]:pending[1]] = pending[2]
     floor = max(float(np.median(film_rms, overwrite_input=True)) * 0.05, 1e-9) if filled else 1.0
     del film_rms
-    # divide by the local RMS, computed again from the band as above; each strip's result
-    # overwrites its rows once the next strip has read them
-    pending = None
-    for (a, b, _, _), (above, below) in zip(strips, margins):
-        rms = _local_rms(np.concatenate([above, work[a:b], below]), len(above), len(above) + b - a,
+    # divide by the local RMS, computed again from the band as above (from the strip's own
+    # rows of `work` and its margins: a strip's result can overwrite its rows at once)
+    for (a, b, _, _), (top, bottom) in zip(strips, margins):
+        rms = _local_rms(np.concatenate([top, work[a:b], bottom]), len(top), len(top) + b - a,
                          rms_box)
-        if pending is not None:
-            work[pending[0]:pending[1]] = pending[2]
         white = np.maximum(rms, floor, out=rms)
         np.divide(work[a:b], white, out=white)
         np.clip(white, -2.0, 2.0, out=white)
         white[~valid[a:b]] = 0.0
-        pending = (a, b, white)
-    if pending is not None:
-        work[pending[0]:pending[1]] = pending[2]
+        work[a:b] = white
+        del rms, white
     return work
 
 
