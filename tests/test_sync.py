@@ -95,13 +95,15 @@ def test_box_mean_is_scipys_uniform_filter():
     from scipy import ndimage
 
     rng = np.random.default_rng(3)
-    for shape in [(40, 33), (15, 20), (300, 7)]:
+    for shape in [(40, 33), (15, 20), (17, 20), (300, 7)]:
         image = rng.random(shape) * 255
         for size in (7, 9, 13, 15, 17):
             for mode in ("reflect", "wrap"):
-                np.testing.assert_allclose(sync._box_mean(image, size, mode),
-                                           ndimage.uniform_filter(image, size, mode=mode),
+                mean = sync._box_mean(image, size, mode)
+                np.testing.assert_allclose(mean, ndimage.uniform_filter(image, size, mode=mode),
                                            rtol=0, atol=1e-9)
+                in_place = image.copy()  # written into its own input: the same numbers
+                assert np.array_equal(sync._box_mean(in_place, size, mode, out=in_place), mean)
 
 
 def test_erode_is_scipys_binary_erosion():

@@ -714,37 +714,52 @@ def _box_mean(image: np.ndarray, size: int, mode: str = "reflect",
     """Mean over ``size x size`` boxes: ``scipy.ndimage.uniform_filter(image, size, mode=mode)``
     for ``mode`` "reflect" or "wrap" (float64, equal to it within rounding, about 1e-14
     relative), written into ``out`` if given (a float64 array of the image's shape, which may
-    be ``image`` itself: it is read whole before ``out`` is written).
+    be ``image`` itself).
 
     SciPy filters along columns far more slowly than along rows (it gathers each column
-    into a buffer); here the column pass is a running sum over whole rows instead.
+    into a buffer); here the column pass is a running sum over whole rows instead. Both passes
+    are made in ``out``: the row pass a block of rows at a time, the column pass keeping aside
+    only the rows it still reads once it has overwritten them (the first ``size // 2`` and a
+    ring of the last ``size // 2 + 1``), so no other image-sized array is made.
     """
     r = size // 2
-    rows = ndimage.uniform_filter1d(image, size, axis=1, mode=mode, output=np.float64)
-    n = rows.shape[0]
+    n = image.shape[0]
     if n < size:  # too few rows to extend by one reflection: leave it to SciPy
+        rows = ndimage.uniform_filter1d(image, size, axis=1, mode=mode, output=np.float64)
         return ndimage.uniform_filter1d(rows, size, axis=0, mode=mode, output=out)
     if mode not in ("reflect", "wrap"):
         raise ValueError(f"mode must be 'reflect' or 'wrap', got {mode!r}")
+    out = np.empty(image.shape) if out is None else out
+    for a in range(0, n, _ROW_BLOCK):
+        out[a:a + _ROW_BLOCK] = ndimage.uniform_filter1d(image[a:a + _ROW_BLOCK], size, axis=1,
+                                                         mode=mode, output=np.float64)
+    head = out[:r].copy()  # rows the wrap reads again at the bottom
+    ring = np.empty((r + 1,) + out.shape[1:])  # row j, once overwritten, in ring[j % (r + 1)]
+    i = 0  # rows below i still hold the row pass
 
-    def row(i: int) -> np.ndarray:  # row i of the extended image, -r <= i < n + r
-        if 0 <= i < n:
-            return rows[i]
-        if mode == "wrap":
-            return rows[i % n]
-        return rows[-i - 1] if i < 0 else rows[2 * n - i - 1]  # d c b a | a b c d | d c b a
+    def row(j: int) -> np.ndarray:  # row j of the extended row pass, -r - 1 <= j < n + r
+        if j < 0:
+            j = j + n if mode == "wrap" else -j - 1  # d c b a | a b c d | d c b a
+        elif j >= n:
+            j = j - n if mode == "wrap" else 2 * n - j - 1
+        if j >= i:
+            return out[j]
+        return head[j] if mode == "wrap" and j < i - r - 1 else ring[j % (r + 1)]
 
-    out = np.empty_like(rows) if out is None else out
-    acc = np.zeros(rows.shape[1:])
-    for i in range(-r, r + 1):
-        acc += row(i)
-    out[0] = acc
-    for i in range(1, n):
-        acc += row(i + r)
-        acc -= row(i - r - 1)
+    acc = np.zeros(out.shape[1:])
+    for j in range(-r, r + 1):
+        acc += row(j)
+    for i in range(n):
+        if i:
+            acc += row(i + r)
+            acc -= row(i - r - 1)
+        ring[i % (r + 1)] = out[i]
         out[i] = acc
     out *= 1.0 / size
     return out
+
+
+_ROW_BLOCK = 32  # rows per block of _box_mean's row pass
 
 
 def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
