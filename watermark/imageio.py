@@ -34,7 +34,8 @@ from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
 __all__ = ["LeakImage", "read_leak", "MAX_PIXELS", "FORMATS"]
 
 #: Largest leak read, in pixels: a 10000 x 10000 leak is allowed, a larger image is refused
-#: before decoding rather than exhausting memory (detection holds a copy of it in float64 bands and crops).
+#: before decoding rather than exhausting memory (detection reads it in float64 bands and
+#: crops, and trace holds a float64 copy).
 MAX_PIXELS = 120_000_000
 
 #: The formats accepted, for messages.
