@@ -253,3 +253,26 @@ def test_blurred_rows_resample_as_the_whole_blurred_leak():
     matrix, shape = sync._working_geometry(leak.shape, lattice, zoom)
     whole = sync._scale_bilinear(ndimage.gaussian_filter(leak.astype(np.float64), 0.5 / zoom), matrix, shape)
     assert np.array_equal(sync._to_working(leak, lattice), whole, equal_nan=True)
+
+
+def test_search_filters_are_the_bit_spectra_signed_by_each_codeword():
+    """The matched filters are made 16 bits at a time (no 256-bit table is kept): the product
+    of the whole table with the codewords, in the single precision of the phase spectra."""
+    table = sync._bit_spectra(KEY, np.arange(payload.N_BITS))
+    assert table.shape == (144, 15, payload.N_BITS)
+    codewords = payload.codeword_table(LEDGER, KEY).astype(np.float64)
+    filters = sync._search_filters(KEY, np.packbits(codewords < 0, axis=1).tobytes(), len(LEDGER))
+    assert filters.shape == (144, 15, len(LEDGER)) and filters.dtype == np.complex64
+    reference = table @ codewords.T
+    np.testing.assert_allclose(filters, reference, rtol=0, atol=1e-6 * np.abs(reference).max())
+    unmatched = sync._search_filters(KEY, None, 0)
+    assert np.array_equal(unmatched, table[:, :, :sync._SEARCH_BITS].astype(np.complex64))
+    # each bit's pattern: one slot per polyphase component and position, signed +-1, so its
+    # zero-frequency term sums the signs of the slots it owns
+    layout = dwt._layout(KEY)
+    for bit in (0, 77, 255):
+        n_slots = sum(int(np.sum(layout.bits[lvl][o] == bit)) for lvl in dwt.LEVELS for o in range(3))
+        assert n_slots > 0
+        signs = sum(float(np.sum(layout.signs[lvl][o][layout.bits[lvl][o] == bit]))
+                    for lvl in dwt.LEVELS for o in range(3))
+        assert table[0, :, bit].sum().real == pytest.approx(signs, abs=1e-9)

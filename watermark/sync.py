@@ -334,25 +334,50 @@ def _polyphase(bands_by_level: dict) -> np.ndarray:
     return np.concatenate(parts, axis=-3)
 
 
-@lru_cache(maxsize=8)
-def _bit_spectra(key: SiteKey) -> np.ndarray:
-    """Conjugate FFTs of each bit's signed slot pattern on the level-3 grid.
+_BITS_PER_BLOCK = 16  # bits transformed at a time in _search_filters
 
-    Returns (144 frequencies, 15 components, 256 bits) complex128 (the half plane of a real
-    16 x 16 transform), laid out for a batched matrix product over frequencies.
-    """
+
+def _bit_spectra(key: SiteKey, bits: np.ndarray) -> np.ndarray:
+    """Conjugate FFTs of the signed slot patterns of ``bits`` (indices into the 256 coded
+    bits) on the level-3 grid: (144 frequencies, 15 components, len(bits)) complex128 (the
+    half plane of a real 16 x 16 transform), laid out for a batched matrix product over
+    frequencies."""
     layout = _layout(key)
+    bits = np.asarray(bits)
     masks = {}
     for level in LEVELS:
         t = TILE >> level
-        m = np.zeros((N_BITS, 3, t, t))
-        rows, cols = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
+        m = np.zeros((len(bits), 3, t, t))
         for o in range(3):
-            m[layout.bits[level][o], o, rows, cols] = layout.signs[level][o]
+            owner = np.searchsorted(bits, layout.bits[level][o])  # bits is sorted
+            inside = (owner < len(bits)) & (bits[np.minimum(owner, len(bits) - 1)] == layout.bits[level][o])
+            m[owner[inside], o, *np.nonzero(inside)] = layout.signs[level][o][inside]
         masks[level] = m
-    spectra = np.conj(np.fft.rfft2(_polyphase(masks)))  # (256, 15, 16, 9): real input, half plane
-    n_bits, n_comp = spectra.shape[:2]
-    return np.ascontiguousarray(spectra.reshape(n_bits, n_comp, -1).transpose(2, 1, 0))
+    spectra = np.conj(np.fft.rfft2(_polyphase(masks)))  # (bits, 15, 16, 9)
+    return np.ascontiguousarray(spectra.reshape(len(bits), spectra.shape[1], -1).transpose(2, 1, 0))
+
+
+@lru_cache(maxsize=8)
+def _search_filters(key: SiteKey, codes: bytes | None, n_codewords: int) -> np.ndarray:
+    """The filters :func:`search` correlates with: (144 frequencies, 15 components, k)
+    complex64, single precision like the phase spectra they meet.
+
+    With ``codes`` (the recipients' codewords, ``np.packbits(codewords < 0, axis=1)``, k =
+    ``n_codewords``), each recipient's matched filter: the sum of the bit patterns' spectra
+    signed by its codeword. Without, the spectra of the first :data:`_SEARCH_BITS` bits. The
+    bits are transformed :data:`_BITS_PER_BLOCK` at a time, so that no table of all 256 bits'
+    spectra (8.8 MB) is made or kept.
+    """
+    if codes is None:
+        return _bit_spectra(key, np.arange(_SEARCH_BITS)).astype(np.complex64)
+    signs = np.unpackbits(np.frombuffer(codes, dtype=np.uint8)).reshape(n_codewords, -1)[:, :N_BITS]
+    codewords = 1.0 - 2.0 * signs
+    filters = None
+    for first in range(0, N_BITS, _BITS_PER_BLOCK):
+        bits = np.arange(first, min(N_BITS, first + _BITS_PER_BLOCK))
+        part = _bit_spectra(key, bits) @ codewords[:, bits].T
+        filters = part if filters is None else filters + part
+    return filters.astype(np.complex64)
 
 
 def _working_geometry(shape: tuple[int, int], lattice: Lattice,
@@ -953,13 +978,12 @@ def search(prepared: PreparedLattice, key: SiteKey, codewords: np.ndarray | None
     -------
     list of SyncHit, best first.
     """
-    bit_spectra = _bit_spectra(key)
     matched = codewords is not None and 0 < len(codewords) <= N_BITS
     if matched:
-        filters = bit_spectra @ np.asarray(codewords, dtype=np.float64).T
+        codewords = np.asarray(codewords)
+        filters = _search_filters(key, np.packbits(codewords < 0, axis=1).tobytes(), len(codewords))
     else:
-        filters = bit_spectra[:, :, :_SEARCH_BITS]
-    filters = np.ascontiguousarray(filters, dtype=prepared.spectra[0].dtype)
+        filters = _search_filters(key, None, 0)
     candidates = []
     for d, freq in enumerate(prepared.spectra):
         out = _correlate(freq, filters)  # (64 phases, k, 16, 16)
