@@ -170,6 +170,7 @@ def _resample(image: np.ndarray, shape: tuple[int, int], dtype=np.float64) -> np
     cols = _axis_operator(image.shape[1], shape[1], sigmas[1])
     rows_first = shape[0] * image.shape[1] <= image.shape[0] * shape[1]  # smaller intermediate
     out = np.empty(shape, dtype=dtype)
+    dense_cols = [cols.dense(*span) for span in cols.blocks]  # for this call only
     # each dense product (_apply_cols) spans at least _ROW_BAND rows (a short last band joins
     # the one before; one band when upsampling), so that BLAS sums every element in the order
     # of the whole-image product
@@ -185,9 +186,10 @@ def _resample(image: np.ndarray, shape: tuple[int, int], dtype=np.float64) -> np
             across = np.empty((stop - start, image.shape[1]), dtype=dtype)
             for c in range(0, image.shape[1], _ROW_BAND):
                 across[:, c:c + _ROW_BAND] = part @ image[lo:hi, c:c + _ROW_BAND].astype(dtype)
-            _apply_cols(cols, across, out[start:stop])
+            _apply_cols(cols, dense_cols, across, out[start:stop])
         else:
-            out[start:stop] = part @ _apply_cols(cols, np.ascontiguousarray(image[lo:hi], dtype=dtype))
+            out[start:stop] = part @ _apply_cols(cols, dense_cols,
+                                                 np.ascontiguousarray(image[lo:hi], dtype=dtype))
     return out
 
 
@@ -197,10 +199,15 @@ _COLUMN_BLOCK = 64  # output columns per matrix product in _apply_cols
 
 @dataclass(frozen=True)
 class _AxisOperator:
-    """One axis of a resampling: (n_out, n_in) banded matrix, as CSR and as column blocks."""
+    """One axis of a resampling: (n_out, n_in) banded matrix, as CSR, and the spans of its
+    bands of rows (made dense only while they are applied: a cached operator stays small)."""
 
     csr: object  # scipy.sparse.csr_matrix, float64
-    blocks: tuple  # (out_start, out_stop, in_start, in_stop, dense (stop-start, in) float64)
+    blocks: tuple  # (out_start, out_stop, in_start, in_stop): rows and the columns they read
+
+    def dense(self, start: int, stop: int, lo: int, hi: int) -> np.ndarray:
+        """Rows ``start:stop``, columns ``lo:hi`` of the matrix: (stop - start, hi - lo) float64."""
+        return self.csr[start:stop, lo:hi].toarray()
 
 
 @lru_cache(maxsize=16)
@@ -255,16 +262,18 @@ def _axis_operator(n_in: int, n_out: int, sigma: float) -> _AxisOperator:
         stop = min(start + _COLUMN_BLOCK, n_out)
         part = matrix[start:stop]
         lo, hi = int(part.indices.min()), int(part.indices.max()) + 1
-        blocks.append((start, stop, lo, hi, part[:, lo:hi].toarray()))
+        blocks.append((start, stop, lo, hi))
     return _AxisOperator(matrix, tuple(blocks))
 
 
-def _apply_cols(op: _AxisOperator, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _apply_cols(op: _AxisOperator, dense: list, image: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
     """``image @ op.T``: resample axis 1, one band of output columns at a time (same dtype),
-    into ``out`` if given."""
+    into ``out`` if given. ``dense`` holds the operator's bands made dense,
+    ``[op.dense(*span) for span in op.blocks]``."""
     if out is None:
         out = np.empty((image.shape[0], op.csr.shape[0]), dtype=image.dtype)
-    for start, stop, lo, hi, block in op.blocks:
+    for (start, stop, lo, hi), block in zip(op.blocks, dense):
         np.matmul(image[:, lo:hi], block.T.astype(image.dtype), out=out[:, start:stop])
     return out
 
