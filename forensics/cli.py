@@ -382,6 +382,7 @@ def bench(
                                 "LEAKTRACE_TEST_DATA to the folder of the shared films")
         quick_cfg = lb.QUICK if quick else None
         found = lb.find_films(folder, png=png if png is not None else (quick_cfg.png if quick else 2))
+        n_found = len(found)
         if quick:
             found = lb.quick_films(found) + [p for p in found if p.suffix.lower() != ".dcm"]
         chosen = pipelines or (list(quick_cfg.pipelines) if quick else None)
@@ -391,7 +392,9 @@ def bench(
         lb.select(chosen, list(lb.bench_pipelines()), "pipeline")
         lb.check_settings(per_film, workers)
         lb.prepare_out(out)
-        err.print(f"bench: {len(found)} film file(s) found in {folder}, results to {out}")
+        chosen_of = f"{len(found)} of {n_found} film file(s)" if quick else f"{len(found)} film file(s)"
+        err.print(f"bench: {escape(chosen_of)} in {escape(str(folder))}"
+                  + (" (--quick)" if quick else "") + f", results to {escape(str(out))}")
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

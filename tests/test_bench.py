@@ -259,5 +259,21 @@ def test_cli_bench_counts_the_films_it_ran_on_apart_from_those_skipped(fuji_fold
                               "--pipelines", "viewer_png8", "--recipients", "1", "--workers", "1",
                               "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert "bench: 2 film file(s) found" in res.output
+    assert f"bench: 2 film file(s) in {folder}, results to" in res.output
     assert "2 queries on 1 film(s) (1 skipped) in" in res.output
+
+
+def test_cli_bench_quick_banner_says_how_many_of_the_films_found_it_uses(data_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "films"
+    folder.mkdir()
+    dicoms = sorted((data_dir / "dicom").glob("*.dcm"))[:3]
+    for path in dicoms:
+        (folder / path.name).symlink_to(path)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_bench", stop)
+    res = runner.invoke(app, ["bench", "--quick", "--films", str(folder), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 130, res.output
+    assert f"bench: 2 of 3 film file(s) in {folder} (--quick), results to {tmp_path / 'o'}" in res.output
