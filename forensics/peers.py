@@ -76,7 +76,12 @@ class PeerError(LeaktraceError):
 
 
 class PeerUnavailable(LeaktraceError):
-    """A peer library is not installed or cannot be imported (the message says how to install)."""
+    """A peer library is not installed or cannot be imported (the message names the peer and
+    says how to install it; ``reason`` is the message without the peer's name)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
 
 
 def _grey_to_bgr(image: np.ndarray) -> np.ndarray:
@@ -114,11 +119,12 @@ class Peer:
         self._module: ModuleType | None = None
 
     def available(self) -> str | None:
-        """``None`` when the library can be used, else the reason (with the install command)."""
+        """``None`` when the library can be used, else the reason (with the install command;
+        without the peer's name, which the caller says)."""
         try:
             self.module()
         except PeerUnavailable as exc:
-            return str(exc)
+            return exc.reason
         return None
 
     def module(self) -> ModuleType:
@@ -136,7 +142,7 @@ class Peer:
                 self._module = self._load()
             except ImportError as exc:
                 raise PeerUnavailable(
-                    f"{self.name}: {self.distribution} {self.version} cannot be imported "
+                    self.name, f"{self.distribution} {self.version} cannot be imported "
                     f"({type(exc).__name__}: {exc}); install the peers with: {INSTALL_HINT}"
                 ) from None
         return self._module

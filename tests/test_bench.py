@@ -277,3 +277,21 @@ def test_cli_bench_quick_banner_says_how_many_of_the_films_found_it_uses(data_di
     res = runner.invoke(app, ["bench", "--quick", "--films", str(folder), "--out", str(tmp_path / "o")])
     assert res.exit_code == 130, res.output
     assert f"bench: 2 of 3 film file(s) in {folder} (--quick), results to {tmp_path / 'o'}" in res.output
+
+
+def test_a_method_that_cannot_run_is_named_once_in_the_note_and_the_error(fuji_folder, monkeypatch):
+    from forensics import peers
+
+    def missing(self):
+        raise ImportError("No module named 'imwatermark'")
+
+    monkeypatch.setattr(peers.InvisibleWatermark, "_load", missing)
+    monkeypatch.setattr(bench, "_method", lambda name: bench.METHODS[name]())  # not a cached one
+    notes = []
+    with pytest.raises(bench.BenchError) as caught:
+        bench.run_bench(bench.find_films(fuji_folder), methods=["invisible-watermark-dwtDct"],
+                        pipelines=["viewer_png8"], recipients=1, workers=1, say=notes.append)
+    note = next(n for n in notes if n.startswith("skipping"))
+    assert note.startswith("skipping invisible-watermark-dwtDct: invisible-watermark ")
+    assert note.count("invisible-watermark-dwtDct") == 1, note
+    assert str(caught.value).count("invisible-watermark-dwtDct") == 1, caught.value
