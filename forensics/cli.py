@@ -18,9 +18,14 @@ ledger cannot be read or the output cannot be written.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
 ``bench``: 0 when the run finished (failed queries are recorded in its files), 2 for bad
 arguments (unknown method or pipeline, no films, no method that can run, unwritable ``--out``).
+Every command: 130 when interrupted (Ctrl-C, at any time, also while starting): one line on
+stderr says what was done and what was not (``embed``: how many files were exported and
+recorded; ``detect``/``trace``: that nothing was named, and whether a ``--report`` was left
+incomplete; ``demo``: its temporary folder is removed).
 
 With ``--json``, ``embed``, ``detect`` and ``trace`` print exactly one JSON object on stdout, also when
-they fail before doing anything (it then has an ``error`` field).
+they fail before doing anything (it then has an ``error`` field) and when interrupted (it then
+has ``error`` and ``"interrupted": true``; ``embed``'s still lists the files exported so far).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,7 +53,35 @@ from watermark._files import atomic_write
 from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
 from .trace import detect_leak, trace_leak
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+INTERRUPTED_PREFIX = "interrupted:"
+interrupt_reported = False
+"""Set once a command has printed its own line about Ctrl-C (:mod:`forensics.entry` then
+prints no second one)."""
+
+
+def _interrupted(message: str) -> typer.Exit:
+    """Ctrl-C: say in one line on stderr what was and was not done; exit code 130."""
+    global interrupt_reported
+    err.print(f"[yellow]{INTERRUPTED_PREFIX}[/] {escape(message)}", markup=True)
+    interrupt_reported = True
+    return typer.Exit(130)
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group: Ctrl-C in a command without its own message still gets one line."""
+
+    def invoke(self, ctx):
+        global interrupt_reported
+        interrupt_reported = False
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if interrupt_reported:
+                raise typer.Exit(130) from None
+            raise _interrupted("leaktrace stopped before the command finished") from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
                   help="Mark exported chest films with an invisible recipient ID, and trace leaked copies.")
 ledger_app = typer.Typer(no_args_is_help=True, help="Inspect and check the export ledger.")
 app.add_typer(ledger_app, name="ledger")
@@ -171,7 +205,7 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
             report_dir: Path | None) -> None:
     """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
     evidence report, exit."""
-    files, report_error = None, None
+    files, report_error, writing, interrupted = None, None, False, False
     message = _report_folder_problem(report_dir) if report_dir is not None else None
     if message is None:
         try:
@@ -179,16 +213,21 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
             with Ledger(ledger, create=False) as book:
                 report = query(book, site_key)
                 if report_dir is not None:
+                    writing = True
                     files, report_error = _evidence_report(report_dir, report, book)
         except LeaktraceError as exc:
             message = str(exc)
         except MemoryError:
             message = f"{leak}: not enough memory to read and analyse this image; scale it down"
+        except KeyboardInterrupt:
+            interrupted = True
+            message = (f"{leak}: nothing was named (the analysis stopped before it finished)"
+                       if not writing else _report_interrupted(leak, report_dir))
     if message is not None:
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
-                              "error": message}))
-        raise _fail(message)
+                              "error": message, **({"interrupted": True} if interrupted else {})}))
+        raise _interrupted(message) if interrupted else _fail(message)
     if as_json:
         result = report.as_dict()
         if report_dir is not None:
@@ -204,6 +243,17 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
     if report_error:
         raise _fail(report_error)
     raise typer.Exit(0 if report.decision == "traced" else 1)
+
+
+def _report_interrupted(leak: Path, folder: Path) -> str:
+    """What Ctrl-C while the evidence report was written leaves in ``folder``."""
+    from .report import REPORT_HTML, REPORT_JSON
+
+    there = [n for n in (REPORT_HTML, REPORT_JSON) if (folder / n).exists()]
+    state = (f"{folder} holds {' and '.join(there)} (whole: each file is written atomically)"
+             + ("; the report is incomplete: give another --report folder to run again"
+                if len(there) == 1 else "") if there else f"no report was written in {folder}")
+    return f"{leak}: nothing was named (stopped while writing the evidence report); {state}"
 
 
 def _evidence_report(folder: Path, report, book: Ledger):
@@ -353,6 +403,11 @@ def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for t
         raise _fail(str(exc), code=1) from None
     except OSError as exc:
         raise _fail(f"{folder}: {exc}", code=1) from None
+    except KeyboardInterrupt:
+        raise _interrupted("the demo stopped before it finished; " + (
+            f"the files made so far are in {given}" if given is not None
+            else f"its temporary folder {folder} was removed" if folder is not None
+            else "no folder was left behind")) from None
     raise typer.Exit(0 if ok else 1)
 
 

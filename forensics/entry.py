@@ -2,7 +2,9 @@
 
 It imports the command line (:mod:`forensics.cli`, which loads numpy, SciPy, pydicom and
 scikit-image: about half a second) inside the entry point, so that Ctrl-C during that time
-ends with a message and exit code 130, not a traceback.
+ends with a message and exit code 130, not a traceback. Ctrl-C that lands outside a command
+(after it printed its result, while it exits) also ends with exit code 130 and one line on
+stderr, unless the command already printed its own.
 """
 
 from __future__ import annotations
@@ -17,4 +19,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("leaktrace: interrupted while starting", file=sys.stderr)
         raise SystemExit(130) from None
-    run()
+    try:
+        run()
+    except KeyboardInterrupt:
+        from . import cli
+
+        if not cli.interrupt_reported:
+            print("leaktrace: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -371,3 +371,61 @@ def test_ctrl_c_while_the_command_line_loads_ends_with_a_message(monkeypatch, ca
         entry.main()
     assert stop.value.code == 130
     assert capsys.readouterr().err == "leaktrace: interrupted while starting\n"
+
+
+# -- Ctrl-C: exit 130 and one line on stderr (and one JSON object with --json) -------------
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_detect_interrupted_says_nothing_was_named(tmp_path, site, exported, monkeypatch):
+    monkeypatch.setattr(cli, "detect_leak", _interrupt)
+    Image.new("L", (100, 100)).save(tmp_path / "x.png")
+    result = run("detect", tmp_path / "x.png", *site, "--json")
+    assert result.exit_code == 130
+    obj = one_json(result)
+    assert obj["interrupted"] is True and obj["decision"] == "error"
+    assert result.stderr == f"interrupted: {tmp_path / 'x.png'}: nothing was named (the analysis " \
+                            "stopped before it finished)\n"
+
+
+def test_trace_interrupted_while_writing_the_report_says_what_is_there(tmp_path, site, exported,
+                                                                        monkeypatch):
+    from forensics import report
+    from watermark._files import atomic_write
+
+    def html_then_ctrl_c(folder, *args, **kwargs):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / report.REPORT_HTML, b"<html></html>")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", html_then_ctrl_c)
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    result = run("trace", leak, *site, "--json", "--report", tmp_path / "r")
+    assert result.exit_code == 130
+    assert one_json(result)["interrupted"] is True
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("interrupted: ")
+    assert f"nothing was named (stopped while writing the evidence report); {tmp_path / 'r'} " \
+           "holds report.html (whole: each file is written atomically); the report is " \
+           "incomplete" in result.stderr
+
+
+def test_ctrl_c_in_a_command_without_its_own_message_gets_one(tmp_path, site, monkeypatch):
+    monkeypatch.setattr(cli, "Ledger", _interrupt)
+    result = run("ledger", "list", *site[2:])
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted: leaktrace stopped before the command finished\n"
+
+
+def test_ctrl_c_outside_a_command_exits_130_with_one_line(monkeypatch, capsys):
+    """Ctrl-C landing after the command printed its result (while exiting) is not a kill
+    by SIGINT (return code -2) but exit 130 with a line."""
+    from forensics import entry
+
+    monkeypatch.setattr(cli, "main", _interrupt)
+    monkeypatch.setattr(cli, "interrupt_reported", False)
+    with pytest.raises(SystemExit) as stop:
+        entry.main()
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "leaktrace: interrupted\n"
