@@ -160,12 +160,33 @@ def embed(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise fatal(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, disable=len(pairs) < 2) as bar:
-            task = bar.add_task("marking", total=len(pairs))
-            outcomes = export_many(pairs, recipient=name, ledger=book, key=site_key,
-                                   overwrite=overwrite, progress=lambda _: bar.advance(task),
-                                   workers=workers)
+        before = book.last_export_id()
+        done: list = []  # outcomes reported so far
+
+        def advance(outcome) -> None:
+            done.append(outcome)
+            bar.advance(task)
+
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err, disable=len(pairs) < 2) as bar:
+                task = bar.add_task("marking", total=len(pairs))
+                outcomes = export_many(pairs, recipient=name, ledger=book, key=site_key,
+                                       overwrite=overwrite, progress=advance, workers=workers)
+        except KeyboardInterrupt:
+            # the ledger says which files were exported: one recorded just before Ctrl-C may
+            # not have been reported yet (its features for `trace` were being computed)
+            outputs = {str(o.resolve()) for _, o in pairs}
+            records = [r for r in book.exports_after(before) if r.output_path in outputs]
+            failed = [o for o in done if o.error]
+            message = _embed_interrupted(len(records), len(failed), len(pairs), overwrite)
+            if as_json:
+                print(json.dumps({"recipient": name, "ledger": str(book.path),
+                                  "exported": [r.as_dict() for r in records],
+                                  "failed": [{"source": str(o.source), "error": o.error}
+                                             for o in failed],
+                                  "error": message, "interrupted": True}))
+            raise _interrupted(message) from None
     failed = [o for o in outcomes if o.error]
     for o in failed:
         err.print(f"[red]failed:[/] {escape(o.error)}")
@@ -177,6 +198,21 @@ def embed(
                           "failed": [{"source": str(o.source), "error": o.error} for o in failed]}))
     if failed or not outcomes:
         raise typer.Exit(1)
+
+
+def _embed_interrupted(exported: int, failed: int, total: int, overwrite: bool) -> str:
+    """The line ``embed`` prints when Ctrl-C stops it: what was exported and what a re-run does."""
+    processed = exported + failed
+    line = (f"after {processed} of {total} file(s): {exported} exported and recorded in the ledger"
+            + (f", {failed} failed" if failed else "") + "; the others were not exported")
+    if not exported:
+        return line + "; run the same command again to export them"
+    if overwrite:
+        return line + (f"; the same command run again exports all {total}, replacing and "
+                       f"recording again the {exported} already exported")
+    return line + (f"; the same command run again exports the other {total - exported}, and "
+                   f"refuses the {exported} already exported (their outputs exist), so it "
+                   "exits 1")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]

@@ -477,6 +477,16 @@ class Ledger:
         """Every export, oldest first."""
         return [ExportRecord(*row) for row in self._db.execute(self._select() + " ORDER BY e.id")]
 
+    def exports_after(self, export_id: int) -> list[ExportRecord]:
+        """The exports recorded after the one with id ``export_id`` (0: every export), oldest
+        first."""
+        return [ExportRecord(*row) for row in self._db.execute(
+            self._select() + " WHERE e.id > ? ORDER BY e.id", (export_id,))]
+
+    def last_export_id(self) -> int:
+        """The id of the newest export, 0 when there is none."""
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM exports").fetchone()[0])
+
     def export_by_output_uid(self, sop_instance_uid: str) -> ExportRecord | None:
         """The export whose marked copy has this SOP Instance UID, if any."""
         row = self._db.execute(self._select() + " WHERE e.output_sop_uid = ? ORDER BY e.id",

@@ -429,3 +429,36 @@ def test_ctrl_c_outside_a_command_exits_130_with_one_line(monkeypatch, capsys):
         entry.main()
     assert stop.value.code == 130
     assert capsys.readouterr().err == "leaktrace: interrupted\n"
+
+
+def test_embed_interrupted_prints_what_was_exported_and_a_rerun_exports_the_rest(
+        tmp_path, site, dicom_films, monkeypatch):
+    films = tmp_path / "films"
+    films.mkdir()
+    for i in range(3):
+        shutil.copy(dicom_films[FUJI], films / f"x{i}.dcm")
+    real = cli.export_many
+
+    def two_then_ctrl_c(pairs, **kwargs):
+        real(list(pairs)[:2], **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "export_many", two_then_ctrl_c)
+    args = ["embed", films, "--recipient", "Bob", "--out", tmp_path / "o", *site]
+    result = run(*args, "--json")
+    assert result.exit_code == 130
+    obj = one_json(result)
+    assert obj["interrupted"] is True and obj["failed"] == []
+    assert [r["source_path"] for r in obj["exported"]] == [str(films / "x0.dcm"),
+                                                          str(films / "x1.dcm")]
+    line = ("interrupted: after 2 of 3 file(s): 2 exported and recorded in the ledger; the others "
+            "were not exported; the same command run again exports the other 1, and refuses the 2 "
+            "already exported (their outputs exist), so it exits 1\n")
+    assert obj["error"] == line[len("interrupted: "):-1]
+    assert result.stderr.endswith(line) and "Traceback" not in result.output
+    monkeypatch.setattr(cli, "export_many", real)
+    again = run(*args, "--json")  # what the message says a re-run does
+    assert again.exit_code == 1
+    obj = one_json(again)
+    assert [r["source_path"] for r in obj["exported"]] == [str(films / "x2.dcm")]
+    assert [f["source"] for f in obj["failed"]] == [str(films / "x0.dcm"), str(films / "x1.dcm")]
