@@ -33,8 +33,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import tempfile
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -427,14 +427,17 @@ def ledger_export(
 @app.command()
 def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the demo's files (default: a new temporary folder).")] = None) -> None:
     """Mark a real chest film for two recipients, leak one as a re-sent screenshot, trace it."""
-    from .demo import prepare_folder, run_demo
+    from .demo import prepare_folder, run_demo, scratch_folder
 
     try:
-        folder = prepare_folder(out) if out is not None else Path(tempfile.mkdtemp(prefix="leaktrace-demo-"))
+        given = prepare_folder(out) if out is not None else None
     except LeaktraceError as exc:
         raise _fail(f"bad arguments: --out: {exc}") from None
+    folder = given
     try:
-        ok = run_demo(folder, say=lambda text: print(text, flush=True))
+        # without --out: a temporary folder, removed if the demo stops on an error or Ctrl-C
+        with nullcontext(given) if given is not None else scratch_folder() as folder:
+            ok = run_demo(folder, say=lambda text: print(text, flush=True))
     except LeaktraceError as exc:
         raise _fail(str(exc), code=1) from None
     except OSError as exc:

@@ -8,8 +8,11 @@ uses a key and a ledger of its own inside the demo folder, never the site's.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from watermark.dicomio import read_film
@@ -22,7 +25,7 @@ from .export import export_film
 from .ledger import Ledger
 from .trace import detect_leak
 
-__all__ = ["demo_film_path", "prepare_folder", "run_demo", "RECIPIENTS"]
+__all__ = ["demo_film_path", "prepare_folder", "scratch_folder", "run_demo", "RECIPIENTS"]
 
 RECIPIENTS = ("Dr. Ana Alvarez (referring physician)", "Northside Insurance Ltd.")
 
@@ -66,6 +69,19 @@ def prepare_folder(folder: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InvalidInputError(f"{folder}: the demo folder is not writable")
     return folder
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A new temporary folder for the demo (``/tmp/leaktrace-demo-*``), kept when the block
+    ends normally (the demo printed its files' paths) and removed, with the demo key and
+    ledger in it, when the block raises (an error, Ctrl-C)."""
+    folder = Path(tempfile.mkdtemp(prefix="leaktrace-demo-"))
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def run_demo(folder: Path, say: Callable[[str], None] = print) -> bool:

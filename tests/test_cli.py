@@ -462,3 +462,38 @@ def test_embed_interrupted_prints_what_was_exported_and_a_rerun_exports_the_rest
     obj = one_json(again)
     assert [r["source_path"] for r in obj["exported"]] == [str(films / "x2.dcm")]
     assert [f["source"] for f in obj["failed"]] == [str(films / "x0.dcm"), str(films / "x1.dcm")]
+
+
+def _demo_files_then_ctrl_c(folder, say=print):
+    from forensics.demo import prepare_folder
+
+    prepare_folder(folder)
+    (folder / "demo.key").write_bytes(b"k")
+    (folder / "ledger.sqlite").write_bytes(b"l")
+    raise KeyboardInterrupt
+
+
+def test_demo_interrupted_removes_its_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from forensics import demo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(demo, "run_demo", _demo_files_then_ctrl_c)
+    result = run("demo")
+    assert result.exit_code == 130
+    assert list(tmp_path.iterdir()) == []
+    assert result.stderr.startswith("interrupted: the demo stopped before it finished; its "
+                                    f"temporary folder {tmp_path}/leaktrace-demo-")
+    assert result.stderr.endswith(" was removed\n")
+
+
+def test_demo_interrupted_keeps_the_out_folder_it_was_given(tmp_path, monkeypatch):
+    from forensics import demo
+
+    monkeypatch.setattr(demo, "run_demo", _demo_files_then_ctrl_c)
+    result = run("demo", "--out", tmp_path / "d")
+    assert result.exit_code == 130
+    assert (tmp_path / "d" / "demo.key").exists()
+    assert result.stderr == ("interrupted: the demo stopped before it finished; the files made "
+                             f"so far are in {tmp_path / 'd'}\n")
