@@ -210,7 +210,7 @@ def test_scale_bilinear_is_skimages_warp():
         matrix = AffineTransform(scale=scale, translation=shift).params
         reference = warp(image, AffineTransform(matrix=matrix), output_shape=shape, order=1,
                          mode="constant", cval=np.nan, preserve_range=True)
-        assert np.array_equal(sync._scale_bilinear(image, matrix, shape), reference, equal_nan=True)
+        assert np.array_equal(sync._gather(sync._scale_bilinear_chunks(image, matrix, shape), shape), reference, equal_nan=True)
 
 
 def test_blur_zoom_is_ndimages_blur_then_zoom():
@@ -251,7 +251,8 @@ def test_blurred_rows_resample_as_the_whole_blurred_leak():
     lattice = sync.Lattice(227.3, 0.0, 0.0)
     zoom = sync.TILE / lattice.period
     matrix, shape = sync._working_geometry(leak.shape, lattice, zoom)
-    whole = sync._scale_bilinear(ndimage.gaussian_filter(leak.astype(np.float64), 0.5 / zoom), matrix, shape)
+    whole = sync._gather(sync._scale_bilinear_chunks(
+        ndimage.gaussian_filter(leak.astype(np.float64), 0.5 / zoom), matrix, shape), shape)
     assert np.array_equal(sync._to_working(leak, lattice), whole, equal_nan=True)
 
 

@@ -152,7 +152,7 @@ class PreparedLeak:
     image : (rows, columns) array
         As for :func:`detect`.
     keep_lattices : bool
-        Keep each prepared lattice candidate for later keys (about 18 MB each); False for a
+        Keep each prepared lattice candidate for later keys (about 9 MB each); False for a
         single query, which then holds one at a time.
 
     Attributes

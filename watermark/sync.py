@@ -470,8 +470,8 @@ def _resample_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int
     """The working grid ``matrix`` maps onto ``image``, bilinear, NaN beyond the image, as
     ``(first row, rows)`` float64 blocks (``_SCALE_CHUNK`` rows without rotation,
     ``_WARP_CHUNK`` with; none crosses a multiple of TILE rows): scikit-image's
-    ``warp(order=1, mode="constant", cval=NaN, preserve_range=True)`` (:func:`_scale_bilinear`
-    without rotation), one block at a time so that the whole grid need not be held. Computed
+    ``warp(order=1, mode="constant", cval=NaN, preserve_range=True)``
+    (:func:`_scale_bilinear_chunks` without rotation), one block at a time so that the whole grid need not be held. Computed
     in float64 whatever the image's dtype (scikit-image would warp float32 in float32).
     """
     if matrix[0, 1] == 0 and matrix[1, 0] == 0:  # no rotation
@@ -489,10 +489,12 @@ _WARP_CHUNK = TILE  # output rows per warped block (rotation): each folds onto t
 _SCALE_CHUNK = TILE // 2  # output rows per block of _scale_bilinear_chunks: half the tile
 
 
-def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+def _scale_bilinear_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
     """``skimage.transform.warp(image, matrix, order=1, mode="constant", cval=NaN,
-    preserve_range=True)`` for a matrix without rotation or shear: the same numbers, by
-    separable interpolation (about 1.5 times faster).
+    preserve_range=True)`` for a matrix without rotation or shear, as ``(first row, rows)``
+    blocks of ``_SCALE_CHUNK`` rows: the same numbers, by separable interpolation (about 1.5
+    times faster), each block reading about ``_SCALE_CHUNK / zoom`` rows of the leak, held in
+    float64 while it is made.
 
     As in scikit-image, a pixel maps to (r, c) = (m11 y + m12, m00 x + m02) of the leak and
     takes ``(1 - dr) * top + dr * bottom`` with ``top = (1 - dc) * image[floor r, floor c] +
@@ -500,12 +502,6 @@ def _scale_bilinear(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int,
     outside the leak being NaN; then the result is clipped to the leak's range. Here the
     interpolation along rows is done once for each leak row that is read, then combined.
     """
-    return _gather(_scale_bilinear_chunks(image, matrix, out_shape), out_shape)
-
-
-def _scale_bilinear_chunks(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]):
-    """:func:`_scale_bilinear` as ``(first row, rows)`` blocks of ``_SCALE_CHUNK`` rows (each
-    block reads about ``_SCALE_CHUNK / zoom`` rows of the leak, held in float64 while it is made)."""
     rows, cols = image.shape
     out_r, out_c = out_shape
     c = matrix[0, 0] * np.arange(out_c, dtype=np.float64) + matrix[0, 2]
