@@ -181,11 +181,7 @@ def embed(
             failed = [o for o in done if o.error]
             message = _embed_interrupted(len(records), len(failed), len(pairs), overwrite)
             if as_json:
-                print(json.dumps({"recipient": name, "ledger": str(book.path),
-                                  "exported": [r.as_dict() for r in records],
-                                  "failed": [{"source": str(o.source), "error": o.error}
-                                             for o in failed],
-                                  "error": message, "interrupted": True}))
+                _print_embed_json(name, book, records, failed, error=message, interrupted=True)
             raise _interrupted(message) from None
     failed = [o for o in outcomes if o.error]
     for o in failed:
@@ -193,11 +189,18 @@ def embed(
     err.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} file(s) marked for "
               f"{escape(repr(name))} in {escape(str(out))} (ledger {escape(str(book.path))})")
     if as_json:
-        print(json.dumps({"recipient": name, "ledger": str(book.path),
-                          "exported": [o.record.as_dict() for o in outcomes if o.record],
-                          "failed": [{"source": str(o.source), "error": o.error} for o in failed]}))
+        _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed)
     if failed or not outcomes:
         raise typer.Exit(1)
+
+
+def _print_embed_json(name: str, book: Ledger, records: list, failed: list, **extra) -> None:
+    """``embed --json``'s one object: the export records made, the files that failed, and
+    ``extra`` fields (``error``, ``interrupted``)."""
+    print(json.dumps({"recipient": name, "ledger": str(book.path),
+                      "exported": [r.as_dict() for r in records],
+                      "failed": [{"source": str(o.source), "error": o.error} for o in failed],
+                      **extra}))
 
 
 def _embed_interrupted(exported: int, failed: int, total: int, overwrite: bool) -> str:
@@ -504,14 +507,14 @@ def bench(
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:  # before the leaks were read (films, ledger), or while writing
-        err.print("[yellow]interrupted[/] before any result was written in full; files already "
-                  f"in {escape(str(out))} are whole (each is written atomically)")
-        raise typer.Exit(130) from None
+        raise _interrupted(f"before any result was written in full; files already in {out} are "
+                           "whole (each is written atomically)") from None
     meta = result.meta
+    stopped = None
     if meta["interrupted"]:
-        err.print(f"[yellow]interrupted[/] after {meta['queries']} of {meta['queries_planned']} "
-                  "queries" + ("; the results so far were written:" if result.files
-                               else "; nothing was written"))
+        stopped = _interrupted(f"after {meta['queries']} of {meta['queries_planned']} queries"
+                               + ("; the results so far were written:" if result.files
+                                  else "; nothing was written"))
     else:
         print(lb.format_table(result))
         n_films = len(meta["settings"]["films"])
@@ -520,8 +523,8 @@ def bench(
                   "files written:")
     for path in result.files:
         err.print(f"  {escape(str(path))}")
-    if meta["interrupted"]:
-        raise typer.Exit(130)
+    if stopped is not None:
+        raise stopped
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
