@@ -84,7 +84,8 @@ def run(args) -> dict:
         name, display = displays[i % len(displays)]
         kind = "unmarked" if i % 2 == 0 else "other_key"
         if kind == "other_key":
-            mark = dwt.mark_residual(display, payload.encode(int(rng.integers(1, 2**31)), OTHER_KEY), OTHER_KEY)
+            mark = dwt.mark_residual(display, payload.encode(int(rng.integers(1, 2**31)), OTHER_KEY),
+                                     OTHER_KEY, quantum=1.0)
             display = leaks.quantize_8bit(display + mark)
         pname = DISPLAY_PIPELINES[int(rng.integers(len(DISPLAY_PIPELINES)))]
         image = leaks.apply(display, leaks.PIPELINES[pname], np.random.default_rng(i))

@@ -66,7 +66,8 @@ def _prepare(path: Path, numbers: list[int]):
             marked[n] = values
         return path.name, "dicom", film.pixels.astype(np.float64), marked
     image = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
-    marked = {n: leaks.quantize_8bit(image + dwt.mark_residual(image, payload.encode(n, KEY), KEY))
+    marked = {n: leaks.quantize_8bit(image + dwt.mark_residual(image, payload.encode(n, KEY), KEY,
+                                                                        quantum=1.0))
               for n in numbers}
     return path.name, "png", image, marked
 

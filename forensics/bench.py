@@ -458,7 +458,8 @@ class Leaktrace(Method):
             lo, hi = source.film.value_range
             return np.clip(np.rint(mark_film(source.film, number, ctx.mark_key)), lo, hi)
         image = source.stored
-        residual = dwt.mark_residual(image, payload.encode(number, ctx.mark_key), ctx.mark_key)
+        residual = dwt.mark_residual(image, payload.encode(number, ctx.mark_key), ctx.mark_key,
+                                     quantum=1.0)
         return leaks.quantize_8bit(image + residual)
 
     def detect(self, leak: np.ndarray, ctx: Context, truth: int | None) -> Outcome:

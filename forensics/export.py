@@ -49,7 +49,7 @@ DERIVATION_DESCRIPTION = ("Invisible forensic watermark added for release to one
 MIN_CHANGED_FRACTION = 0.01
 
 
-def mark_film(film: Film, number: int, key: SiteKey, *, rms: float | None = None) -> np.ndarray:
+def mark_film(film: Film, number: int, key: SiteKey, *, strength: float = 1.0) -> np.ndarray:
     """Marked stored values of a film (float64, not yet rounded or clipped to the bit depth).
 
     Parameters
@@ -60,8 +60,8 @@ def mark_film(film: Film, number: int, key: SiteKey, *, rms: float | None = None
     key : SiteKey
         The key that chooses the pattern; :func:`export_film` passes the site key scoped to
         the ledger (:meth:`watermark.keys.SiteKey.scoped`).
-    rms : float, optional
-        Mark RMS in grey levels of the film's default display (default and meaning: see
+    strength : float, optional
+        Embedding strength relative to the strength model's choice (default 1; see
         :func:`watermark.dwt.mark_residual`).
 
     Returns
@@ -91,7 +91,7 @@ def mark_film(film: Film, number: int, key: SiteKey, *, rms: float | None = None
     # the display and the mark in float32 (half the memory and time of float64; the mark
     # changes by about 1e-6 of its amplitude); the marked values in float64
     residual = dwt.mark_residual(render(film, dtype=np.float32), payload.encode(number, key),
-                                 key, rms=rms, dtype=np.float32)
+                                 key, quantum=abs(gain), strength=strength, dtype=np.float32)
     if not np.any(residual):
         raise CapacityError(f"{film.path}: flat image: nothing to carry the mark (no texture "
                             "in its default display)")
@@ -164,7 +164,7 @@ def _refuse_marked_copy(source: Path, is_marked: bool, earlier: ExportRecord | N
 
 def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipient: str,
                 ledger: Ledger, key: SiteKey, overwrite: bool = False,
-                rms: float | None = None) -> ExportRecord:
+                strength: float = 1.0) -> ExportRecord:
     """Mark one film for ``recipient``, write it to ``output`` and record it in the ledger.
 
     The recipient is registered (if new) in the same ledger transaction as the export, so a
@@ -189,7 +189,7 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
     source_sha256 = sha256_file(source)
 
     def write(number: int) -> dict:
-        marked = mark_film(film, number, mark_key, rms=rms)
+        marked = mark_film(film, number, mark_key, strength=strength)
         coded = payload.encode(number, mark_key)
         return _written(write_derived(film, marked, output, description=DERIVATION_DESCRIPTION), coded)
 

@@ -26,7 +26,8 @@ def films(data_dir):
     out = []
     for path, number in zip(paths, (11, 22)):
         image = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
-        marked = leaks.quantize_8bit(image + dwt.mark_residual(image, payload.encode(number, KEY), KEY))
+        marked = leaks.quantize_8bit(image + dwt.mark_residual(image, payload.encode(number, KEY), KEY,
+                                                                           quantum=1.0))
         out.append((image, marked, number))
     return out
 

@@ -24,11 +24,32 @@ pseudo-random sign. The coefficient at position ``(i, j)`` of a level-``l`` subb
 to tile position ``(i mod t_l, j mod t_l)``.
 
 Embedding is additive spread spectrum (Cox, Kilian, Leighton & Shamoon, IEEE TIP 6(12),
-1997, doi:10.1109/83.650120) with a perceptual strength per coefficient (local activity of
-the subband raised to 0.6, in the spirit of Watson's contrast masking, J. SID 1993), set to
-zero on flat regions (collimation borders, burned-in label backgrounds) and near black or
-white, and scaled globally so that the mark has a fixed RMS in display grey levels: the
-display-domain PSNR is thus set by construction.
+1997, doi:10.1109/83.650120). Its local amplitude follows the film's own noise, not a window
+(:func:`embedding_strength`):
+
+* **noise-relative.** Quantum noise masks a pattern of the same spectrum in every window a
+  reader picks, because a window multiplies noise and mark by the same gain. The local noise
+  level is estimated from the finest diagonal subband of the working grid (median absolute
+  deviation, Donoho & Johnstone, Biometrika 81(3), 1994, doi:10.1093/biomet/81.3.425) in
+  blocks of 8 x 8 working px, so that edges and lines, which are sparse, do not raise it,
+  and capped at twice the film's median (dense burned-in text reads as noise otherwise).
+  Where there is no noise (collimation, burned-in label backgrounds, clipped regions) the
+  mark is zero.
+* **coarse level first.** Level 3 gets twice the amplitude of level 2 for the same noise:
+  downscaling and lossy codecs remove the finer level first, and the coarser one is what a
+  512 px messenger copy of a 2k film or a WebP of a small film keeps.
+* **mild texture masking, edges not favoured.** The amplitude grows with the local activity
+  over the noise only up to 1.5 times the film's median ratio, raised to 0.5 (contrast
+  masking saturates; Legge & Foley, JOSA 70(12), 1980, doi:10.1364/JOSA.70.001458), so
+  sharp edges, markers and lead discs get no more than textured lung.
+* **not at borders nor near black and white.** The outer 2 % of each side carries nothing
+  and the next 3 % ramps up; display values within 16 grey levels of 0 or 255 ramp down to
+  zero (:func:`luminance_mask`).
+* **capacity decides strength.** The global amplitude is the smaller of two: the mark's RMS
+  at most :data:`NOISE_RATIO` times the film's noise RMS (:func:`noise_rms`, measured at the
+  film's own resolution) and the amplitude at which the expected normalised correlation of
+  an unaltered copy (:func:`expected_z`) reaches :data:`Z_CLEAN`. A large film, with many
+  coefficients to spread the payload over, thus gets less than a small one.
 
 Extraction divides each subband coefficient by its local RMS (a key-independent whitening
 that also cancels any gain from window/level), sums the coefficients that share a tile
@@ -56,8 +77,12 @@ __all__ = [
     "WAVELET",
     "LEVELS",
     "WORKING_EDGES",
-    "DEFAULT_RMS",
-    "default_rms",
+    "NOISE_RATIO",
+    "QUANTUM_RATIO",
+    "Z_CLEAN",
+    "noise_rms",
+    "embedding_strength",
+    "expected_z",
     "MIN_EMBED_EDGE",
     "MIN_DETECT_EDGE",
     "working_shape",
@@ -75,14 +100,22 @@ N_LEVELS = 3
 LEVELS = (2, 3)
 TILE = 128  # working-grid pixels per tile side
 WORKING_EDGES = (256, 512, 1024)
-DEFAULT_RMS = 1.15  # display grey levels (0..255 scale): PSNR 20*log10(255/1.15) = 46.9 dB
-SMALL_FILM_PIXELS = 512 * 512  # below this many pixels the RMS grows (see default_rms)
-MAX_RMS_BOOST = 1.6
+NOISE_RATIO = 0.6  # mark RMS at most this times the film's noise RMS (same units)
+QUANTUM_RATIO = 0.7  # ... or this times the output's quantisation step, whichever is larger
+Z_CLEAN = 120.0  # expected coherent correlation of an unaltered marked copy (capacity target)
 MIN_EMBED_EDGE = 64  # short edge in pixels below which a film cannot carry the payload
 MIN_DETECT_EDGE = 48  # short edge below which a leak is too small to test
 
-_FLAT = 0.15  # local activity (grey levels) below which a region counts as flat
 _ACTIVITY_WINDOW = 5
+_NOISE_BLOCK = 8  # working px per side of a block of the local noise estimate
+_MASKING_CAP = 1.5  # activity / noise, relative to the film's median, above which no more masking
+_MASKING_EXPONENT = 0.5
+_LEVEL_GAIN = {2: 1.0, 3: 2.0}  # amplitude per level: the coarser level survives more leaks
+_BORDER_ZERO = 0.02  # share of each side next to the edge that carries no mark
+_BORDER_RAMP = 0.03  # share of each side over which the mark then ramps up to full strength
+_LUMINANCE_RAMP = 16.0  # display grey levels from black or white over which the mark ramps up
+_NOISE_SPREAD = 2.0  # local noise estimates are capped at this times the film's median one
+_MAD_TO_SIGMA = 0.6745  # median |x| of a standard normal variable
 
 
 def working_long_edge(shape: tuple[int, int]) -> int:
@@ -107,19 +140,6 @@ def working_shape(shape: tuple[int, int], long_edge: int | None = None) -> tuple
         long_edge = working_long_edge(shape)
     scale = long_edge / max(shape)
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
-
-
-def default_rms(shape: tuple[int, int]) -> float:
-    """Mark RMS (display grey levels) for an image of ``shape`` (rows, columns).
-
-    ``DEFAULT_RMS`` for films of at least 512 x 512 px. Smaller films have fewer pixels to
-    carry the same payload, so the RMS grows as ``(512**2 / pixels) ** 0.25``, at most
-    ``MAX_RMS_BOOST`` times: a 440 x 440 film gets 1.24 (PSNR 46.3 dB), a 211 x 169 film
-    1.84 (42.8 dB).
-    """
-    pixels = max(shape[0] * shape[1], 1)
-    boost = min(max((SMALL_FILM_PIXELS / pixels) ** 0.25, 1.0), MAX_RMS_BOOST)
-    return DEFAULT_RMS * boost
 
 
 def block_reduce_to(image: np.ndarray, shape: tuple[int, int], dtype=None) -> np.ndarray:
@@ -315,26 +335,169 @@ def _activity(bands) -> np.ndarray:
     return np.sqrt(np.maximum(ndimage.uniform_filter(energy, _ACTIVITY_WINDOW, mode="reflect"), 0.0))
 
 
-def embedding_strength(bands) -> np.ndarray:
-    """Perceptual strength of the mark per coefficient of one level (before global scaling).
+def noise_rms(image: np.ndarray) -> float:
+    """The image's noise RMS at its own resolution, in its own units.
 
-    ``bands`` are the level's three detail subbands of the host (display grey levels); the
-    result has their shape: local activity raised to 0.6, zero where the host is flat.
+    The Haar diagonal detail of 2 x 2 blocks, ``(a - b - c + d) / 2``, keeps white noise at
+    its RMS and removes smooth anatomy; its median absolute value over the blocks whose own
+    8 x 8-block median is not zero (collimation, flat labels and clipped regions excluded),
+    divided by 0.6745, is the noise RMS (Donoho & Johnstone, Biometrika 81(3), 1994,
+    doi:10.1093/biomet/81.3.425). Integer quantisation is part of what is measured: a
+    stored unit adds 1/12 unit squared to the variance.
+
+    Parameters
+    ----------
+    image : (rows, columns) array, any real dtype, at least 2 px a side
+
+    Returns
+    -------
+    float
+        Noise RMS, in the image's units; 0 for an image without noise (constant, or flat
+        except for edges).
     """
-    act = _activity(bands)
-    return np.where(act > _FLAT, act, 0.0) ** 0.6
+    x = np.asarray(image)
+    rows, cols = (x.shape[0] // 16) * 16, (x.shape[1] // 16) * 16
+    if rows == 0 or cols == 0:
+        return 0.0
+    hh = np.empty((rows // 2, cols // 2), dtype=np.float32)
+    for i in range(0, rows, 512):  # in bands of rows: no image-sized float temporaries
+        band = np.asarray(x[i:min(i + 512, rows), :cols], dtype=np.float32)
+        hh[i // 2:i // 2 + band.shape[0] // 2] = np.abs(
+            band[0::2, 0::2] - band[0::2, 1::2] - band[1::2, 0::2] + band[1::2, 1::2]) / 2
+    blocks = hh.reshape(hh.shape[0] // 8, 8, hh.shape[1] // 8, 8).transpose(0, 2, 1, 3)
+    medians = np.median(blocks.reshape(blocks.shape[0], blocks.shape[1], 64), axis=-1)
+    textured = medians > 0
+    if not np.any(textured):
+        return 0.0
+    return float(np.median(medians[textured])) / _MAD_TO_SIGMA
+
+
+def _local_noise(hh1: np.ndarray, shape3: tuple[int, int]) -> np.ndarray:
+    """Local noise level on the level-3 coefficient grid (``shape3``): the median |HH| of the
+    working grid's level-1 diagonal subband in blocks of 4 x 4 coefficients (8 x 8 working
+    px), over 0.6745, smoothed over 3 x 3 blocks: float64."""
+    rows, cols = shape3
+    padded = np.zeros((rows * 4, cols * 4))
+    r, c = min(hh1.shape[0], rows * 4), min(hh1.shape[1], cols * 4)
+    padded[:r, :c] = np.abs(hh1[:r, :c])
+    blocks = padded.reshape(rows, 4, cols, 4).transpose(0, 2, 1, 3).reshape(rows, cols, 16)
+    noise = np.median(blocks, axis=-1) / _MAD_TO_SIGMA
+    # dense text, markers and grids read as noise: no block gets more than a few times the
+    # film's typical noise (quantum noise varies with exposure, but not by more)
+    typical = noise[noise > 0]
+    if typical.size:
+        np.minimum(noise, _NOISE_SPREAD * float(np.median(typical)), out=noise)
+    return ndimage.uniform_filter(noise, 3, mode="reflect")
+
+
+def _upsample_to(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Repeat each value of a coarser grid to cover ``shape`` (a power-of-two multiple)."""
+    k = max(1, shape[0] // grid.shape[0])
+    up = np.repeat(np.repeat(grid, k, axis=0), k, axis=1)
+    out = np.empty(shape, dtype=grid.dtype)
+    r, c = min(shape[0], up.shape[0]), min(shape[1], up.shape[1])
+    out[:r, :c] = up[:r, :c]
+    out[r:, :] = out[r - 1:r, :] if r else 0
+    out[:, c:] = out[:, c - 1:c] if c else 0
+    return out
+
+
+def embedding_strength(coeffs: list) -> dict[int, np.ndarray]:
+    """Relative strength of the mark per coefficient of each marked level (before the global
+    scale), from the host's DWT.
+
+    Parameters
+    ----------
+    coeffs : list
+        ``pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)`` of the host's working
+        grid, in any units.
+
+    Returns
+    -------
+    dict
+        ``{level: (rows_l, cols_l) float64}`` for each level of :data:`LEVELS`, in the host's
+        units: the local noise level (see the module docstring) times the texture masking
+        factor ``min(ratio / median ratio, 1.5) ** 0.5``, where ``ratio`` is the local
+        activity of the level's three subbands over the local noise. Zero where there is no
+        noise.
+    """
+    level3 = coeffs[1][0].shape
+    noise3 = _local_noise(coeffs[N_LEVELS][2], level3)
+    out = {}
+    for level in LEVELS:
+        bands = coeffs[N_LEVELS + 1 - level]
+        noise = _upsample_to(noise3, bands[0].shape) if level != N_LEVELS else noise3
+        act = _activity(bands)
+        ratio = np.divide(act, noise, out=np.zeros_like(act), where=noise > 0)
+        typical = float(np.median(ratio[noise > 0])) if np.any(noise > 0) else 1.0
+        masking = np.minimum(ratio / max(typical, 1e-12), _MASKING_CAP) ** _MASKING_EXPONENT
+        out[level] = _LEVEL_GAIN[level] * noise * masking
+    return out
+
+
+def _host_activity(coeffs: list) -> tuple[dict[int, np.ndarray], float]:
+    """The detector's view of a host (:func:`folded_subbands`): per marked level the local
+    activity (floored as the detector floors it), and the norm of the whitened host,
+    ``sqrt(sum(min((x / act) ** 2, 16)))`` over the marked levels' coefficients."""
+    acts, energy = {}, 0.0
+    for level in LEVELS:
+        bands = coeffs[N_LEVELS + 1 - level]
+        act = _activity(bands)
+        act = np.maximum(act, max(float(np.median(act)) * 0.05, 1e-9))
+        acts[level] = act
+        for band in bands:
+            energy += float(np.sum(np.minimum(np.square(band / act), 16.0)))
+    return acts, math.sqrt(energy)
+
+
+def expected_z(residual_work: np.ndarray, patterns: dict, acts: dict, host_norm: float) -> float:
+    """Expected normalised correlation of an unaltered marked copy.
+
+    The detector divides every coefficient by its local activity and sums them with the
+    keyed signs, so the mark adds ``sum(pattern * m / act)`` coherently while the host adds
+    its whitened values with random signs, of norm ``host_norm``.
+
+    Parameters
+    ----------
+    residual_work : (rows, columns) float array
+        The mark, resampled onto the working grid.
+    patterns : dict
+        ``{level: [3 arrays]}``: the keyed sign (+1/-1) of each subband coefficient.
+    acts, host_norm
+        From :func:`_host_activity` of the host's working grid.
+
+    Returns
+    -------
+    float
+        ``z``, which grows linearly with the mark's amplitude; 0 for a flat host.
+    """
+    if host_norm == 0:
+        return 0.0
+    details = _marked_details(np.asarray(residual_work, dtype=np.float64))
+    signal = 0.0
+    for level in LEVELS:
+        for band, pattern in zip(details[level], patterns[level]):
+            signal += float(np.sum(band * pattern / acts[level]))
+    return signal / host_norm
 
 
 def luminance_mask(display: np.ndarray) -> np.ndarray:
-    """Luminance masking: 0 where the display is (nearly) black or white, ramping to 1 over
-    8 grey levels.
+    """Luminance masking: 0 where the display is black or white, ramping to 1 over
+    :data:`_LUMINANCE_RAMP` (16) grey levels.
 
     ``display`` (rows, columns) grey levels on 0..255; returns the same shape, float32 for a
     float32 ``display`` and float64 otherwise."""
     lum = np.subtract(255.0, display)  # in place from here: one image-sized array
     np.minimum(display, lum, out=lum)
-    lum /= 8.0
+    lum /= _LUMINANCE_RAMP
     return np.clip(lum, 0.0, 1.0, out=lum)
+
+
+def border_mask(n: int) -> np.ndarray:
+    """Weights (n,) float64 along one side: 0 over the outer :data:`_BORDER_ZERO` of it at
+    each end, then a linear ramp to 1 over the next :data:`_BORDER_RAMP`."""
+    distance = np.minimum(np.arange(n), np.arange(n)[::-1]) / max(n, 1)
+    return np.clip((distance - _BORDER_ZERO) / _BORDER_RAMP, 0.0, 1.0)
 
 
 def fold_tiles(band: np.ndarray, t: int) -> np.ndarray:
@@ -352,93 +515,154 @@ def _check_codeword(codeword) -> np.ndarray:
     return c.astype(np.float64)
 
 
-def mark_residual(display: np.ndarray, codeword, key: SiteKey, *,
-                  rms: float | None = None, dtype: type | np.dtype = np.float64) -> np.ndarray:
-    """The additive mark for one image, in display grey levels.
+def mark_residual(image: np.ndarray, codeword, key: SiteKey, *, display: np.ndarray | None = None,
+                  quantum: float | None = None, strength: float = 1.0,
+                  dtype: type | np.dtype = np.float64) -> np.ndarray:
+    """The additive mark for one image, in the image's own units.
 
     Parameters
     ----------
-    display : (rows, columns) array
-        The image as a viewer shows it by default, in grey levels on a 0..255 scale (float
-        or integer). Rows and columns at least ``MIN_EMBED_EDGE``.
+    image : (rows, columns) array
+        The host in any unit linear in what a viewer shows (a film's default display on
+        0..255, or the grey values of an 8-bit image), float or integer. Rows and columns at
+        least ``MIN_EMBED_EDGE``.
     codeword : (256,) array of +1/-1
         From :func:`watermark.payload.encode`.
     key : SiteKey
-    rms : float, optional
-        RMS of the mark over the whole image, display grey levels (default:
-        :func:`default_rms`). The display PSNR of the marked image is about
-        ``20 * log10(255 / rms)`` dB before quantisation.
+    display : (rows, columns) array, optional
+        What a viewer shows, 0..255, for the luminance mask (default: ``image`` itself).
+    quantum : float, optional
+        The step, in the image's units, to which the marked copy will be rounded (for a film
+        rendered to ``image``: the display's grey levels per stored unit; 1 for an 8-bit
+        image); ``None`` (default) for a continuous output. A host of integer values keeps
+        only ``quantum * round(mark / quantum)``: the strength is then chosen for the
+        rounded mark, and its RMS may reach ``QUANTUM_RATIO * quantum`` when the noise is
+        finer than one step.
+    strength : float, optional
+        Embedding strength relative to the model's choice (default 1; see the module
+        docstring): the mark is multiplied by it. For strength sweeps and benchmarks.
     dtype : {numpy.float64, numpy.float32}, optional
         Precision of the computation and of the result (default float64). float32 halves
         the memory and time of the image-sized steps; the mark differs from the float64 one
-        by float32 rounding only (about 1e-6 of its amplitude).
+        by float32 rounding only.
 
     Returns
     -------
-    (rows, columns) array of `dtype` (float64 by default)
-        Add it to ``display`` (or, divided by the display gain, to the stored values). An
-        image with no texture at all (all black, all white, all flat) gets all zeros.
+    (rows, columns) array of `dtype`
+        Add it to ``image``. Its RMS (after rounding, with ``quantum``) is at most ``strength
+        * max(NOISE_RATIO * noise_rms(image), QUANTUM_RATIO * quantum)``. An image without
+        noise or texture (all black, all white, constant) gets all zeros. With ``quantum``
+        the result is not rounded: the caller rounds the marked copy.
 
     Raises
     ------
     ValueError
-        Wrong codeword, a `dtype` other than float64 or float32, or an image smaller than
-        ``MIN_EMBED_EDGE`` on a side.
+        Wrong codeword, a `dtype` other than float64 or float32, a negative strength, or an
+        image smaller than ``MIN_EMBED_EDGE`` on a side.
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float64, np.float32):
         raise ValueError(f"dtype is {dtype}; float64 or float32 is required")
-    display = np.asarray(display, dtype=dtype)
-    if display.ndim != 2 or min(display.shape) < MIN_EMBED_EDGE:
+    if not strength >= 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    image = np.asarray(image, dtype=dtype)
+    if image.ndim != 2 or min(image.shape) < MIN_EMBED_EDGE:
         raise ValueError(f"image must be 2-D and at least {MIN_EMBED_EDGE} px on each side, "
-                         f"got shape {display.shape}")
+                         f"got shape {image.shape}")
+    display = image if display is None else np.asarray(display, dtype=dtype)
+    if display.shape != image.shape:
+        raise ValueError(f"display shape {display.shape} differs from image shape {image.shape}")
     c = _check_codeword(codeword)
     layout = _layout(key)
-    wshape = working_shape(display.shape)
-    work = _resample(display, wshape, dtype)
+    wshape = working_shape(image.shape)
+    work = _resample(image, wshape, dtype)
     coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
-    mark = [np.zeros_like(coeffs[0])]
+    del work
+    gains = embedding_strength(coeffs)
+    acts, host_norm = _host_activity(coeffs)
+    mark, patterns = [np.zeros_like(coeffs[0])], {}
     for index in range(1, N_LEVELS + 1):
         level = N_LEVELS + 1 - index
         bands = coeffs[index]
         if level not in LEVELS:
             mark.append(tuple(np.zeros_like(b) for b in bands))
             continue
-        strength = embedding_strength(bands)
-        marked = []
+        marked, patterns[level] = [], []
         for o, band in enumerate(bands):
             tile = (layout.signs[level][o] * c[layout.bits[level][o]]).astype(dtype)
-            marked.append(strength * _tiled(tile, band.shape))
+            patterns[level].append(_tiled(tile, band.shape))
+            marked.append(gains[level].astype(dtype) * patterns[level][-1])
         mark.append(tuple(marked))
-    del work, coeffs, bands, strength, marked
+    del coeffs, bands, marked
     residual_work = pywt.waverec2(mark, WAVELET, mode=MODE)[: wshape[0], : wshape[1]]
     del mark
-    residual = _resample(np.asarray(residual_work, dtype=dtype), display.shape, dtype)
+    residual = _resample(np.asarray(residual_work, dtype=dtype), image.shape, dtype)
     del residual_work
-    # luminance masking and the RMS, in blocks of rows: no image-sized temporaries
+    # luminance and border masks and the RMS, in blocks of rows: no image-sized temporaries
+    across = border_mask(image.shape[1]).astype(dtype)
+    down = border_mask(image.shape[0]).astype(dtype)
     square_sum = 0.0
-    for i in range(0, display.shape[0], _ROW_BLOCK):
+    for i in range(0, image.shape[0], _ROW_BLOCK):
         block = residual[i:i + _ROW_BLOCK]
         block *= luminance_mask(display[i:i + _ROW_BLOCK])
+        block *= across[None, :]
+        block *= down[i:i + _ROW_BLOCK, None]
         flat = block.ravel().astype(np.float64)
         square_sum += float(np.dot(flat, flat))
     current = math.sqrt(square_sum / residual.size)
     if current == 0.0:
         return residual
-    residual *= (default_rms(display.shape) if rms is None else rms) / current
+    residual *= strength * _global_scale(residual, current, image, quantum, wshape, patterns,
+                                         acts, host_norm)
     return residual
+
+
+def _global_scale(residual: np.ndarray, rms: float, image: np.ndarray, quantum: float | None,
+                  wshape: tuple[int, int], patterns: dict, acts: dict, host_norm: float) -> float:
+    """The global scale of a masked mark of RMS ``rms``: the largest at which its RMS stays
+    under the noise cap, and no larger than needed for :data:`Z_CLEAN` (see the module
+    docstring). With a ``quantum``, both are measured on the rounded mark, by bisection."""
+    cap = NOISE_RATIO * noise_rms(image)
+    coarse = quantum is not None and quantum > 0 and QUANTUM_RATIO * quantum > cap / 4
+    if not coarse:
+        z_unit = expected_z(_resample(residual, wshape), patterns, acts, host_norm)
+        if z_unit <= 0.0 or cap == 0.0:
+            return 0.0
+        return min(cap / rms, Z_CLEAN / z_unit)
+    cap = max(cap, QUANTUM_RATIO * quantum)
+
+    def rounded(scale: float) -> np.ndarray:
+        return quantum * np.rint(residual * (scale / quantum))
+
+    def rms_of(x: np.ndarray) -> float:
+        return math.sqrt(float(np.mean(np.square(x, dtype=np.float64))))
+
+    lo, hi = 0.0, cap / rms * 4.0  # rounding shrinks the RMS: the cap's scale lies below hi
+    for _ in range(_BISECTIONS):
+        mid = 0.5 * (lo + hi)
+        x = rounded(mid)
+        if rms_of(x) > cap or expected_z(_resample(x, wshape), patterns, acts, host_norm) > Z_CLEAN:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+_BISECTIONS = 8  # steps of the search for the scale of a rounded mark (1/256 of the bracket)
 
 
 _ROW_BLOCK = 256  # rows per block of the image-sized elementwise steps
 
 
-def embed(display: np.ndarray, codeword, key: SiteKey, *, rms: float | None = None) -> np.ndarray:
-    """Marked copy of a display-domain image: ``display + mark_residual(...)``, clipped to 0..255.
+def embed(image: np.ndarray, codeword, key: SiteKey, *, display: np.ndarray | None = None,
+          strength: float = 1.0) -> np.ndarray:
+    """Marked copy of an 8-bit-scale image: ``image + mark_residual(...)``, clipped to 0..255.
 
-    Shapes and units as in :func:`mark_residual`; returns float64.
+    Shapes and units as in :func:`mark_residual` (``image`` on 0..255); returns float64.
     """
-    display = np.asarray(display, dtype=np.float64)
-    return np.clip(display + mark_residual(display, codeword, key, rms=rms), 0.0, 255.0)
+    image = np.asarray(image, dtype=np.float64)
+    return np.clip(image + mark_residual(image, codeword, key, display=display,
+                                         strength=strength), 0.0, 255.0)
 
 
 def _working_grid(image: np.ndarray, long_edge: int) -> np.ndarray:

@@ -129,10 +129,11 @@ def informed_soft_bits(residual: np.ndarray, original: np.ndarray, key: SiteKey)
     coeffs_r = pywt.wavedec2(residual, dwt.WAVELET, mode=dwt.MODE, level=dwt.N_LEVELS)
     coeffs_o = pywt.wavedec2(np.asarray(original, dtype=np.float64), dwt.WAVELET,
                              mode=dwt.MODE, level=dwt.N_LEVELS)
+    strengths = dwt.embedding_strength(coeffs_o)
     folded = {}
     for level in dwt.LEVELS:
         index = dwt.N_LEVELS + 1 - level
-        bands_r, strength = coeffs_r[index], dwt.embedding_strength(coeffs_o[index])
+        bands_r, strength = coeffs_r[index], strengths[level]
         power = ndimage.uniform_filter(sum(b * b for b in bands_r) / 3.0, 9, mode="reflect")
         floor = max(float(np.median(power[power > 0])) * 0.05, 1e-9) if np.any(power > 0) else 1.0
         weight = strength / np.maximum(power, floor)
