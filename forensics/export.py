@@ -31,7 +31,7 @@ import numpy as np
 from watermark import dwt, payload
 from watermark.dicomio import (EncodedDerived, Film, encode_derived, read_film, sha256_file,
                                write_derived, write_encoded)
-from watermark.display import display_gain, render
+from watermark.display import display_gain, render, shows_range
 from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
 from watermark.keys import SiteKey
 
@@ -99,7 +99,7 @@ def mark_film(film: Film, number: int, key: SiteKey, *, strength: float = 1.0) -
     marked = np.divide(residual, gain, dtype=np.float64)  # marked = source + residual / gain
     del residual
     np.add(marked, source, out=marked)
-    if _shown_min_to_max(film):
+    if shows_range(film):
         lo_at, hi_at = int(np.argmin(source)), int(np.argmax(source))
         np.clip(marked, source.flat[lo_at], source.flat[hi_at], out=marked)
         marked.flat[lo_at], marked.flat[hi_at] = source.flat[lo_at], source.flat[hi_at]
@@ -112,18 +112,6 @@ def mark_film(film: Film, number: int, key: SiteKey, *, strength: float = 1.0) -
                             f"copy would differ from the source in {changed} of {source.size} "
                             "pixels; there is too little texture in the displayed range)")
     return marked
-
-
-def _shown_min_to_max(film: Film) -> bool:
-    """True when the film has no VOI LUT and no window, so that viewers stretch its min..max.
-
-    Mirrors the choice of :func:`watermark.display.render`: a (0028,3010) *VOI LUT Sequence*,
-    else a (0028,1050) *Window Center* / (0028,1051) *Window Width* pair, else the range.
-    """
-    ds = film.dataset
-    if ds.get("VOILUTSequence"):
-        return False
-    return ds.get("WindowCenter") in (None, "") or ds.get("WindowWidth") in (None, "")
 
 
 @dataclass(frozen=True)

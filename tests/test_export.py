@@ -86,8 +86,6 @@ def test_marked_copies_are_refused(tmp_path, dicom_films):
 
 
 def _flat_films(folder):
-    rng = np.random.default_rng(0)
-    texture_below_window = rng.integers(0, 100, (256, 256)).astype(np.uint16)
     return {
         "black.dcm": write_dicom(folder / "black.dcm", np.zeros((256, 256), np.uint16), bits_stored=12),
         "white.dcm": write_dicom(folder / "white.dcm", np.full((256, 256), 4095, np.uint16), bits_stored=12),
@@ -95,8 +93,6 @@ def _flat_films(folder):
                                        window=(128, 256)),
         "black_window.dcm": write_dicom(folder / "black_window.dcm", np.zeros((256, 256), np.uint8),
                                         window=(128, 256)),
-        "outside_window.dcm": write_dicom(folder / "outside_window.dcm", texture_below_window,
-                                          bits_stored=12, window=(3000, 200)),
     }
 
 
@@ -114,6 +110,31 @@ def test_flat_films_are_refused_and_the_batch_goes_on(tmp_path, dicom_films):
         assert all("flat image" in o.error and o.source.name in o.error for o in outcomes[:-1])
         assert len(book.exports()) == 1
     assert sorted(p.name for p in out.iterdir()) == [FUJI]
+
+
+def test_a_film_whose_window_shows_nothing_is_marked_as_a_viewer_shows_it(tmp_path, dicom_films):
+    """A real film whose Window Center/Width lies wholly below its stored values shows every
+    pixel white in that window; viewers show it by its range, and so does leaktrace (it was
+    refused as flat before). The copy keeps the source's window, min and max, and a
+    screenshot of the range view is traced."""
+    ds = pydicom.dcmread(dicom_films[FUJI], force=True)  # this film has no File Meta
+    low = int(read_film(dicom_films[FUJI]).pixels.min())
+    ds.WindowCenter, ds.WindowWidth = low - 300, 200
+    ds.VOILUTFunction = "LINEAR"
+    src = tmp_path / "below_window.dcm"
+    ds.save_as(src)
+    film = read_film(src)
+    assert np.ptp(render(film, window=(low - 300, 200))) == 0  # the file's window: all one value
+    assert np.ptp(render(film)) == 255  # shown by its range instead
+    with Ledger(tmp_path / "l.sqlite") as book:
+        rec = export_film(src, tmp_path / "out.dcm", recipient="Dr. Ana", ledger=book, key=KEY)
+        copy = pydicom.dcmread(rec.output_path)
+        assert (float(copy.WindowCenter), float(copy.WindowWidth)) == (low - 300, 200)
+        marked = read_film(rec.output_path).pixels
+        assert (marked.min(), marked.max()) == (film.pixels.min(), film.pixels.max())
+        leak = _leak_png(rec.output_path, tmp_path / "leak.png")
+        result = detect_leak(leak, ledger=book, key=KEY)
+        assert result.decision == "traced" and result.recipient == "Dr. Ana"
 
 
 def test_failed_export_leaves_no_recipient(tmp_path):

@@ -7,7 +7,9 @@ The grayscale pipeline of PS3.4 Annex N.2 is applied in this order:
 2. **VOI LUT** (PS3.3 C.11.2): a window (0028,1050) *Window Center* / (0028,1051) *Window
    Width* shaped by (0028,1056) *VOI LUT Function* (LINEAR, LINEAR_EXACT or SIGMOID), or the
    (0028,3010) *VOI LUT Sequence*. With neither, the range of the image itself (min..max of
-   the modality output) is stretched over the display, as viewers do.
+   the modality output) is stretched over the display, as viewers do; so too when a LINEAR
+   window lies wholly outside the image's values (every pixel would show black, or white),
+   which viewers then show by its range or histogram.
 3. **Presentation** (PS3.3 C.11.6 and C.8.11.1): the result is inverted when the image says
    so; see :func:`render`.
 
@@ -37,7 +39,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windo
 from .dicomio import Film
 from .errors import InvalidInputError, UnsupportedImageError
 
-__all__ = ["render", "display_gain", "to_uint8"]
+__all__ = ["render", "display_gain", "shows_range", "to_uint8"]
 
 _FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 _DISPLAY_MAX = 255.0
@@ -69,6 +71,11 @@ class _Source:
                     f"{self.name}: the pixel data cannot be decoded: {exc}"
                 ) from exc
         return self._reference
+
+    @property
+    def has_values(self) -> bool:
+        """True when the film's own values are at hand (a Film, or pixels given)."""
+        return self._reference is not None
 
     @property
     def pixels(self) -> np.ndarray:
@@ -416,10 +423,41 @@ def _choose_voi(
                 f"{source.name}: (0028,1051) Window Width is {width} with (0028,1056) VOI LUT "
                 f"Function {function}: {problem}"
             )
-        return _Voi("window", centre, width, function)
+        if not source.has_values:  # a bare dataset is not decoded to check its window
+            return _Voi("window", centre, width, function)
+        low, high = _modality_range(source)
+        if not _window_misses(centre, width, function, low, high):
+            return _Voi("window", centre, width, function)
+        return _Voi("range", low=low, high=high)
 
     low, high = _modality_range(source)
     return _Voi("range", low=low, high=high)
+
+
+def _window_misses(centre: float, width: float, function: str, low: float, high: float) -> bool:
+    """True when a LINEAR or LINEAR_EXACT window shows every value in [low, high] as black or
+    every one as white (PS3.3 C.11.2.1.2: LINEAR clips below c - 0.5 - (w - 1) / 2 and above
+    c - 0.5 + (w - 1) / 2). A SIGMOID window never clips, and is kept."""
+    if function == "SIGMOID":
+        return False
+    if function == "LINEAR":
+        bottom, top = centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
+        return high <= bottom or low > top
+    return high <= centre - width / 2 or low >= centre + width / 2
+
+
+def shows_range(film_or_ds: Film | Dataset) -> bool:
+    """True when :func:`render`'s default view stretches the film's own min..max over the
+    display: the film has no VOI LUT Sequence and no window, or its LINEAR window lies wholly
+    outside its values (see the module docstring; checked for a Film, not for a bare dataset,
+    which is not decoded for it).
+
+    Raises
+    ------
+    UnsupportedImageError, InvalidInputError
+        As for :func:`render`.
+    """
+    return _choose_voi(_source(film_or_ds, None), None, None, True).kind == "range"
 
 
 def _window_problem(width: float, function: str) -> str | None:
