@@ -52,6 +52,9 @@ def _pipelines(names):
     """The robustness issue's pipelines and ``raw16_stored`` (the benchmark's table, without
     its strength sweeps)."""
     table = {n: p for n, p in bench_pipelines().items() if not p.sweep_only}
+    unknown = [n for n in names or () if n not in table]
+    if unknown:
+        sys.exit(f"robustness: unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(table)}")
     return {n: table[n] for n in (names or table)}
 
 
