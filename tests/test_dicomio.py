@@ -707,3 +707,20 @@ def test_sha256_file(tmp_path):
     )
     with pytest.raises(InvalidInputError, match="missing.bin"):
         sha256_file(tmp_path / "missing.bin")
+
+
+def test_syntax_without_any_decoder_says_what_to_do(tmp_path):
+    """JPEG 2000 Part 2 multi-component (1.2.840.10008.1.2.4.92) has no decoder in pydicom
+    3.0: one line naming the file and the syntax and how to convert it, no plugin internals."""
+    import pydicom
+
+    values = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32)
+    path = make_dicom(tmp_path / "jxl.dcm", values, bits_stored=12, syntax=JPEG2000Lossless)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.92"
+    ds.save_as(path)
+    with pytest.raises(UnsupportedImageError) as info:
+        read_film(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: (0002,0010) Transfer Syntax UID 1.2.840.10008.1.2.4.92")
+    assert "convert the file" in message and "dcmdjpeg" in message and "\n" not in message

@@ -7,8 +7,9 @@ syntax, whether the source was ever compressed lossily). :func:`write_derived` w
 copy of a film as a new SOP Instance that says what it is (DERIVED, with a reference to its
 source) and never changes the file it came from.
 
-All pixel decoding and encoding is left to pydicom and its plugins (pylibjpeg, pyjpegls...);
-this module has no codec of its own.
+All pixel decoding and encoding is left to pydicom and its plugins (pylibjpeg, pyjpegls,
+GDCM, and imagecodecs for 12-bit lossy JPEG through :mod:`watermark.decoders`); this module
+has no codec of its own.
 
 References
 ----------
@@ -50,8 +51,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from . import decoders
 from ._files import atomic_write
 from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
+
+decoders.register()  # imagecodecs for 12-bit lossy JPEG, after pydicom's own plugins
 
 __all__ = ["Film", "DerivedRecord", "EncodedDerived", "read_film", "write_derived", "encode_derived",
            "write_encoded", "sha256_file"]
@@ -139,8 +143,9 @@ class Film:
 
     Notes
     -----
-    For JPEG baseline sources the decoded values may differ by one grey level between
-    decoder plugins (pylibjpeg-libjpeg and Pillow); pydicom tries pylibjpeg first.
+    For lossy JPEG sources the decoded values may differ by one grey level between decoder
+    plugins (GDCM, Pillow, imagecodecs); pydicom tries GDCM first, and 12-bit JPEG Extended
+    is decoded by imagecodecs (:mod:`watermark.decoders`), the only one that reads it.
     """
 
     path: Path
@@ -258,7 +263,7 @@ def read_film(path: str | os.PathLike) -> Film:
             "both must be at least 1"
         )
 
-    pixels = _decode(ds, path, transfer_syntax)
+    pixels = _decode(ds, path, transfer_syntax, bits_stored)
     if pixels.shape != (rows, columns):
         raise InvalidInputError(
             f"{path}: decoded pixel data has shape {pixels.shape}, but (0028,0010) Rows and "
@@ -679,30 +684,41 @@ def _check_bit_depth(ds: Dataset, path: Path) -> tuple[int, bool]:
     return stored, representation == 1
 
 
-def _decode(ds: Dataset, path: Path, transfer_syntax: UID) -> np.ndarray:
-    """Decode the single frame with pydicom; errors name the file and what to install."""
+def _decode(ds: Dataset, path: Path, transfer_syntax: UID, bits_stored: int) -> np.ndarray:
+    """Decode the single frame with pydicom; errors name the file, the syntax and what to do."""
+    what = f"(0002,0010) Transfer Syntax UID {transfer_syntax} ('{transfer_syntax.name}')"
     try:
         decoder = get_decoder(transfer_syntax)
-    except NotImplementedError as exc:
+    except NotImplementedError:
         raise UnsupportedImageError(
-            f"{path}: (0002,0010) Transfer Syntax UID {transfer_syntax} "
-            f"('{transfer_syntax.name}') cannot be decoded by pydicom: {exc}"
-        ) from exc
+            f"{path}: {what} is not one pydicom can decode; convert the file to an "
+            "uncompressed or lossless syntax first (for example with DCMTK's dcmdjpeg or "
+            "GDCM's gdcmconv --raw)"
+        ) from None
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "no plugin registered"
         raise UnsupportedImageError(
-            f"{path}: cannot decode (0002,0010) Transfer Syntax UID {transfer_syntax} "
-            f"('{transfer_syntax.name}') because all pydicom decoding plugins are missing "
-            f"dependencies: {missing}"
+            f"{path}: cannot decode {what}: no decoder for it is installed; install "
+            f"one of: {missing}"
         )
+    plugin = decoders.preferred_plugin(transfer_syntax, bits_stored)
     try:
-        arr, _ = decoder.as_array(ds)
+        arr, _ = decoder.as_array(ds, decoding_plugin=plugin)
     except Exception as exc:  # codecs raise RuntimeError, ValueError, OSError, ...
         raise InvalidInputError(
             f"{path}: pixel data cannot be decoded as '{transfer_syntax.name}' "
-            f"({transfer_syntax}); the file is truncated or corrupt: {exc}"
+            f"({transfer_syntax}, {bits_stored} bits stored); the file is truncated or "
+            f"corrupt ({_first_failure(exc)})"
         ) from exc
     return arr
+
+
+def _first_failure(exc: Exception) -> str:
+    """One line of a decoder failure: pydicom joins every plugin's message into one text."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Unable to decode"):
+        lines = lines[1:]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _clean_unused_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
