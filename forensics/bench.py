@@ -209,7 +209,7 @@ class BenchPipeline:
     sweep_only: bool = False
 
 
-STORED_SIDE_LEAKS = ("dicom_jpeg", "dicom_j2k")
+STORED_SIDE_LEAKS = ("dicom_jpeg", "dicom_j2k", "dicom_dcmtk_jpeg")
 
 # strength sweeps: pipelines of forensics.leaks.PIPELINES that belong to a family, and the
 # extra pipelines (single registry leaks, saved as 8-bit PNG where they do not encode

@@ -31,7 +31,8 @@ tone and filters
 camera
     :func:`screen_photo`.
 DICOM side
-    :func:`dicom_jpeg`, :func:`dicom_j2k` (arrays) and :func:`write_lossy_dicom` (files).
+    :func:`dicom_jpeg`, :func:`dicom_j2k`, :func:`dicom_dcmtk_jpeg` (arrays) and
+    :func:`write_lossy_dicom` (files).
 
 Registry and pipelines
 ----------------------
@@ -72,7 +73,7 @@ __all__ = [
     "crop_top", "crop_side", "crop_centre", "rotate", "rot90", "mirror",
     "gamma", "brightness", "contrast", "blur", "noise", "sharpen",
     "screen_photo",
-    "dicom_jpeg", "dicom_j2k", "write_lossy_dicom",
+    "dicom_jpeg", "dicom_j2k", "dicom_dcmtk_jpeg", "write_lossy_dicom",
 ]
 
 PEAK_8 = 255.0
@@ -1368,6 +1369,87 @@ def dicom_j2k(image: np.ndarray, rng: np.random.Generator | None = None, *,
     return np.asarray(ds.pixel_array, dtype=np.float64)
 
 
+def dicom_dcmtk_jpeg(image: np.ndarray, rng: np.random.Generator | None = None, *,
+                     quality: int = 80, bits_stored: int | None = None) -> np.ndarray:
+    """A PACS re-compressing the stored values with DCMTK as lossy 12-bit JPEG, decoded.
+
+    The values are written as an uncompressed DICOM file, coded by DCMTK's
+    ``dcmcjpeg +ee +q QUALITY`` (JPEG Extended, Process 2 and 4, 1.2.840.10008.1.2.4.51: the
+    12-bit lossy JPEG PACS store CR/DX films in) and read back by
+    :func:`watermark.dicomio.read_film`, as ``detect`` reads such a leak. Values of up to
+    12 bits are coded as they are. Deeper values are rescaled by dcmcjpeg to 12 bits from
+    their minimum and maximum (its default ``+sp``), as such a PACS does; the decoded values
+    are mapped back to the input's minimum and maximum (rounded) so that the film's display
+    applies to them.
+
+    Parameters
+    ----------
+    image : (rows, columns) array
+        Stored values, unsigned, 0..2**bits_stored - 1 (rounded to integers first). A display
+        image (0..255) is treated as 8-bit stored values.
+    rng : numpy.random.Generator, optional
+        Ignored.
+    quality : int, 1..100
+        IJG quality factor (dcmcjpeg ``+q``).
+    bits_stored : int, optional
+        (0028,0101) *Bits Stored*, 1..16; inferred as in :func:`dicom_jpeg`.
+
+    Returns
+    -------
+    (rows, columns) float64 array
+        Decoded integer stored values in the input's range.
+
+    Raises
+    ------
+    ValueError
+        ``quality`` outside 1..100, bad ``bits_stored``, or values outside its range.
+    forensics.dicomtools.ToolMissingError
+        DCMTK is not installed (the message names the package).
+
+    References
+    ----------
+    .. [1] DICOM PS3.5, section 8.2.1 "JPEG Image Compression" and Table 8.2.1-1.
+    .. [2] DCMTK dcmcjpeg documentation, https://support.dcmtk.org/docs/dcmcjpeg.html
+    """
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from watermark.dicomio import read_film
+
+    from . import dicomtools
+
+    _number("quality", quality, 1, 100, integer=True)
+    values, bits = _stored(image, bits_stored)
+    ds = _pixel_dataset(values, bits)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _new_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.PixelData = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
+    recipe = dataclasses.replace(dicomtools.ENCODINGS["dcmtk_jpeg_extended_q80"],
+                                 name=f"dcmtk_jpeg_extended_q{quality}",
+                                 argv=("dcmcjpeg", "+ee", "+q", str(quality)))
+    with tempfile.TemporaryDirectory(prefix="leaktrace-dcmtk-") as work:
+        native, coded = Path(work) / "in.dcm", Path(work) / "out.dcm"
+        ds.save_as(native, enforce_file_format=True)
+        dicomtools.reencode(native, coded, recipe)
+        film = read_film(coded)
+    decoded = film.pixels.astype(np.float64)
+    if film.bits_stored >= bits:
+        return decoded
+    lo, hi = float(values.min()), float(values.max())
+    d_lo, d_hi = float(decoded.min()), float(decoded.max())
+    if d_hi <= d_lo:
+        return np.full(decoded.shape, lo)
+    return np.round(lo + (decoded - d_lo) * ((hi - lo) / (d_hi - d_lo)))
+
+
+def _new_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
+
+
 def write_lossy_dicom(ds: Dataset, path: str | PathLike, *, method: str = "j2k",
                       ratio: float = 20.0, quality: int = 80) -> Dataset:
     """Write a lossy re-compressed copy of a grey single-sample DICOM dataset.
@@ -1683,6 +1765,7 @@ LEAKS: dict[str, tuple[LeakFunction, dict]] = {
         _entry(dicom_jpeg, quality=50),
         _entry(dicom_j2k, ratio=10),
         _entry(dicom_j2k, ratio=20),
+        _entry(dicom_dcmtk_jpeg, quality=80),
     ]),
 }
 """Leak name -> (function, parameters). See :func:`leak_name` for how names are built."""
@@ -1714,6 +1797,7 @@ PIPELINES: dict[str, Pipeline] = {
     # DICOM side
     "dicom_jpeg_q80": [("dicom_jpeg_q80", {})],
     "dicom_j2k_20to1": [("dicom_j2k_20to1", {})],
+    "dicom_dcmtk_jpeg_q80": [("dicom_dcmtk_jpeg_q80", {})],
     # stretch goals
     "screen_photo": [("screen_photo_0.5", {})],
     "rotate_10deg": [("rotate_10deg", {}), ("png8", {})],

@@ -56,6 +56,21 @@ def running_in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def require_tools(*tools: str) -> None:
+    """Skip the calling test when a command-line tool is not on PATH (fail it under CI, whose
+    ``.ci/run`` installs every tool: DCMTK, GDCM's tools, dicom3tools' dciodvfy)."""
+    import shutil
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if not missing:
+        return
+    message = (f"{', '.join(missing)} not on PATH (Debian packages: dcmtk, libgdcm-tools, "
+               "dicom3tools)")
+    if running_in_ci():
+        pytest.fail(message + " [CI is set, so this fails instead of skipping]", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared film folder; skips the test when it does not exist (fails it under CI)."""
