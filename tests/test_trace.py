@@ -84,11 +84,19 @@ def test_leaks_are_traced_to_the_right_recipient_with_the_ledger(exported, pipel
     report = _trace(exported, _leak(exported, film, name, pipeline))
     out = report.as_dict()
     assert out["decision"] == "traced"
-    # a screenshot shows more than the film (UI, margins): the blind search runs too
-    assert out["mode"] == ("informed+blind" if pipeline.startswith("screenshot") else "informed")
+    # a screenshot shows more than the film (UI, margins): the blind search runs too. The
+    # 256 px copy of the NIH film is near the informed test's threshold: with the mark of a
+    # fresh ledger (its ledger_id scopes the key) the blind search sometimes adds to it
+    if pipeline.startswith("screenshot"):
+        assert out["mode"] == "informed+blind"
+    elif pipeline == "long_edge_256px":
+        assert out["mode"] in ("informed", "informed+blind")
+    else:
+        assert out["mode"] == "informed"
     assert out["recipient"] == name and [r["recipient"] for r in out["recipients"]] == [name]
-    # 1e-9: the 256 px copy of the 440 px Fuji film gives 6e-12 (its noise-capped mark is weak)
-    assert out["p_value"] < 1e-9
+    # 1e-6: the 256 px copy (a quarter of the NIH film's size, whose mark is at half its noise
+    # RMS) gave 2e-7 to 1e-20 over fresh ledgers; the others here give 1e-21 or less
+    assert out["p_value"] < (1e-6 if pipeline == "long_edge_256px" else 1e-15)
     assert out["source"]["sop_instance_uid"] == str(read_film(
         exported[2][film, name]).dataset.SourceImageSequence[-1].ReferencedSOPInstanceUID)
     assert out["source"]["export"]["recipient_name"] == name
