@@ -1,8 +1,8 @@
 """``leaktrace bench``: the runner on a real film, its files, the peers, and its errors.
 
 The film is the shared set's smallest human film (the 440 px Fuji CR), so that every method
-runs in seconds. Expected values were measured on it: leaktrace's display PSNR is 54.5 dB and
-stored PSNR 57.8 dB (its strength follows the film's low noise floor); invisible-watermark's 38.5 dB (dwtDct) and 38.8 dB (dwtDctSvd),
+runs in seconds. Expected values were measured on it: leaktrace's display PSNR is 55.4 dB and
+stored PSNR 59.3 dB (its strength follows the film's low noise floor); invisible-watermark's 38.5 dB (dwtDct) and 38.8 dB (dwtDctSvd),
 blind-watermark's 42.3 dB. The peer tests are skipped, with the reason, when the peers are not
 installed (``.ci/run`` installs them).
 """
@@ -63,8 +63,9 @@ def test_leaktrace_names_the_right_recipient_of_a_clean_png_leak(leaktrace_run):
 def test_leaktrace_imperceptibility_is_what_was_measured_on_the_film(leaktrace_run):
     result, _ = leaktrace_run
     (row,) = [e for e in result.embeds if e["method"] == "leaktrace"]
-    assert 53.0 < row["psnr_display_db"] < 56.0  # 54.5 dB measured
-    assert 56.3 < row["psnr_stored_db"] < 59.3  # 57.8 dB measured (peak 2**10 - 1)
+    # measured over 6 fresh ledgers (each scopes the key, so the pattern differs):
+    assert 54.4 < row["psnr_display_db"] < 56.4  # 55.39-55.49 dB
+    assert 58.3 < row["psnr_stored_db"] < 60.3  # 59.29-59.30 dB (peak 2**10 - 1)
     assert 0.99 < row["ssim_display"] < 1.0 and 0.99 < row["ssim_stored"] < 1.0
     assert row["embed_s"] > 0 and row["error"] == ""
 
