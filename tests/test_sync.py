@@ -43,6 +43,18 @@ def test_lattice_recovers_scale_and_angle(films):
                and lat.angle == pytest.approx(3.0, abs=0.5) for lat in found), found
 
 
+@pytest.mark.parametrize("angle", [0.5, 1.5, -2.5])
+def test_rotations_between_whole_degrees_are_traced(films, angle):
+    """A rotation half-way between two whole degrees: with a 1-degree coarse comb, 0.5 and
+    1.5 degrees were missed blind (p = 1) while 1 and 2 degrees were found."""
+    image, marked, number = films[1]
+    leak = leaks.quantize_8bit(leaks.rotate(marked, angle=angle))
+    d = detect(leak, KEY, LEDGER)
+    assert d.recipient_numbers == [number] and d.p_value <= 1e-6, (angle, d.candidates[:3])
+    assert detect(leaks.quantize_8bit(leaks.rotate(image, angle=angle)), KEY,
+                  LEDGER).recipient_numbers == []
+
+
 PIPELINES = {
     "crop_centre_keep36pct": [("crop_centre_keep36pct", {}), ("png8", {})],
     "crop_top_cut25pct": [("crop_top_cut25pct", {}), ("png8", {})],
