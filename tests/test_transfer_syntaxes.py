@@ -151,6 +151,34 @@ def test_12_bit_jpeg_is_decoded_by_imagecodecs(dicom_films, tmp_path):
     assert "\n" not in message and "all available plugins" not in message
 
 
+@pytest.mark.parametrize("encoding", ["dcmtk_jpeg_extended_q80", "dcmtk_jpeg_lossless",
+                                      "dcmtk_jpegls_lossless", "dcmtk_jpeg_baseline"])
+def test_a_codestream_cut_short_is_refused_not_filled_in(encoding, dicom_films, tmp_path):
+    """Half a frame, the DICOM lengths kept consistent: libjpeg-turbo would return the rows it
+    has and fill the rest (a film half grey, marked and exported with exit 0, as a new user
+    found); the missing EOI marker makes it "truncated or corrupt", and embed writes nothing."""
+    require_tools(*_tools(encoding))
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from watermark.errors import InvalidInputError
+
+    encoded = dicomtools.reencode(dicom_films[CANON], tmp_path / "whole.dcm", encoding)
+    ds = pydicom.dcmread(encoded)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    half = tmp_path / "half.dcm"
+    ds.save_as(half)
+    with pytest.raises(InvalidInputError, match=r"half\.dcm: .*truncated or corrupt .*EOI"):
+        read_film(half)
+    with Ledger(tmp_path / "l.sqlite") as book:
+        with pytest.raises(InvalidInputError):
+            export_film(half, tmp_path / "out.dcm", recipient="Dr X", ledger=book, key=KEY)
+        assert book.exports() == [] and book.recipients() == {}
+    assert not (tmp_path / "out.dcm").exists()
+    assert read_film(encoded).pixels.shape == (2128, 2000)  # the whole stream still reads
+
+
 def test_dciodvfy_comparison_sees_a_new_error(dicom_films, tmp_path):
     """The validity check above compares dciodvfy's errors: a value broken on purpose in a
     copy (a Patient's Birth Date that is not a date) is a new error."""

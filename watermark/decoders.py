@@ -90,13 +90,15 @@ def _decode_frame(src: bytes, runner) -> bytes:
     Raises
     ------
     ValueError
-        If imagecodecs has no codec for the syntax.
+        If imagecodecs has no codec for the syntax, or the codestream does not end with its
+        EOI marker (a truncated frame, which libjpeg-turbo would fill in silently).
     imagecodecs.DelayedImportError, RuntimeError
         From the codec, for a corrupt or unsupported codestream.
     """
     function = _function(runner.transfer_syntax)
     if function is None:
         raise ValueError(f"imagecodecs cannot decode '{runner.transfer_syntax.name}'")
+    _check_complete(src)
     arr = function(src)
     if arr.dtype.itemsize not in (1, 2):
         raise ValueError(f"imagecodecs returned {arr.dtype} samples")
@@ -109,6 +111,18 @@ def _decode_frame(src: bytes, runner) -> bytes:
         ).startswith("YBR"):
             runner.set_option("photometric_interpretation", "RGB")
     return arr.tobytes()
+
+
+def _check_complete(src: bytes) -> None:
+    """Refuse a codestream cut short: JPEG (ITU-T T.81 B.2.1) and JPEG-LS (T.87 C.1) end with
+    the EOI marker FF D9. PS3.5 A.4 lets a fragment carry one trailing 00 byte of padding.
+
+    libjpeg-turbo, like every libjpeg, only warns on a premature end and returns the rows it
+    has with the rest filled in; a film half grey must not be marked and exported as if whole.
+    """
+    end = bytes(src[-3:]).rstrip(b"\x00")
+    if not end.endswith(b"\xff\xd9"):
+        raise ValueError("the codestream ends without its EOI marker (FF D9): truncated")
 
 
 def register() -> None:

@@ -714,11 +714,14 @@ def _decode(ds: Dataset, path: Path, transfer_syntax: UID, bits_stored: int) -> 
 
 
 def _first_failure(exc: Exception) -> str:
-    """One line of a decoder failure: pydicom joins every plugin's message into one text."""
+    """One line of a decoder failure. pydicom joins every plugin's message into one text; the
+    imagecodecs plugin's (it checks the codestream's end) is the most telling when present,
+    GDCM's is often an internal error ("'NoneType' object has no attribute 'encode'")."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Unable to decode"):
         lines = lines[1:]
-    return lines[0] if lines else type(exc).__name__
+    ours = [line for line in lines if line.startswith(f"{decoders.PLUGIN}:")]
+    return (ours or lines or [type(exc).__name__])[0]
 
 
 def _clean_unused_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
