@@ -115,7 +115,7 @@ def run_demo(folder: Path, say: Callable[[str], None] = print) -> bool:
                                                 ("jpeg", {"quality": 70, "colour": True})])
         leak_path = folder / "leaked_on_social_media.jpg"
         leaks.save_image(screenshot, leak_path, quality=95)
-        say(f"leak: {leaker!r}'s copy shown with the default window, 8-bit screenshot, "
+        say(f"leak: the copy for {leaker!r} shown with the default window, 8-bit screenshot, "
             f"shrunk to a 1280 px long edge and re-sent as JPEG q70 4:2:0: {leak_path}")
 
         start = time.perf_counter()
