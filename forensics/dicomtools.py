@@ -6,9 +6,9 @@ write (as sources for ``embed`` and as leaks for ``detect``/``trace``); this mod
 list of how such files are made. It belongs to the lab side (tests, benchmarks, leak
 simulation): the product never calls it.
 
-Every encoding in :data:`ENCODINGS` starts from an uncompressed copy of the source, written
-by pydicom after decoding it, because DCMTK's free build reads neither JPEG 2000 nor every
-syntax a source may come in. DCMTK and GDCM are run as the command-line tools Debian ships
+Every encoding in :data:`ENCODINGS` starts from an uncompressed file: the source itself, or a
+copy pydicom writes after decoding it, because DCMTK's free build reads neither JPEG 2000 nor
+every syntax a source may come in. DCMTK and GDCM are run as the command-line tools Debian ships
 (packages ``dcmtk`` and ``libgdcm-tools``); HTJ2K, which neither writes, is coded by
 OpenJPH through imagecodecs and put into the file by pydicom (``pydicom.encaps``).
 """
@@ -29,8 +29,8 @@ from pydicom import uid
 from watermark import dicomio  # noqa: F401  (registers the imagecodecs decoder with pydicom)
 from watermark.errors import LeaktraceError
 
-__all__ = ["Encoding", "ENCODINGS", "ToolMissingError", "reencode", "missing_tools",
-           "dciodvfy_errors"]
+__all__ = ["Encoding", "ENCODINGS", "ToolMissingError", "dcmtk_jpeg_extended", "reencode",
+           "missing_tools", "dciodvfy_errors"]
 
 
 class ToolMissingError(LeaktraceError):
@@ -78,10 +78,16 @@ def _e(name, argv, syntax, lossless, max_bits, package):
     return name, Encoding(name, tuple(argv), uid.UID(syntax), lossless, max_bits, package)
 
 
+def dcmtk_jpeg_extended(quality: int) -> Encoding:
+    """DCMTK's 12-bit lossy JPEG (``dcmcjpeg +ee +q QUALITY``, JPEG Extended, Process 2 and 4)
+    at an IJG ``quality`` of 1..100."""
+    return Encoding(f"dcmtk_jpeg_extended_q{quality}", ("dcmcjpeg", "+ee", "+q", str(quality)),
+                    uid.JPEGExtended12Bit, False, 12, "dcmtk")
+
+
 ENCODINGS: dict[str, Encoding] = dict([
     _e("dcmtk_jpeg_baseline", ["dcmcjpeg", "+eb"], uid.JPEGBaseline8Bit, False, 8, "dcmtk"),
-    _e("dcmtk_jpeg_extended_q80", ["dcmcjpeg", "+ee", "+q", "80"], uid.JPEGExtended12Bit,
-       False, 12, "dcmtk"),
+    ("dcmtk_jpeg_extended_q80", dcmtk_jpeg_extended(80)),
     _e("dcmtk_jpeg_lossless", ["dcmcjpeg", "+el"], uid.JPEGLossless, True, 16, "dcmtk"),
     _e("dcmtk_jpeg_lossless_sv1", ["dcmcjpeg", "+e1"], uid.JPEGLosslessSV1, True, 16, "dcmtk"),
     _e("dcmtk_jpegls_lossless", ["dcmcjpls", "+el"], uid.JPEGLSLossless, True, 16, "dcmtk"),
@@ -143,11 +149,7 @@ def reencode(source: str | os.PathLike, output: str | os.PathLike,
         raise ToolMissingError(f"{recipe.argv[0]} is not on PATH: install the "
                                f"'{recipe.package}' package (Debian: apt install {recipe.package})")
     with tempfile.TemporaryDirectory(prefix="leaktrace-reencode-") as work:
-        native = Path(work) / "native.dcm"
-        ds = pydicom.dcmread(source, force=True)
-        if ds.file_meta.get("TransferSyntaxUID", uid.ImplicitVRLittleEndian).is_compressed:
-            ds.decompress(generate_instance_uid=False)
-        ds.save_as(native, enforce_file_format=True)
+        native = _native(source, Path(work) / "native.dcm")
         if recipe.argv:
             argv = [*recipe.argv, str(native), str(output)]
             done = subprocess.run(argv, capture_output=True, text=True)
@@ -161,6 +163,19 @@ def reencode(source: str | os.PathLike, output: str | os.PathLike,
         raise LeaktraceError(f"{output}: {recipe.command} wrote {written.name}, "
                              f"not {recipe.transfer_syntax.name}")
     return output
+
+
+def _native(source: Path, spare: Path) -> Path:
+    """``source`` itself if it is an uncompressed file with File Meta, else an uncompressed
+    copy of it written to ``spare``."""
+    ds = pydicom.dcmread(source, force=True)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and not syntax.is_compressed and ds.preamble is not None:
+        return source
+    if syntax is not None and syntax.is_compressed:
+        ds.decompress(generate_instance_uid=False)
+    ds.save_as(spare, enforce_file_format=True)
+    return spare
 
 
 def dciodvfy_errors(path: str | os.PathLike) -> set[str]:

@@ -1411,9 +1411,10 @@ def dicom_dcmtk_jpeg(image: np.ndarray, rng: np.random.Generator | None = None, 
     .. [1] DICOM PS3.5, section 8.2.1 "JPEG Image Compression" and Table 8.2.1-1.
     .. [2] DCMTK dcmcjpeg documentation, https://support.dcmtk.org/docs/dcmcjpeg.html
     """
-    import dataclasses
     import tempfile
     from pathlib import Path
+
+    from pydicom.uid import generate_uid
 
     from watermark.dicomio import read_film
 
@@ -1423,16 +1424,13 @@ def dicom_dcmtk_jpeg(image: np.ndarray, rng: np.random.Generator | None = None, 
     values, bits = _stored(image, bits_stored)
     ds = _pixel_dataset(values, bits)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _new_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.PixelData = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
-    recipe = dataclasses.replace(dicomtools.ENCODINGS["dcmtk_jpeg_extended_q80"],
-                                 name=f"dcmtk_jpeg_extended_q{quality}",
-                                 argv=("dcmcjpeg", "+ee", "+q", str(quality)))
     with tempfile.TemporaryDirectory(prefix="leaktrace-dcmtk-") as work:
         native, coded = Path(work) / "in.dcm", Path(work) / "out.dcm"
         ds.save_as(native, enforce_file_format=True)
-        dicomtools.reencode(native, coded, recipe)
+        dicomtools.reencode(native, coded, dicomtools.dcmtk_jpeg_extended(quality))
         film = read_film(coded)
     decoded = film.pixels.astype(np.float64)
     if film.bits_stored >= bits:
@@ -1442,12 +1440,6 @@ def dicom_dcmtk_jpeg(image: np.ndarray, rng: np.random.Generator | None = None, 
     if d_hi <= d_lo:
         return np.full(decoded.shape, lo)
     return np.round(lo + (decoded - d_lo) * ((hi - lo) / (d_hi - d_lo)))
-
-
-def _new_uid() -> str:
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid())
 
 
 def write_lossy_dicom(ds: Dataset, path: str | PathLike, *, method: str = "j2k",
