@@ -35,7 +35,7 @@ from watermark.display import display_gain, render, shows_range
 from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
 from watermark.keys import SiteKey
 
-from .ledger import ExportRecord, Ledger, normalise_recipient
+from .ledger import ExportRecord, Ledger, PendingDelivery, normalise_recipient
 from .register import FilmFeatures, film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "collect_sources", "marked_copy_of",
@@ -152,12 +152,14 @@ def _refuse_marked_copy(source: Path, is_marked: bool, earlier: ExportRecord | N
 
 def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipient: str,
                 ledger: Ledger, key: SiteKey, overwrite: bool = False,
-                strength: float = 1.0) -> ExportRecord:
+                strength: float = 1.0, delivery: PendingDelivery | None = None) -> ExportRecord:
     """Mark one film for ``recipient``, write it to ``output`` and record it in the ledger.
 
     The recipient is registered (if new) in the same ledger transaction as the export, so a
     failed export leaves no recipient behind. The mark is made with ``key`` scoped to the
-    ledger's ``ledger_id``; the ledger records the fingerprint of ``key`` itself.
+    ledger's ``ledger_id``; the ledger records the fingerprint of ``key`` itself. With
+    ``delivery`` (a copy about to be sent over the network), a ``pending`` delivery is
+    recorded in the same transaction (:meth:`Ledger.record_export`).
 
     Raises
     ------
@@ -185,7 +187,7 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         write, recipient=name,
         source_sop_uid=str(film.dataset.get("SOPInstanceUID", "")),
         source_path=str(source.resolve()), source_sha256=source_sha256,
-        key_fingerprint=key.fingerprint,
+        key_fingerprint=key.fingerprint, delivery=delivery,
     )
     _keep_features(ledger, source_sha256, lambda: _features(film))
     return record

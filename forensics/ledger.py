@@ -26,6 +26,13 @@ Tables
     json.dumps(content, sort_keys=True, separators=(",", ":")))`` in hex, where ``content``
     holds the fields from ``recipient_number`` to ``created_utc`` and the first record's
     ``prev_hash`` is 64 zeros.
+``deliveries``
+    what a DICOM node (:mod:`forensics.gateway`) sent to whom: one row per instance sent
+    over the network, written ``pending`` before the C-STORE and set to ``delivered`` or
+    ``failed`` after its response, with the export it sent (``export_id``; NULL for an
+    instance passed unmarked by configuration), the SOP Instance UID sent, the receiver's AE
+    title, the route (``store``, ``move``, ``get``) and the DIMSE status. Not part of the hash
+    chain (a row changes state once); the marked copy it sent is.
 ``sources``
     per exported source film (by SHA-256), its keypoint features
     (:func:`forensics.register.film_features`), so that ``leaktrace trace`` can find the film
@@ -73,7 +80,8 @@ from pathlib import Path
 
 from watermark.errors import LedgerError
 
-__all__ = ["Ledger", "ExportRecord", "ChainCheck", "export_table", "EXPORT_FORMATS",
+__all__ = ["Ledger", "ExportRecord", "ChainCheck", "PendingDelivery", "DeliveryRecord",
+           "DELIVERY_STATES", "export_table", "EXPORT_FORMATS",
            "default_ledger_path", "normalise_recipient", "LEDGER_ENV", "MAX_NAME_LENGTH"]
 
 LEDGER_ENV = "LEAKTRACE_LEDGER"
@@ -81,6 +89,8 @@ SCHEMA_VERSION = 2
 MAX_NAME_LENGTH = 1000
 _GENESIS = "0" * 64
 _LEDGER_TABLES = {"meta", "recipients", "exports"}
+#: States of a row of ``deliveries``
+DELIVERY_STATES = ("pending", "delivered", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,6 +118,19 @@ CREATE TABLE IF NOT EXISTS exports (
 CREATE INDEX IF NOT EXISTS exports_source ON exports(source_sop_uid);
 CREATE INDEX IF NOT EXISTS exports_output ON exports(output_sop_uid);
 """ + """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    export_id        INTEGER REFERENCES exports(id),
+    sop_instance_uid TEXT NOT NULL,
+    source_sop_uid   TEXT NOT NULL,
+    destination      TEXT NOT NULL,
+    recipient_name   TEXT NOT NULL,
+    route            TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    detail           TEXT NOT NULL,
+    created_utc      TEXT NOT NULL,
+    updated_utc      TEXT NOT NULL
+)""" + """;
 CREATE TABLE IF NOT EXISTS sources (
     source_sha256 TEXT PRIMARY KEY,
     features      BLOB NOT NULL,
@@ -152,6 +175,40 @@ class ExportRecord:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """An instance about to be sent over the network: the receiver's AE title, the route
+    (``store``: forwarded from the PACS; ``move``, ``get``: retrieved for a recipient) and a
+    free-text detail (e.g. the calling AE title)."""
+
+    destination: str
+    route: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One row of ``deliveries`` (see the module docstring)."""
+
+    id: int
+    export_id: int | None
+    sop_instance_uid: str
+    source_sop_uid: str
+    destination: str
+    recipient_name: str
+    route: str
+    status: str
+    detail: str
+    created_utc: str
+    updated_utc: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_DELIVERY_FIELDS = tuple(f.name for f in dataclass_fields(DeliveryRecord))
 
 
 def default_ledger_path() -> Path:
@@ -326,6 +383,12 @@ class Ledger:
             with self._write() as db:  # a ledger from before source features: add the table
                 db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS sources"):])
             self._has_sources = True
+        self._has_deliveries = "deliveries" in tables
+        if not self._has_deliveries and not self.read_only:
+            with self._write() as db:  # a ledger from before the gateway: add the table
+                start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS deliveries")
+                db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
+            self._has_deliveries = True
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -400,7 +463,8 @@ class Ledger:
     # -- exports ------------------------------------------------------------------------
     def record_export(self, write_output: Callable[[int], dict], *, recipient: str,
                       source_sop_uid: str, source_path: str, source_sha256: str,
-                      key_fingerprint: str) -> ExportRecord:
+                      key_fingerprint: str,
+                      delivery: PendingDelivery | None = None) -> ExportRecord:
         """Register the recipient if new, write an output file for it and record it, all or
         nothing.
 
@@ -416,6 +480,11 @@ class Ledger:
             The recipient's name (normalised with :func:`normalise_recipient`).
         source_sop_uid, source_path, source_sha256, key_fingerprint : str
             Recorded as given; ``key_fingerprint`` is the site key's.
+        delivery : PendingDelivery or None
+            For a copy about to be sent over the network: a ``pending`` row of
+            ``deliveries`` recorded in the same transaction as the export, so that no copy can
+            be sent before both are committed (:meth:`delivery_of` finds it,
+            :meth:`settle_delivery` closes it).
 
         Returns
         -------
@@ -450,6 +519,10 @@ class Ledger:
                     [content[k] for k in _CONTENT_FIELDS] + [prev_hash, record_hash],
                 )
                 export_id = int(cur.lastrowid)
+                if delivery is not None:
+                    self._insert_delivery(db, delivery, export_id=export_id,
+                                          sop_instance_uid=written["output_sop_uid"],
+                                          source_sop_uid=source_sop_uid, recipient_name=name)
         except BaseException as exc:
             if out_path is not None:  # written but not recorded: an untraceable copy
                 with contextlib.suppress(OSError):
@@ -497,6 +570,75 @@ class Ledger:
         """Every export made from the source file with this SHA-256, oldest first."""
         return [ExportRecord(*row) for row in self._db.execute(
             self._select() + " WHERE e.source_sha256 = ? ORDER BY e.id", (source_sha256,))]
+
+    # -- deliveries (what a DICOM node sent) ---------------------------------------------
+    @staticmethod
+    def _insert_delivery(db: sqlite3.Connection, delivery: PendingDelivery, *,
+                         export_id: int | None, sop_instance_uid: str, source_sop_uid: str,
+                         recipient_name: str) -> int:
+        now = _utc_now()
+        cur = db.execute(
+            "INSERT INTO deliveries(export_id, sop_instance_uid, source_sop_uid, destination, "
+            "recipient_name, route, status, detail, created_utc, updated_utc) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (export_id, sop_instance_uid, source_sop_uid, delivery.destination, recipient_name,
+             delivery.route, delivery.detail, now, now))
+        return int(cur.lastrowid)
+
+    def record_unmarked_delivery(self, delivery: PendingDelivery, *, sop_instance_uid: str,
+                                 recipient: str) -> int:
+        """Record, as ``pending``, an instance about to be sent unmarked (a modality the
+        gateway's configuration passes unmarked, such as a structured report). Returns the
+        delivery's id for :meth:`settle_delivery`.
+
+        Raises
+        ------
+        LedgerError
+            A read-only ledger or a bad recipient name.
+        """
+        name = normalise_recipient(recipient)
+        with self._write() as db:
+            return self._insert_delivery(db, delivery, export_id=None,
+                                         sop_instance_uid=str(sop_instance_uid),
+                                         source_sop_uid=str(sop_instance_uid),
+                                         recipient_name=name)
+
+    def delivery_of(self, export_id: int) -> DeliveryRecord | None:
+        """The newest delivery row of one export, or None (an export written to a file)."""
+        if not self._has_deliveries:
+            return None
+        row = self._db.execute(f"SELECT {', '.join(_DELIVERY_FIELDS)} FROM deliveries "
+                               "WHERE export_id = ? ORDER BY id DESC LIMIT 1",
+                               (export_id,)).fetchone()
+        return DeliveryRecord(*row) if row else None
+
+    def settle_delivery(self, delivery_id: int, status: str, detail: str = "") -> None:
+        """Set a ``pending`` delivery to ``delivered`` or ``failed`` (with the DIMSE status
+        or the reason in ``detail``).
+
+        Raises
+        ------
+        LedgerError
+            Unknown state, no such pending delivery, or a read-only ledger.
+        """
+        if status not in DELIVERY_STATES[1:]:
+            raise LedgerError(f"a delivery is settled as delivered or failed, not {status!r}")
+        with self._write() as db:
+            cur = db.execute("UPDATE deliveries SET status = ?, detail = ?, updated_utc = ? "
+                             "WHERE id = ? AND status = 'pending'",
+                             (status, detail, _utc_now(), delivery_id))
+            if cur.rowcount != 1:
+                raise LedgerError(f"{self.path}: no pending delivery with id {delivery_id}")
+
+    def deliveries(self, status: str | None = None) -> list[DeliveryRecord]:
+        """Every delivery row (or those in one state), oldest first."""
+        if not self._has_deliveries:
+            return []
+        sql = f"SELECT {', '.join(_DELIVERY_FIELDS)} FROM deliveries"
+        args: tuple = ()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [DeliveryRecord(*row) for row in self._db.execute(sql + " ORDER BY id", args)]
 
     # -- source features (for finding the film a leak shows) -----------------------------
     def store_source_features(self, source_sha256: str, features: bytes, *,
