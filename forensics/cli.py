@@ -341,6 +341,66 @@ def trace(
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
 
 
+GATEWAY_EXAMPLE = """
+Example gateway.toml:
+
+    \\[gateway]
+    ae_title = "LEAKTRACE"
+    listen = "127.0.0.1:11112"
+    store = "/var/lib/leaktrace/gateway"
+    pass_unmarked = \\["SR"]
+
+    \\[pacs]
+    ae_title = "ORTHANC"
+    address = "127.0.0.1:4242"
+
+    \\[\\[recipients]]
+    ae_title = "DRX_WS"
+    address = "127.0.0.1:11113"
+    name = "Dr. X (cardiology, St. Elsewhere)"
+"""
+
+
+@app.command(epilog=GATEWAY_EXAMPLE)
+def gateway(
+    config: Annotated[Path, typer.Option("--config", help="The gateway's TOML configuration (see below).")],
+    ledger: LedgerOpt = None,
+    key: KeyOpt = None,
+    check_only: Annotated[bool, typer.Option("--check", help="Check the configuration, the key and the ledger, C-ECHO the PACS and every recipient, and exit: 0 all reachable, 1 some not, 2 a configuration error.")] = False,
+) -> None:
+    """Run the DICOM gateway: every instance leaving the PACS for a recipient is marked for
+    it and recorded. Routes (the PACS C-STOREs to a recipient's AE title on the gateway's
+    port), C-FIND, C-MOVE and C-GET for recipients. Stops on Ctrl-C or SIGTERM (exit 130);
+    exit 2 when it cannot start."""
+    from .gateway import load_config
+    from .gateway.service import check, configure_logging, serve
+
+    try:
+        cfg = load_config(config)
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    if check_only:
+        try:
+            result = check(cfg, ledger_path=ledger, key_path=key)
+        except LeaktraceError as exc:
+            raise _fail(str(exc)) from None
+        for line in result.lines:
+            print(line)
+        raise typer.Exit(result.exit_code)
+    try:
+        site_key, created = load_or_create_key(key)
+        if created:
+            err.print(f"created a new site key (fingerprint {site_key.fingerprint}); keep it "
+                      "safe and private, and back it up with the ledger")
+        configure_logging(cfg)
+        serve(cfg, ledger_path=ledger, key=site_key)
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _interrupted("the gateway stopped; every instance sent was recorded first, and "
+                           "a delivery still pending is listed by the next --check") from None
+
+
 @ledger_app.command("list")
 def ledger_list(ledger: LedgerOpt = None,
                 as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False) -> None:

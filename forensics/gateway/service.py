@@ -1,0 +1,106 @@
+"""Running the gateway as a service, and its first-run check (``leaktrace gateway``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watermark.errors import LeaktraceError
+from watermark.keys import load_key
+
+from ..ledger import Ledger, default_ledger_path
+from .config import GatewayConfig
+from .node import Gateway, echo
+
+__all__ = ["CheckResult", "check", "configure_logging", "serve"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+@dataclass
+class CheckResult:
+    """What ``gateway --check`` found: lines to print and the nodes that did not answer."""
+
+    lines: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every node answered C-ECHO, 1 otherwise."""
+        return 1 if self.unreachable else 0
+
+
+def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
+    """Check the key, the ledger and the store, then C-ECHO the PACS and every recipient.
+
+    Raises
+    ------
+    LeaktraceError
+        The key or the ledger cannot be used (a configuration error: exit 2).
+    """
+    out = CheckResult()
+    key = load_key(key_path)
+    out.lines.append(f"key: fingerprint {key.fingerprint}")
+    path = default_ledger_path() if ledger_path is None else Path(ledger_path)
+    if path.exists():
+        with Ledger(path, create=False) as book:
+            pending = len(book.deliveries("pending"))
+            out.lines.append(f"ledger: {book.path} ({book.last_export_id()} exports, "
+                             f"{pending} deliveries pending)")
+    else:
+        out.lines.append(f"ledger: {path} (does not exist yet; created at the first export)")
+    out.lines.append(f"store: {config.store}")
+    for role, node in [("pacs", config.pacs)] + [("recipient", r) for r in config.recipients]:
+        problem = echo(config.ae_title, node)
+        label = f"{role} {node.ae_title} at {node.address}"
+        if problem:
+            out.unreachable.append(node.ae_title)
+            out.lines.append(f"{label}: NOT REACHABLE: {problem}")
+        else:
+            out.lines.append(f"{label}: C-ECHO ok")
+    return out
+
+
+def configure_logging(config: GatewayConfig) -> logging.Handler:
+    """One line per association and per instance to the configured log file, else stderr.
+    pynetdicom's own log stays quiet below ERROR (it would log every PDU at INFO)."""
+    if config.log is not None:
+        config.log.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(config.log, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("leaktrace.gateway")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    return handler
+
+
+def serve(config: GatewayConfig, *, ledger_path, key) -> None:
+    """Serve until SIGINT or SIGTERM (raised here as KeyboardInterrupt after the server has
+    stopped).
+
+    Raises
+    ------
+    LeaktraceError
+        The store, the ledger or the listening address cannot be used.
+    """
+    gateway = Gateway(config, ledger_path=ledger_path, key=key)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        try:
+            gateway.start(block=True)
+        except OSError as exc:
+            raise LeaktraceError(f"cannot listen on {config.host}:{config.port} "
+                                 f"({exc.strerror or exc})") from None
+    finally:
+        gateway.stop()
+        signal.signal(signal.SIGTERM, previous)

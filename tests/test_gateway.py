@@ -1,0 +1,397 @@
+"""The DICOM gateway against a real PACS: Orthanc from Debian, started by these tests.
+
+The shared NIH, Fuji and SIIM films are stored in Orthanc. A recipient workstation (a
+pynetdicom Storage SCP on loopback, as a viewer's DICOM listener is) queries and retrieves
+them through the gateway, and the PACS routes a film to it through the gateway. Every
+instance the workstation receives must be a marked copy recorded in the ledger as delivered
+to it, and `trace` names that recipient from the received file and from a JPEG screenshot of
+it. Refusals, a receiver that is down, a PACS that refuses, concurrent associations and a
+receiver that drops the association mid-study are checked for what they leave in the ledger.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom import sop_class as sc
+
+from conftest import running_in_ci
+from forensics import leaks
+from forensics.gateway import Gateway, load_config
+from forensics.gateway.node import RETRIEVE_SOP_CLASSES, TRANSFER_SYNTAXES
+from forensics.ledger import Ledger
+from forensics.trace import detect_leak
+from orthanc import free_port, start_orthanc
+from watermark.dicomio import read_film
+from watermark.display import render
+from watermark.keys import SiteKey, create_key
+
+KEY = SiteKey(bytes(range(7, 39)))
+FILMS = ("nih_cxr14_dx_8bit_1024px_nccid.dcm", "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm",
+         "siim_acr_cr_jpegbaseline_8bit_1024px.dcm")
+DRX, DRY, DOWN = "DRX_WS", "DRY_WS", "DOWN_WS"
+NAMES = {DRX: "Dr. X (cardiology, St. Elsewhere)", DRY: "Dr. Y (second opinion)",
+         DOWN: "A clinic whose listener is down"}
+
+
+class Workstation:
+    """A recipient's DICOM listener: a Storage SCP keeping what it receives in memory."""
+
+    def __init__(self, ae_title: str, port: int):
+        self.ae_title, self.port = ae_title, port
+        self.received: list[Dataset] = []
+        self.abort_after: int | None = None  # abort the association after this many
+        ae = AE(ae_title=ae_title)
+        ae.add_supported_context(sc.Verification)
+        for uid in RETRIEVE_SOP_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event):
+        if self.abort_after is not None and len(self.received) >= self.abort_after:
+            event.assoc.abort()
+            return 0xA700
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.received.append(ds)
+        return 0x0000
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def _tool_or_skip(name: str) -> None:
+    if shutil.which(name) is None:
+        message = f"{name} not on PATH (Debian package: orthanc)"
+        if running_in_ci():
+            pytest.fail(message + " [CI is set, so this fails instead of skipping]", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, dicom_films):
+    """Orthanc with three films, two workstations, and a running gateway in front."""
+    _tool_or_skip("Orthanc")
+    folder = tmp_path_factory.mktemp("gateway")
+    gw_port, drx_port, dry_port, down_port = (free_port() for _ in range(4))
+    (folder / "orthanc").mkdir()
+    pacs = start_orthanc(folder / "orthanc", modalities={
+        "leaktrace": ("LEAKTRACE", "127.0.0.1", gw_port),
+        # a route: Orthanc sends "to DRX_WS" at the gateway's port
+        "route-drx": (DRX, "127.0.0.1", gw_port)})
+    stations = {DRX: Workstation(DRX, drx_port), DRY: Workstation(DRY, dry_port)}
+    config = folder / "gateway.toml"
+    recipients = "".join(
+        f'[[recipients]]\nae_title = "{ae}"\naddress = "127.0.0.1:{port}"\nname = "{NAMES[ae]}"\n'
+        for ae, port in ((DRX, drx_port), (DRY, dry_port), (DOWN, down_port)))
+    config.write_text(f'[gateway]\nae_title = "LEAKTRACE"\nlisten = "127.0.0.1:{gw_port}"\n'
+                      f'store = "{folder / "store"}"\npass_unmarked = ["SR"]\n'
+                      f'[pacs]\nae_title = "ORTHANC"\naddress = "127.0.0.1:{pacs.dicom_port}"\n'
+                      + recipients)
+    ledger = folder / "ledger.sqlite"
+    gateway = Gateway(load_config(config), ledger_path=ledger, key=KEY)
+    gateway.start()
+    studies = {}
+    for name in FILMS:
+        ds = pydicom.dcmread(dicom_films[name], stop_before_pixels=True, force=True)
+        pacs.upload(dicom_films[name])
+        studies[name] = (str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+    try:
+        yield dict(pacs=pacs, gateway=gateway, config=config, ledger=ledger, stations=stations,
+                   gw_port=gw_port, studies=studies, folder=folder)
+    finally:
+        gateway.stop()
+        for station in stations.values():
+            station.stop()
+        pacs.stop()
+
+
+def _associate(site, calling: str, contexts, *, called="LEAKTRACE", roles=(), handlers=()):
+    ae = AE(ae_title=calling)
+    for uid in contexts:
+        ae.add_requested_context(uid, TRANSFER_SYNTAXES[:2] if uid in _QR else TRANSFER_SYNTAXES)
+    return ae.associate("127.0.0.1", site["gw_port"], ae_title=called, ext_neg=list(roles),
+                        evt_handlers=list(handlers))
+
+
+_QR = {sc.StudyRootQueryRetrieveInformationModelFind, sc.StudyRootQueryRetrieveInformationModelMove,
+       sc.StudyRootQueryRetrieveInformationModelGet, sc.PatientRootQueryRetrieveInformationModelFind}
+
+
+def _study_query(uid: str = "", level: str = "STUDY") -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = level
+    q.StudyInstanceUID = uid
+    if level == "STUDY":
+        q.PatientName = ""
+        q.StudyDate = ""
+    return q
+
+
+def _move(site, calling: str, destination: str, study_uid: str) -> Dataset:
+    assoc = _associate(site, calling, [sc.StudyRootQueryRetrieveInformationModelMove])
+    assert assoc.is_established
+    final = None
+    for status, _ in assoc.send_c_move(_study_query(study_uid), destination,
+                                       sc.StudyRootQueryRetrieveInformationModelMove):
+        final = status
+    assoc.release()
+    return final
+
+
+def _deliveries(site, sop_uid: str):
+    with Ledger(site["ledger"], create=False) as book:
+        return [d for d in book.deliveries() if d.sop_instance_uid == sop_uid]
+
+
+def _assert_marked_and_traced(site, ds: Dataset, recipient_ae: str, source_uid: str, tmp: Path):
+    """The received instance is a new marked copy, recorded as delivered to its receiver,
+    and trace names that receiver from the file and from a JPEG screenshot of it."""
+    assert str(ds.SOPInstanceUID) != source_uid
+    assert ds.ImageType[0] == "DERIVED"
+    assert ds.SourceImageSequence[-1].ReferencedSOPInstanceUID == source_uid
+    [delivery] = _deliveries(site, str(ds.SOPInstanceUID))
+    assert (delivery.status, delivery.destination) == ("delivered", recipient_ae)
+    assert delivery.recipient_name == NAMES[recipient_ae]
+    path = tmp / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    shot = tmp / f"{ds.SOPInstanceUID}.jpg"
+    leaks.save_image(leaks.quantize_8bit(render(read_film(path))), shot, quality=85)
+    with Ledger(site["ledger"], create=False) as book:
+        for leak in (path, shot):
+            report = detect_leak(leak, ledger=book, key=KEY)
+            assert report.decision == "traced", (leak.name, report.as_dict())
+            assert report.recipient == NAMES[recipient_ae]
+            assert report.detection.p_value <= 1e-6
+
+
+def test_c_find_is_answered_by_the_pacs_through_the_gateway(site):
+    assoc = _associate(site, DRX, [sc.StudyRootQueryRetrieveInformationModelFind])
+    assert assoc.is_established
+    found = set()
+    for status, identifier in assoc.send_c_find(_study_query(),
+                                                sc.StudyRootQueryRetrieveInformationModelFind):
+        if status.Status in (0xFF00, 0xFF01):
+            found.add(str(identifier.StudyInstanceUID))
+        else:
+            assert status.Status == 0x0000
+    assoc.release()
+    assert found == {study for study, _ in site["studies"].values()}
+
+
+def test_c_move_to_a_recipient_delivers_marked_traceable_copies(site, tmp_path):
+    station = site["stations"][DRY]
+    before = len(station.received)
+    study, source_uid = site["studies"]["nih_cxr14_dx_8bit_1024px_nccid.dcm"]
+    final = _move(site, DRX, DRY, study)  # Dr. X's workstation moves the study to Dr. Y
+    assert final.Status == 0x0000
+    assert final.NumberOfCompletedSuboperations == 1
+    assert final.get("NumberOfFailedSuboperations", 0) == 0
+    [ds] = station.received[before:]
+    _assert_marked_and_traced(site, ds, DRY, source_uid, tmp_path)
+
+
+def test_c_get_returns_marked_copies_on_the_same_association(site, tmp_path):
+    received = []
+
+    def store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    roles = [build_role(uid, scp_role=True) for uid in RETRIEVE_SOP_CLASSES]
+    assoc = _associate(site, DRX, [sc.StudyRootQueryRetrieveInformationModelGet]
+                       + RETRIEVE_SOP_CLASSES, roles=roles, handlers=[(evt.EVT_C_STORE, store)])
+    assert assoc.is_established
+    study, source_uid = site["studies"]["fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"]
+    final = None
+    for status, _ in assoc.send_c_get(_study_query(study),
+                                      sc.StudyRootQueryRetrieveInformationModelGet):
+        final = status
+    assoc.release()
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 1
+    [ds] = received
+    _assert_marked_and_traced(site, ds, DRX, source_uid, tmp_path)
+
+
+def test_a_route_from_the_pacs_is_marked_for_the_called_recipient(site, tmp_path):
+    station = site["stations"][DRX]
+    before = len(station.received)
+    study, source_uid = site["studies"]["siim_acr_cr_jpegbaseline_8bit_1024px.dcm"]
+    [orthanc_id] = [s["ID"] for s in site["pacs"].get("/studies?expand")
+                    if s["MainDicomTags"]["StudyInstanceUID"] == study]
+    job = site["pacs"].post("/modalities/route-drx/store", {"Resources": [orthanc_id],
+                                                             "Synchronous": True})
+    assert job["FailedInstancesCount"] == 0 and job["InstancesCount"] == 1
+    [ds] = station.received[before:]
+    _assert_marked_and_traced(site, ds, DRX, source_uid, tmp_path)
+
+
+def test_unknown_callers_destinations_and_called_titles_are_refused(site):
+    ledger_rows = _all_rows(site)
+    stranger = _associate(site, "STRANGER", [sc.Verification])
+    assert stranger.is_rejected  # calling AE title not recognised
+    # a recipient may call the gateway, not another recipient's route
+    sideways = _associate(site, DRX, [sc.Verification], called=DRY)
+    assert sideways.is_rejected
+    study, _ = site["studies"]["nih_cxr14_dx_8bit_1024px_nccid.dcm"]
+    final = _move(site, DRX, "EVIL_WS", study)
+    assert final.Status == 0xA801
+    # a recipient cannot push into a route (only the PACS stores)
+    assoc = _associate(site, DRX, [sc.DigitalXRayImageStorageForPresentation], called=DRX)
+    assert assoc.is_rejected
+    assert _all_rows(site) == ledger_rows  # nothing marked, nothing recorded
+
+
+def _all_rows(site):
+    with Ledger(site["ledger"], create=False) as book:
+        return len(book.exports()), len(book.deliveries())
+
+
+def test_a_receiver_that_is_down_gets_nothing_marked_or_recorded(site):
+    study, _ = site["studies"]["fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"]
+    before = _all_rows(site)
+    final = _move(site, DRX, DOWN, study)
+    assert final.Status == 0xA801  # the move destination could not be reached
+    assert _all_rows(site) == before
+
+
+def test_a_receiver_dropping_the_association_mid_study_leaves_failed_not_delivered(site):
+    station = site["stations"][DRY]
+    before = len(station.received)
+    station.abort_after = before  # abort on the next instance
+    try:
+        study, _ = site["studies"]["siim_acr_cr_jpegbaseline_8bit_1024px.dcm"]
+        final = _move(site, DRX, DRY, study)
+    finally:
+        station.abort_after = None
+    assert final.Status != 0x0000 and final.NumberOfCompletedSuboperations == 0
+    assert len(station.received) == before
+    with Ledger(site["ledger"], create=False) as book:
+        last = book.deliveries()[-1]
+        assert (last.destination, last.status) == (DRY, "failed")
+        assert book.check().ok
+
+
+def test_concurrent_retrievals_record_every_copy_in_one_intact_chain(site):
+    station = site["stations"][DRY]
+    before = len(station.received)
+    results = {}
+
+    def pull(name):
+        results[name] = _move(site, DRX, DRY, site["studies"][name][0])
+
+    threads = [threading.Thread(target=pull, args=(n,)) for n in FILMS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(r.Status == 0x0000 for r in results.values()), results
+    got = station.received[before:]
+    assert len(got) == len(FILMS)
+    with Ledger(site["ledger"], create=False) as book:
+        assert book.check().ok
+        for ds in got:
+            [d] = [d for d in book.deliveries() if d.sop_instance_uid == str(ds.SOPInstanceUID)]
+            assert d.status == "delivered"
+            assert book.export(d.export_id).recipient_name == NAMES[DRY]
+
+
+def test_check_echoes_every_node_and_says_which_is_down(site):
+    cmd = [sys.executable, "-m", "forensics.cli", "gateway", "--config", str(site["config"]),
+           "--ledger", str(site["ledger"]), "--key", str(_key_file(site)), "--check"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert f"recipient {DOWN}" in out.stdout and "NOT REACHABLE" in out.stdout
+    assert "pacs ORTHANC" in out.stdout and f"recipient {DRX} at" in out.stdout
+    assert out.stdout.count("C-ECHO ok") == 3  # the PACS and the two listening workstations
+    bad = site["folder"] / "bad.toml"
+    bad.write_text(site["config"].read_text().replace('ae_title = "DRY_WS"', 'ae_title = "DRX_WS"'))
+    out = subprocess.run(cmd[:5] + [str(bad)] + cmd[6:], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "recipients[2].ae_title" in out.stderr and "configured twice" in out.stderr
+
+
+def _key_file(site) -> Path:
+    path = site["folder"] / "site.key"
+    if not path.exists():
+        create_key(path)  # --check only needs a key that loads
+    return path
+
+
+def _instance(study_uid: str, sop_class, modality: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "GW-TEST-1", "Test^Gateway", modality
+    return ds
+
+
+def test_pass_unmarked_modalities_go_through_recorded_and_the_rest_is_refused(site, tmp_path):
+    """A study with a structured report (SR: configured pass_unmarked) and an RGB secondary
+    capture (embed refuses RGB): the SR is delivered unmarked and recorded as such, the RGB
+    image is a failed sub-operation and never leaves."""
+    study = generate_uid()
+    sr = _instance(study, sc.BasicTextSRStorage, "SR")
+    sr.ValueType, sr.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    rgb = _instance(study, sc.SecondaryCaptureImageStorage, "OT")
+    rgb.Rows = rgb.Columns = 64
+    rgb.SamplesPerPixel, rgb.PhotometricInterpretation, rgb.PlanarConfiguration = 3, "RGB", 0
+    rgb.BitsAllocated, rgb.BitsStored, rgb.HighBit, rgb.PixelRepresentation = 8, 8, 7, 0
+    rgb.PixelData = np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8).tobytes()
+    for ds in (sr, rgb):
+        path = tmp_path / f"{ds.Modality}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        site["pacs"].upload(path)
+    station = site["stations"][DRY]
+    before, rows = len(station.received), _all_rows(site)
+    final = _move(site, DRX, DRY, study)
+    assert final.Status == 0xB000  # warning: one sub-operation failed
+    assert final.NumberOfCompletedSuboperations == 1 and final.NumberOfFailedSuboperations == 1
+    [got] = station.received[before:]
+    assert got.SOPInstanceUID == sr.SOPInstanceUID  # the report, as it was
+    [d] = _deliveries(site, str(sr.SOPInstanceUID))
+    assert (d.export_id, d.status, d.route) == (None, "delivered", "move")
+    assert _all_rows(site) == (rows[0], rows[1] + 1)  # no export, one delivery row
+
+
+def test_a_pacs_that_refuses_the_gateway_leaves_nothing_recorded(site, tmp_path):
+    """The same gateway with a PACS AE title Orthanc does not answer to (it checks the called
+    AE title): C-FIND and C-MOVE fail with a status, nothing is marked or recorded."""
+    port = free_port()
+    text = site["config"].read_text()
+    text = text.replace(f'listen = "127.0.0.1:{site["gw_port"]}"', f'listen = "127.0.0.1:{port}"')
+    text = text.replace('ae_title = "ORTHANC"', 'ae_title = "NOT_ORTHANC"')
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    gateway = Gateway(load_config(config), ledger_path=site["ledger"], key=KEY)
+    gateway.start()
+    try:
+        other = dict(site, gw_port=port)
+        before = _all_rows(site)
+        assoc = _associate(other, DRX, [sc.StudyRootQueryRetrieveInformationModelFind])
+        statuses = [s.Status for s, _ in assoc.send_c_find(
+            _study_query(), sc.StudyRootQueryRetrieveInformationModelFind)]
+        assoc.release()
+        assert statuses == [0xC001]
+        study, _ = site["studies"]["nih_cxr14_dx_8bit_1024px_nccid.dcm"]
+        final = _move(other, DRX, DRY, study)
+        assert final.Status == 0xC001 and final.NumberOfFailedSuboperations == 1
+        assert _all_rows(site) == before
+    finally:
+        gateway.stop()
