@@ -21,24 +21,25 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom import sop_class as sc
 
 from conftest import running_in_ci
 from forensics import leaks
 from forensics.gateway import Gateway, load_config
-from forensics.gateway.node import RETRIEVE_SOP_CLASSES, TRANSFER_SYNTAXES
+from forensics.gateway.node import RETRIEVE_SOP_CLASSES, TRANSFER_SYNTAXES, storage_contexts
 from forensics.ledger import Ledger
+from forensics.orthanc import free_port, start_orthanc
 from forensics.trace import detect_leak
-from orthanc import free_port, start_orthanc
 from watermark.dicomio import read_film
 from watermark.display import render
 from watermark.keys import SiteKey, create_key
 
 KEY = SiteKey(bytes(range(7, 39)))
+CANON = "canon_dx_mono1_12bit_j2klossless_966_fixed.dcm"
 FILMS = ("nih_cxr14_dx_8bit_1024px_nccid.dcm", "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm",
-         "siim_acr_cr_jpegbaseline_8bit_1024px.dcm")
+         "siim_acr_cr_jpegbaseline_8bit_1024px.dcm", CANON)
 DRX, DRY, DOWN = "DRX_WS", "DRY_WS", "DOWN_WS"
 NAMES = {DRX: "Dr. X (cardiology, St. Elsewhere)", DRY: "Dr. Y (second opinion)",
          DOWN: "A clinic whose listener is down"}
@@ -118,9 +119,13 @@ def site(tmp_path_factory, dicom_films):
 
 
 def _associate(site, calling: str, contexts, *, called="LEAKTRACE", roles=(), handlers=()):
+    """``contexts``: SOP class UIDs, or the presentation contexts themselves."""
     ae = AE(ae_title=calling)
-    for uid in contexts:
-        ae.add_requested_context(uid, TRANSFER_SYNTAXES[:2] if uid in _QR else TRANSFER_SYNTAXES)
+    for cx in contexts:
+        if isinstance(cx, str):
+            ae.add_requested_context(cx, TRANSFER_SYNTAXES[:2] if cx in _QR else TRANSFER_SYNTAXES)
+        else:
+            ae.add_requested_context(cx.abstract_syntax, cx.transfer_syntax)
     return ae.associate("127.0.0.1", site["gw_port"], ae_title=called, ext_neg=list(roles),
                         evt_handlers=list(handlers))
 
@@ -213,9 +218,10 @@ def test_c_get_returns_marked_copies_on_the_same_association(site, tmp_path):
 
     roles = [build_role(uid, scp_role=True) for uid in RETRIEVE_SOP_CLASSES]
     assoc = _associate(site, DRX, [sc.StudyRootQueryRetrieveInformationModelGet]
-                       + RETRIEVE_SOP_CLASSES, roles=roles, handlers=[(evt.EVT_C_STORE, store)])
+                       + storage_contexts(), roles=roles, handlers=[(evt.EVT_C_STORE, store)])
     assert assoc.is_established
-    study, source_uid = site["studies"]["fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"]
+    # a JPEG 2000 lossless film: Orthanc cannot transcode it, so it must travel as it is
+    study, source_uid = site["studies"][CANON]
     final = None
     for status, _ in assoc.send_c_get(_study_query(study),
                                       sc.StudyRootQueryRetrieveInformationModelGet):
@@ -223,6 +229,7 @@ def test_c_get_returns_marked_copies_on_the_same_association(site, tmp_path):
     assoc.release()
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 1
     [ds] = received
+    assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless  # kept lossless, in its syntax
     _assert_marked_and_traced(site, ds, DRX, source_uid, tmp_path)
 
 

@@ -64,7 +64,8 @@ from ..export import export_film
 from ..ledger import Ledger, PendingDelivery
 from .config import GatewayConfig, Node, Recipient
 
-__all__ = ["Gateway", "echo", "RETRIEVE_SOP_CLASSES", "TRANSFER_SYNTAXES"]
+__all__ = ["Gateway", "echo", "send", "storage_contexts", "RETRIEVE_SOP_CLASSES",
+           "TRANSFER_SYNTAXES", "SYNTAX_GROUPS"]
 
 log = logging.getLogger("leaktrace.gateway")
 
@@ -87,11 +88,26 @@ RETRIEVE_SOP_CLASSES = [
     sc.XRayRadiationDoseSRStorage, sc.EncapsulatedPDFStorage,
 ]
 
-#: Transfer syntaxes offered each in a presentation context of its own when the gateway sends
-#: (C-MOVE sub-operations), so that a receiver that accepts one gets the copy in it rather
-#: than decompressed (an acceptor picks one syntax per context, usually the first it knows).
-_SEND_SYNTAX_GROUPS = [[ExplicitVRLittleEndian, ImplicitVRLittleEndian], [JPEG2000Lossless],
-                       [JPEGLSLossless], [JPEGLosslessSV1], [RLELossless], [JPEGBaseline8Bit]]
+#: Transfer syntaxes grouped into presentation contexts of their own when the gateway asks to
+#: receive (C-GET from the PACS) or sends (C-MOVE sub-operations): an acceptor picks one
+#: syntax per context, usually the first it knows, and a PACS without a transcoder (Orthanc's
+#: C-GET, for one) then cannot send a JPEG 2000 film in a context that chose Explicit VR.
+#: With one context per coding, every film travels in its own syntax. 12 SOP classes x 10
+#: groups + 1 = 121 contexts, within the 128 an association request may carry (PS3.8 9.3.2).
+SYNTAX_GROUPS = [
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+     ExplicitVRBigEndian],
+    [JPEG2000Lossless], [JPEG2000], [JPEGLSLossless], [JPEGLSNearLossless], [JPEGBaseline8Bit],
+    [JPEGExtended12Bit], [JPEGLosslessSV1, JPEGLossless], [RLELossless],
+    [HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K],
+]
+
+
+def storage_contexts() -> list:
+    """Requested presentation contexts for receiving or sending :data:`RETRIEVE_SOP_CLASSES`
+    in any of :data:`TRANSFER_SYNTAXES`, one context per SOP class and coding."""
+    return [build_context(uid, group) for uid in RETRIEVE_SOP_CLASSES for group in SYNTAX_GROUPS]
+
 
 _FIND_MODELS = {sc.PatientRootQueryRetrieveInformationModelFind,
                 sc.StudyRootQueryRetrieveInformationModelFind}
@@ -361,9 +377,7 @@ class Gateway:
             return _SUCCESS
 
         ae = AE(ae_title=self.config.ae_title)
-        ae.add_requested_context(model)
-        for uid in RETRIEVE_SOP_CLASSES:
-            ae.add_requested_context(uid, TRANSFER_SYNTAXES)
+        ae.requested_contexts = [build_context(model)] + storage_contexts()
         roles = [build_role(uid, scp_role=True) for uid in RETRIEVE_SOP_CLASSES]
         pacs = self.config.pacs
         assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, ext_neg=roles,
@@ -439,10 +453,8 @@ class Gateway:
             return
         responses: dict[str, int] = {}
         sending: dict = {}
-        contexts = [build_context(uid, group) for uid in RETRIEVE_SOP_CLASSES
-                    for group in _SEND_SYNTAX_GROUPS]
         try:
-            yield recipient.host, recipient.port, {"contexts": contexts, "evt_handlers": [
+            yield recipient.host, recipient.port, {"contexts": storage_contexts(), "evt_handlers": [
                 (evt.EVT_DIMSE_RECV, _store_responses(responses)),
                 (evt.EVT_ESTABLISHED, lambda e: sending.__setitem__("assoc", e.assoc))]}
             yield from self._serve_retrieved(event, recipient, "move", responses, sending)

@@ -1,4 +1,5 @@
-"""A real Orthanc PACS for the tests (Debian's ``orthanc`` package), on loopback ports.
+"""A real Orthanc PACS for the gateway's tests and benchmark (Debian's ``orthanc`` package),
+on loopback ports. Lab side, like :mod:`forensics.dicomtools`: the product never imports it.
 
 :func:`start_orthanc` writes a JSON configuration into a temporary folder, starts the
 ``Orthanc`` program on free ports, waits for its REST API, and returns a handle whose
@@ -16,8 +17,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["Orthanc", "start_orthanc", "free_port"]
+
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -25,6 +29,8 @@ def free_port() -> int:
 
 @dataclass
 class Orthanc:
+    """A running Orthanc: its process, ports, AE title and folder; a small REST client."""
+
     process: subprocess.Popen
     http_port: int
     dicom_port: int
