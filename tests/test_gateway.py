@@ -12,9 +12,11 @@ receiver that drops the association mid-study are checked for what they leave in
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -402,3 +404,56 @@ def test_a_pacs_that_refuses_the_gateway_leaves_nothing_recorded(site, tmp_path)
         assert _all_rows(site) == before
     finally:
         gateway.stop()
+
+
+def test_ctrl_c_mid_study_leaves_the_copy_recorded_and_its_delivery_pending(site, tmp_path):
+    """`leaktrace gateway` interrupted while a receiver is still storing a copy: exit 130,
+    the copy's export is in the chain (it may have arrived) and its delivery stays pending,
+    which the next --check reports."""
+    port, ws_port = free_port(), free_port()
+    text = site["config"].read_text().replace(f'listen = "127.0.0.1:{site["gw_port"]}"',
+                                              f'listen = "127.0.0.1:{port}"')
+    text = text.replace(f'address = "127.0.0.1:{site["stations"][DRY].port}"',
+                        f'address = "127.0.0.1:{ws_port}"')
+    config, ledger, key = tmp_path / "gateway.toml", tmp_path / "ledger.sqlite", _key_file(site)
+    config.write_text(text)
+    storing = threading.Event()
+
+    def slow_store(event):
+        storing.set()
+        time.sleep(5)
+        return 0x0000
+
+    ae = AE(ae_title=DRY)
+    for uid in RETRIEVE_SOP_CLASSES:
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+    receiver = ae.start_server(("127.0.0.1", ws_port), block=False,
+                               evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    cmd = [sys.executable, "-m", "forensics.cli", "gateway", "--config", str(config),
+           "--ledger", str(ledger), "--key", str(key)]
+    gateway = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        other = dict(site, gw_port=port)
+        for _ in range(100):  # wait until it listens
+            if _associate(other, DRX, [sc.Verification]).is_established:
+                break
+            time.sleep(0.2)
+        study, _ = site["studies"]["nih_cxr14_dx_8bit_1024px_nccid.dcm"]
+        mover = threading.Thread(target=lambda: _move(other, DRX, DRY, study))
+        mover.start()
+        assert storing.wait(120)
+        gateway.send_signal(signal.SIGINT)
+        assert gateway.wait(60) == 130
+        assert "interrupted:" in gateway.stderr.read()
+        mover.join(60)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        receiver.shutdown()
+    with Ledger(ledger, create=False) as book:
+        [export] = book.exports()
+        [delivery] = book.deliveries()
+        assert (delivery.export_id, delivery.status) == (export.id, "pending")
+        assert book.check().ok
+    out = subprocess.run(cmd + ["--check"], capture_output=True, text=True, timeout=120)
+    assert "1 deliveries pending" in out.stdout

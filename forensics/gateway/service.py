@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +82,8 @@ def configure_logging(config: GatewayConfig) -> logging.Handler:
 
 
 def serve(config: GatewayConfig, *, ledger_path, key) -> None:
-    """Serve until SIGINT or SIGTERM (raised here as KeyboardInterrupt after the server has
-    stopped).
+    """Serve until SIGINT or SIGTERM, then stop listening, end the associations and raise
+    KeyboardInterrupt (the command line exits 130).
 
     Raises
     ------
@@ -90,17 +91,24 @@ def serve(config: GatewayConfig, *, ledger_path, key) -> None:
         The store, the ledger or the listening address cannot be used.
     """
     gateway = Gateway(config, ledger_path=ledger_path, key=key)
+    stopping = threading.Event()
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        stopping.set()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # pynetdicom's blocking server swallows KeyboardInterrupt; serve in its threads and wait
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            gateway.start(block=True)
+            gateway.start(block=False)
         except OSError as exc:
             raise LeaktraceError(f"cannot listen on {config.host}:{config.port} "
                                  f"({exc.strerror or exc})") from None
+        while not stopping.wait(1.0):
+            pass
     finally:
         gateway.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logging.getLogger("leaktrace.gateway").info("stopped")
+    raise KeyboardInterrupt
