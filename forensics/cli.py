@@ -243,7 +243,9 @@ def _report_folder_problem(folder: Path) -> str | None:
 def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
             report_dir: Path | None) -> None:
     """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
-    evidence report, exit."""
+    evidence report, exit. A key none of the ledger's exports was made with is still used,
+    with a warning on stderr (also with ``--json``, whose object then has
+    ``"key_in_ledger": false``)."""
     files, report_error, writing, interrupted = None, None, False, False
     message = _report_folder_problem(report_dir) if report_dir is not None else None
     if message is None:
@@ -268,6 +270,8 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
                               "error": message, **({"interrupted": True} if interrupted else {})}))
         raise _interrupted(message) if interrupted else _fail(message)
     if as_json:
+        if report.key_warning:  # the one warning that changes how the answer must be read
+            err.print(f"[yellow]warning:[/] {escape(report.key_warning)}")
         result = report.as_dict()
         if report_dir is not None:
             result["report"] = ({"html": str(files.html), "json": str(files.json)} if files

@@ -22,6 +22,7 @@ from conftest import write_dicom
 from forensics import cli, leaks
 from watermark.dicomio import read_film
 from watermark.display import render
+from watermark.keys import create_key, load_key
 
 FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"  # small: fast to mark and detect
 runner = CliRunner()
@@ -497,3 +498,29 @@ def test_demo_interrupted_keeps_the_out_folder_it_was_given(tmp_path, monkeypatc
     assert (tmp_path / "d" / "demo.key").exists()
     assert result.stderr == ("interrupted: the demo stopped before it finished; the files made "
                              f"so far are in {tmp_path / 'd'}\n")
+
+
+# -- key binding (issue 16): never a second key in a ledger by accident -----------------------
+
+def test_detect_with_a_key_the_ledger_has_not_seen_warns(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    known = load_key(tmp_path / "site.key").fingerprint
+    other = create_key(tmp_path / "other.key")
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    warning = (f"warning: this ledger's exports were made with key(s) {known}, not with the key "
+               f"given ({other.fingerprint}): no mark recorded in this ledger can be found with "
+               "it, so 'not found' says nothing about the leak")
+    for command in ("detect", "trace"):
+        result = run(command, leak, "--key", other.path, "--ledger", ledger, "--json")
+        assert result.exit_code == 1, result.output
+        obj = one_json(result)
+        assert obj["decision"] == "not_found" and obj["key_in_ledger"] is False
+        assert obj["ledger_key_fingerprints"] == [known]
+        assert obj["key_fingerprint"] == other.fingerprint  # existing fields unchanged
+        assert warning in result.stderr
+        human = run(command, leak, "--key", other.path, "--ledger", ledger)
+        assert human.exit_code == 1 and warning in human.stderr
+    right = run("detect", leak, *site, "--json")
+    assert right.exit_code == 0 and "warning" not in right.stderr, right.output
+    obj = one_json(right)
+    assert obj["key_in_ledger"] is True and obj["recipient"] == "Dr. Ana Alvarez"
