@@ -10,7 +10,9 @@ Exit codes
 bad arguments, key or ledger, not enough memory, or a ``--report`` that could not be
 written: the result is still printed, and its JSON then has ``report.error``).
 ``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
-or no file was found, 2 error before any file (bad arguments, output folder, key or ledger).
+or no file was found, 2 error before any file (bad arguments, output folder, key or ledger,
+among them a key the ledger's exports were not made with, or a missing key file beside a
+ledger that holds exports, without ``--new-key``).
 ``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
 problem found (``--expect-head`` not in the chain included), 2 the ledger cannot be read.
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
@@ -46,9 +48,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from watermark import __version__
 from watermark.errors import LeaktraceError
-from watermark.keys import load_key, load_or_create_key
+from watermark.keys import key_path, load_key
 
-from .export import collect_sources, export_many
+from .export import collect_sources, export_many, site_key_for
 from watermark._files import atomic_write
 from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
 from .trace import detect_leak, trace_leak
@@ -124,10 +126,12 @@ def embed(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never one written earlier in the same run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every outcome on stdout.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes marking files in parallel (0: one per CPU core). This process still writes every output and records it in the ledger.")] = 1,
+    new_key: Annotated[bool, typer.Option("--new-key", help="Change the site key on purpose: export with a key the ledger's earlier exports were not made with (created if its file does not exist). Without it such a key, or a missing key file beside a ledger that holds exports, is refused (exit 2).")] = False,
 ) -> None:
     """Mark each film for RECIPIENT, write the marked DICOM copies to OUT and record them.
 
-    Files that are already leaktrace-marked copies are refused: mark the original.
+    Files that are already leaktrace-marked copies are refused: mark the original. A ledger
+    that holds exports accepts only the key they were made with, unless --new-key is given.
     """
     def fatal(message: str, code: int = 2) -> typer.Exit:
         if as_json:
@@ -145,14 +149,34 @@ def embed(
     if workers < 0:
         raise fatal(f"bad arguments: --workers {workers}: must be 0 (one per CPU core) or more")
     try:
-        site_key, created = load_or_create_key(key)
-        if created:
-            err.print(f"created a new site key (fingerprint {site_key.fingerprint}); keep it "
-                      "safe and private, and back it up with the ledger")
+        path = key_path(key)
+        # an unreadable key file stops the command before a new ledger is created
+        site_key = load_key(path) if path.exists() or path.is_symlink() else None
         book = Ledger(ledger)
     except LeaktraceError as exc:
         raise fatal(str(exc)) from None
     with book:
+        try:
+            known = book.key_usage()
+            if site_key is None:  # created on a first run only (or with --new-key)
+                site_key, created = site_key_for(book, path, new_key=new_key)
+            else:
+                created = False
+            changed = book.check_key(site_key, new_key=new_key)
+        except LeaktraceError as exc:
+            raise fatal(str(exc)) from None
+        if created:
+            err.print(f"created a new site key at {escape(str(path))} (fingerprint "
+                      f"{site_key.fingerprint}); keep it safe and private, and back it up "
+                      "with the ledger")
+        if changed:
+            err.print(f"[yellow]warning:[/] --new-key: the ledger at {escape(str(book.path))} "
+                      f"has {sum(known.values())} export(s) made with key(s) "
+                      f"{', '.join(known)}; these exports are made with key "
+                      f"{site_key.fingerprint}, so it holds {len(known) + 1} key fingerprints "
+                      "from now on and a leak is traced only with the key that marked it: keep "
+                      "every key file (see 'Back up and escrow the site key' in the README)",
+                      markup=True)
         pairs = list(collect_sources(sources, out))
         if not pairs:
             raise fatal("no DICOM files found under " + ", ".join(map(str, sources)), code=1)
@@ -172,7 +196,8 @@ def embed(
                           TimeElapsedColumn(), console=err, disable=len(pairs) < 2) as bar:
                 task = bar.add_task("marking", total=len(pairs))
                 outcomes = export_many(pairs, recipient=name, ledger=book, key=site_key,
-                                       overwrite=overwrite, progress=advance, workers=workers)
+                                       overwrite=overwrite, progress=advance, workers=workers,
+                                       new_key=new_key)
         except KeyboardInterrupt:
             # the ledger says which files were exported: one recorded just before Ctrl-C may
             # not have been reported yet (its features for `trace` were being computed)
@@ -243,7 +268,9 @@ def _report_folder_problem(folder: Path) -> str | None:
 def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
             report_dir: Path | None) -> None:
     """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
-    evidence report, exit."""
+    evidence report, exit. A key none of the ledger's exports was made with is still used,
+    with a warning on stderr (also with ``--json``, whose object then has
+    ``"key_in_ledger": false``)."""
     files, report_error, writing, interrupted = None, None, False, False
     message = _report_folder_problem(report_dir) if report_dir is not None else None
     if message is None:
@@ -268,6 +295,8 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
                               "error": message, **({"interrupted": True} if interrupted else {})}))
         raise _interrupted(message) if interrupted else _fail(message)
     if as_json:
+        if report.key_warning:  # the one warning that changes how the answer must be read
+            err.print(f"[yellow]warning:[/] {escape(report.key_warning)}")
         result = report.as_dict()
         if report_dir is not None:
             result["report"] = ({"html": str(files.html), "json": str(files.json)} if files
@@ -388,7 +417,8 @@ def gateway(
             print(line)
         raise typer.Exit(result.exit_code)
     try:
-        site_key, created = load_or_create_key(key)
+        with Ledger(ledger) as book:  # the same key rules as embed (no --new-key here)
+            site_key, created = site_key_for(book, key)
         if created:
             err.print(f"created a new site key (fingerprint {site_key.fingerprint}); keep it "
                       "safe and private, and back it up with the ledger")

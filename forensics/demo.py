@@ -18,10 +18,9 @@ from pathlib import Path
 from watermark.dicomio import read_film
 from watermark.display import render
 from watermark.errors import InvalidInputError
-from watermark.keys import load_or_create_key
 
 from . import leaks
-from .export import export_film
+from .export import export_film, site_key_for
 from .ledger import Ledger
 from .trace import detect_leak
 
@@ -95,10 +94,10 @@ def run_demo(folder: Path, say: Callable[[str], None] = print) -> bool:
     """
     folder = prepare_folder(folder)
     source = demo_film_path()
-    key, _ = load_or_create_key(folder / "demo.key")
     say(f"leaktrace demo in {folder}")
     say(f"film: {source.name} (NEMA WG04 RG1, Philips CR chest PA, from pydicom-data)")
     with Ledger(folder / "ledger.sqlite") as book:
+        key, _ = site_key_for(book, folder / "demo.key")  # never a new key beside old exports
         copies = {}
         for i, name in enumerate(RECIPIENTS, start=1):
             out = folder / "exports" / f"copy-{i}" / source.name

@@ -10,6 +10,10 @@ Marking and writing happen inside the ledger transaction that registers the reci
 records the export, with the site key scoped to the ledger (``key.scoped(ledger.ledger_id)``):
 recipient numbers are per ledger, so a mark is only ever read against the ledger that made it.
 
+A ledger that holds exports is bound to the site key(s) they were made with: an export under
+another key is refused unless asked for with ``new_key=True`` (:meth:`Ledger.check_key`), and
+:func:`site_key_for` never creates a key beside such a ledger.
+
 The mark is designed in the display domain of the film's default window, so its visibility
 (display PSNR) is the same for a 8-bit secondary capture and a 15-bit CR.
 """
@@ -32,14 +36,15 @@ from watermark import dwt, payload
 from watermark.dicomio import (EncodedDerived, Film, encode_derived, read_film, sha256_file,
                                write_derived, write_encoded)
 from watermark.display import display_gain, render, shows_range
-from watermark.errors import CapacityError, InvalidInputError, LeaktraceError, LedgerError
-from watermark.keys import SiteKey
+from watermark.errors import (CapacityError, InvalidInputError, LeaktraceError, LedgerError,
+                              LedgerKeyError)
+from watermark.keys import SiteKey, create_key, key_path, load_key
 
-from .ledger import ExportRecord, Ledger, PendingDelivery, normalise_recipient
+from .ledger import ExportRecord, Ledger, PendingDelivery, _key_usage_text, normalise_recipient
 from .register import FilmFeatures, film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "collect_sources", "marked_copy_of",
-           "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
+           "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
 
 DERIVATION_DESCRIPTION = ("Invisible forensic watermark added for release to one recipient "
                           "(leaktrace); pixel values differ slightly from the source image")
@@ -150,9 +155,66 @@ def _refuse_marked_copy(source: Path, is_marked: bool, earlier: ExportRecord | N
                                 "original instead")
 
 
+def site_key_for(ledger: Ledger, path: str | os.PathLike | None = None, *,
+                 new_key: bool = False) -> tuple[SiteKey, bool]:
+    """The site key to export into ``ledger`` with: read from ``path``, or created there on
+    a first run.
+
+    An existing key file is read and checked against the ledger (:meth:`Ledger.check_key`).
+    A missing one is created (mode 0600) only when the ledger has no exports yet, or with
+    ``new_key``: beside a ledger that holds exports, a missing key file is a mistake (a wrong
+    ``--key``, a deleted file, ``LEAKTRACE_KEY`` unset in a cron job) and a new key would
+    split the ledger between two keys.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger the exports will be recorded in (opened for writing or read-only).
+    path : path-like, optional
+        The key file; default :func:`watermark.keys.default_key_path`.
+    new_key : bool
+        A deliberate change of site key: accept a key the ledger's exports were not made
+        with, and create the key file if it does not exist.
+
+    Returns
+    -------
+    key : SiteKey
+    created : bool
+        Whether the key file was created by this call.
+
+    Raises
+    ------
+    LedgerKeyError
+        The key is not one the ledger's exports were made with, or its file does not exist
+        while the ledger holds exports, and ``new_key`` is false. The message names the
+        ledger, the key file and the fingerprints; no file is created.
+    KeyFileError
+        The key file cannot be read, is not a leaktrace key, or cannot be created.
+    """
+    p = key_path(path)
+    if p.exists() or p.is_symlink():  # a dangling link is reported by load_key, not replaced
+        key = load_key(p)
+        ledger.check_key(key, new_key=new_key)
+        return key, False
+    usage = ledger.key_usage()
+    if usage and not new_key:
+        keys = " or ".join(usage)
+        raise LedgerKeyError(
+            f"the ledger at {ledger.path} has {_key_usage_text(usage)}; the key file {p} "
+            "does not exist, and no new key is created beside a "
+            "ledger that holds exports (a leak is traced only with the key that marked it). "
+            f"Point --key (or LEAKTRACE_KEY) at the key file of fingerprint {keys} (restore it "
+            "from its backup if it is lost), or give --new-key to start a new site key on "
+            "purpose; nothing was exported",
+            ledger_path=str(ledger.path), key_fingerprint=None, key_path=str(p),
+            ledger_fingerprints=usage)
+    return create_key(p), True
+
+
 def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipient: str,
                 ledger: Ledger, key: SiteKey, overwrite: bool = False,
-                strength: float = 1.0, delivery: PendingDelivery | None = None) -> ExportRecord:
+                strength: float = 1.0, new_key: bool = False,
+                delivery: PendingDelivery | None = None) -> ExportRecord:
     """Mark one film for ``recipient``, write it to ``output`` and record it in the ledger.
 
     The recipient is registered (if new) in the same ledger transaction as the export, so a
@@ -161,14 +223,41 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
     ``delivery`` (a copy about to be sent over the network), a ``pending`` delivery is
     recorded in the same transaction (:meth:`Ledger.record_export`).
 
+    Parameters
+    ----------
+    source, output : path-like
+        The film to mark and where to write its marked copy.
+    recipient : str
+        Who receives the copy (:func:`forensics.ledger.normalise_recipient`).
+    ledger : Ledger
+        Opened for writing.
+    key : SiteKey
+        The site key. A ledger that holds exports accepts only a key one of them was made
+        with (:meth:`Ledger.check_key`), checked before the source is read.
+    overwrite : bool
+        Replace an existing ``output``.
+    strength : float
+        Relative embedding strength (:func:`mark_film`).
+    new_key : bool
+        Accept a key the ledger's exports were not made with (a deliberate change of site
+        key; the ledger then holds two key fingerprints).
+
+    Returns
+    -------
+    ExportRecord
+
     Raises
     ------
+    LedgerKeyError
+        ``key`` is not one the ledger's exports were made with and ``new_key`` is false;
+        nothing is read, written or recorded.
     LeaktraceError
         Any problem with the input, the output or the ledger; the message names the file.
         Nothing is written or recorded then. A source that is itself a leaktrace-marked copy
         is refused (:class:`InvalidInputError`): marking it again would carry two marks.
     """
     source, output = Path(source), Path(output)
+    ledger.check_key(key, new_key=new_key)
     _check_output(source, output, overwrite)
     name = normalise_recipient(recipient)
     film = read_film(source)
@@ -187,7 +276,7 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         write, recipient=name,
         source_sop_uid=str(film.dataset.get("SOPInstanceUID", "")),
         source_path=str(source.resolve()), source_sha256=source_sha256,
-        key_fingerprint=key.fingerprint, delivery=delivery,
+        key_fingerprint=key.fingerprint, new_key=new_key, delivery=delivery,
     )
     _keep_features(ledger, source_sha256, lambda: _features(film))
     return record
@@ -225,7 +314,7 @@ def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLi
 def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: Ledger,
                 key: SiteKey, overwrite: bool = False,
                 progress: Callable[[ExportOutcome], None] | None = None,
-                workers: int = 1) -> list[ExportOutcome]:
+                workers: int = 1, new_key: bool = False) -> list[ExportOutcome]:
     """Export every (source, output) pair, carrying on after failures.
 
     A failure of one file (any leaktrace error, an OS error, an unexpected ``ValueError`` or
@@ -236,28 +325,40 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
 
     Parameters
     ----------
+    pairs : iterable of (path, path)
+        (source, output) pairs, e.g. from :func:`collect_sources`.
+    recipient, ledger, key, overwrite
+        As for :func:`export_film`.
+    progress : callable, optional
+        Called with each :class:`ExportOutcome` as it is settled.
     workers : int
         Processes that read, mark and encode files in parallel (0: one per CPU core). With
         more than one, this process still owns the ledger: it writes each output and records
         it in one transaction, in input order, exactly as with one worker, so the outcomes,
         the records and their hash chain are the same; only the marking and encoding run
         elsewhere.
+    new_key : bool
+        Accept a key the ledger's exports were not made with (:meth:`Ledger.check_key`).
 
     Returns one :class:`ExportOutcome` per pair, in order. ``progress`` is called after each.
 
     Raises
     ------
+    LedgerKeyError
+        ``key`` is not one the ledger's exports were made with and ``new_key`` is false:
+        the whole batch is refused before any file is read (not one failure per file).
     ValueError
         ``workers`` is negative.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {workers}")
+    ledger.check_key(key, new_key=new_key)
     pairs = [(Path(s), Path(o)) for s, o in pairs]
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(pairs) > 1:
         return _export_parallel(pairs, recipient=recipient, ledger=ledger, key=key,
                                 overwrite=overwrite, progress=progress,
-                                workers=min(workers, len(pairs)))
+                                workers=min(workers, len(pairs)), new_key=new_key)
     outcomes = []
     written: dict[Path, Path] = {}  # output (resolved) -> the source written there in this run
     for source, output in pairs:
@@ -265,7 +366,7 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
             _check_not_written(source, output, written)
             output.parent.mkdir(parents=True, exist_ok=True)
             return export_film(source, output, recipient=recipient, ledger=ledger, key=key,
-                               overwrite=overwrite)
+                               overwrite=overwrite, new_key=new_key)
 
         outcomes.append(_settle(source, output, run, written, progress))
     return outcomes
@@ -366,7 +467,8 @@ def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
 
 
 def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: Ledger,
-                     key: SiteKey, overwrite: bool, progress, workers: int) -> list[ExportOutcome]:
+                     key: SiteKey, overwrite: bool, progress, workers: int,
+                     new_key: bool = False) -> list[ExportOutcome]:
     """:func:`export_many` with ``workers`` processes marking and encoding.
 
     The workers never touch the ledger and never write an output: each returns the encoded
@@ -428,7 +530,7 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
                 _refuse_marked_copy(source, earlier is not None
                                     or marked.description == DERIVATION_DESCRIPTION, earlier)
                 return _record(source, output, marked, name=name, ledger=ledger, key=key,
-                               mark_key=mark_key, overwrite=overwrite)
+                               mark_key=mark_key, overwrite=overwrite, new_key=new_key)
 
             outcomes.append(_settle(source, output, run, written, progress))
     finally:
@@ -448,7 +550,7 @@ def _written(rec, coded: np.ndarray) -> dict:
 
 
 def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: Ledger,
-            key: SiteKey, mark_key: SiteKey, overwrite: bool) -> ExportRecord:
+            key: SiteKey, mark_key: SiteKey, overwrite: bool, new_key: bool) -> ExportRecord:
     """Write a worker's encoded copy and record it, in one ledger transaction."""
 
     def write(number: int) -> dict:
@@ -463,7 +565,7 @@ def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: L
     record = ledger.record_export(
         write, recipient=name, source_sop_uid=marked.source_uid,
         source_path=str(source.resolve()), source_sha256=marked.source_sha256,
-        key_fingerprint=key.fingerprint,
+        key_fingerprint=key.fingerprint, new_key=new_key,
     )
     # features the worker skipped are computed here only if the ledger's are of 0.2.0
     _keep_features(ledger, marked.source_sha256,

@@ -54,6 +54,14 @@ interleave). :meth:`Ledger.record_export` registers the recipient (if new) and c
 that writes the output file inside the same transaction: the recipient and the row are
 committed only if the file was written, and the file is removed if the row cannot be committed.
 
+Key binding
+-----------
+A ledger's exports are made with one site key, whose fingerprint each record holds. Once the
+ledger holds exports, an export under a key none of them was made with is refused
+(:meth:`Ledger.check_key`, applied by :meth:`Ledger.record_export` inside its transaction)
+unless the caller says ``new_key=True`` on purpose (a key rotation): a ledger silently split
+between two keys traces each half only with its own key. An empty ledger accepts any key.
+
 Readers (``Ledger(path, create=False)``) open the file read-only and never change it; a file
 that is not a leaktrace ledger (empty, another SQLite database, not SQLite) is refused.
 
@@ -77,8 +85,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields as dataclass_fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from watermark.errors import LedgerError
+from watermark.errors import LedgerError, LedgerKeyError
+
+if TYPE_CHECKING:
+    from watermark.keys import SiteKey
 
 __all__ = ["Ledger", "ExportRecord", "ChainCheck", "PendingDelivery", "DeliveryRecord",
            "DELIVERY_STATES", "export_table", "EXPORT_FORMATS",
@@ -463,7 +475,7 @@ class Ledger:
     # -- exports ------------------------------------------------------------------------
     def record_export(self, write_output: Callable[[int], dict], *, recipient: str,
                       source_sop_uid: str, source_path: str, source_sha256: str,
-                      key_fingerprint: str,
+                      key_fingerprint: str, new_key: bool = False,
                       delivery: PendingDelivery | None = None) -> ExportRecord:
         """Register the recipient if new, write an output file for it and record it, all or
         nothing.
@@ -480,6 +492,12 @@ class Ledger:
             The recipient's name (normalised with :func:`normalise_recipient`).
         source_sop_uid, source_path, source_sha256, key_fingerprint : str
             Recorded as given; ``key_fingerprint`` is the site key's.
+        new_key : bool
+            Accept a ``key_fingerprint`` that none of the ledger's exports has (a deliberate
+            key change); without it such an export is refused, before ``write_output`` is
+            called, unless the ledger has no exports (see :meth:`check_key`). Checked inside
+            the transaction, so two writers with different keys cannot both start an empty
+            ledger.
         delivery : PendingDelivery or None
             For a copy about to be sent over the network: a ``pending`` row of
             ``deliveries`` recorded in the same transaction as the export, so that no copy can
@@ -492,6 +510,9 @@ class Ledger:
 
         Raises
         ------
+        LedgerKeyError
+            ``key_fingerprint`` is not one of the ledger's and ``new_key`` is false; nothing is
+            written or recorded.
         LedgerError
             A bad recipient name, a read-only ledger, or the record could not be committed.
         Exception
@@ -501,6 +522,7 @@ class Ledger:
         out_path = None
         try:
             with self._write() as db:
+                self._check_fingerprint(key_fingerprint, new_key=new_key)
                 number = self._number_in(db, name)
                 written = write_output(number)
                 out_path = written["output_path"]
@@ -678,6 +700,73 @@ class Ledger:
         """Fingerprints of the (site) keys that made the recorded exports."""
         return {r[0] for r in self._db.execute("SELECT DISTINCT key_fingerprint FROM exports")}
 
+    def key_usage(self) -> dict[str, int]:
+        """``{fingerprint: number of exports}`` of the site keys that made the recorded
+        exports, in the order each key was first used (empty for an empty ledger)."""
+        return dict(self._db.execute(
+            "SELECT key_fingerprint, COUNT(*) FROM exports GROUP BY key_fingerprint "
+            "ORDER BY MIN(id)"))
+
+    def export_count(self) -> int:
+        """The number of export records."""
+        return int(self._db.execute("SELECT COUNT(*) FROM exports").fetchone()[0])
+
+    def check_key(self, key: SiteKey, *, new_key: bool = False) -> bool:
+        """Check that ``key`` may make exports recorded in this ledger.
+
+        A ledger with no exports accepts any key. A ledger with exports accepts a key that
+        made at least one of them, and a key none of them was made with only with
+        ``new_key`` (a deliberate change of site key: from then on the ledger holds two key
+        fingerprints, and a leak is traced only with the key that marked it). This is the
+        check :func:`forensics.export.export_film`, :func:`forensics.export.export_many`
+        and ``leaktrace embed`` apply before anything is written; :meth:`record_export`
+        repeats it inside its transaction.
+
+        Parameters
+        ----------
+        key : SiteKey
+            The site key (not a scoped one: the ledger records the site key's fingerprint).
+            Its :attr:`~watermark.keys.SiteKey.path`, when set, is named in the message.
+        new_key : bool
+            Accept a key the ledger has not seen.
+
+        Returns
+        -------
+        bool
+            True when the key is new to a ledger that holds exports (accepted because of
+            ``new_key``); False when the ledger knows it or has no exports.
+
+        Raises
+        ------
+        LedgerKeyError
+            The ledger holds exports, none made with ``key``, and ``new_key`` is false. The
+            message names the ledger, the key file, the key's fingerprint and the ledger's
+            fingerprints (with their numbers of exports), and how to fix the call.
+        """
+        return self._check_fingerprint(key.fingerprint, new_key=new_key, key_path=key.path)
+
+    def _check_fingerprint(self, fingerprint: str, *, new_key: bool,
+                           key_path: str | os.PathLike | None = None) -> bool:
+        """:meth:`check_key` on a fingerprint (also inside a write transaction)."""
+        any_export, seen = self._db.execute(
+            "SELECT EXISTS(SELECT 1 FROM exports), "
+            "EXISTS(SELECT 1 FROM exports WHERE key_fingerprint = ?)", (fingerprint,)).fetchone()
+        if not any_export or seen:
+            return False
+        if new_key:
+            return True
+        usage = self.key_usage()
+        given = f"the key given ({key_path}) has" if key_path is not None else "the key given has"
+        raise LedgerKeyError(
+            f"the ledger at {self.path} has {_key_usage_text(usage)}; {given} fingerprint "
+            f"{fingerprint}, which made none of them, and a leak is traced only with the key "
+            f"that marked it. Point --key (or LEAKTRACE_KEY) at the key file of fingerprint "
+            f"{_one_of(usage)}, or give --new-key (new_key=True in the Python API) to change "
+            "the site key on purpose (the ledger then holds this key's fingerprint too); nothing "
+            "was exported",
+            ledger_path=str(self.path), key_fingerprint=fingerprint,
+            key_path=str(key_path) if key_path is not None else None, ledger_fingerprints=usage)
+
     def verify(self) -> list[str]:
         """Check the hash chain and the recipients' names. Returns a list of problems, empty
         when everything is intact (:meth:`check` also gives the chain head).
@@ -766,6 +855,18 @@ class Ledger:
                                 f"{table[number]!r}, but its exports were recorded for {shown} "
                                 "(renamed or swapped)")
         return problems
+
+
+def _key_usage_text(usage: dict[str, int]) -> str:
+    """``"3 exports made with key 1a2b..."``, or the same for each of several keys."""
+    def one(fp: str, n: int) -> str:
+        return f"{n} export{'s' if n != 1 else ''} made with key {fp}"
+    return " and ".join(one(fp, n) for fp, n in usage.items())
+
+
+def _one_of(usage: dict[str, int]) -> str:
+    """The ledger's fingerprints as a choice: ``"a"``, ``"a or b"``."""
+    return " or ".join(usage)
 
 
 def _ids(ids: list[int]) -> str:

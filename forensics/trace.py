@@ -69,6 +69,7 @@ class LeakReport:
     names: dict = field(default_factory=dict)
     recipient_names: dict = field(default_factory=dict)
     key_fingerprint: str = ""
+    ledger_key_fingerprints: tuple = ()
     ledger_path: str = ""
     ledger_id: str | None = None
     warnings: list = field(default_factory=list)
@@ -82,6 +83,23 @@ class LeakReport:
     @property
     def decision(self) -> str:
         return self.detection.decision
+
+    @property
+    def key_in_ledger(self) -> bool | None:
+        """Whether the key given made any of the ledger's exports; ``None`` when the ledger
+        has no exports (nothing to compare with). When False, no mark recorded in this ledger
+        can be found, so "not found" says nothing about the leak (:attr:`key_warning`)."""
+        if not self.ledger_key_fingerprints:
+            return None
+        return self.key_fingerprint in self.ledger_key_fingerprints
+
+    @property
+    def key_warning(self) -> str | None:
+        """The warning given when the key is not one the ledger's exports were made with
+        (also in :attr:`warnings`); ``None`` otherwise."""
+        if self.key_in_ledger is not False:
+            return None
+        return _foreign_key_warning(self.key_fingerprint, self.ledger_key_fingerprints)
 
     @property
     def recipient_numbers(self) -> list[int]:
@@ -134,6 +152,9 @@ class LeakReport:
 
         ``recipient`` is the best-scoring named recipient; ``recipients`` lists every named one
         (two when a leak shows two recipients' copies), each with its own p-value.
+        ``key_in_ledger`` is :attr:`key_in_ledger` (``false``: the key given made none of the
+        ledger's exports, so "not found" says nothing) and ``ledger_key_fingerprints`` the
+        fingerprints the ledger's exports were made with, oldest first.
         """
         d = self.detection
         return {
@@ -165,6 +186,8 @@ class LeakReport:
             "leak": {"path": str(self.leak_path), "sha256": self.leak_sha256,
                      "format": self.leak_format, "width": self.width, "height": self.height},
             "key_fingerprint": self.key_fingerprint,
+            "key_in_ledger": self.key_in_ledger,
+            "ledger_key_fingerprints": list(self.ledger_key_fingerprints),
             "ledger": self.ledger_path,
             "ledger_id": self.ledger_id,
             "summary": self.summary(),
@@ -208,16 +231,29 @@ def trace_leak(path: str | os.PathLike, *, ledger: Ledger, key: SiteKey,
                        leak_info=leak)
 
 
+def _foreign_key_warning(fingerprint: str, used: tuple) -> str:
+    """The warning for a key none of the ledger's exports (made with ``used``) was made with."""
+    return (f"this ledger's exports were made with key(s) {', '.join(used)}, not with the key "
+            f"given ({fingerprint}): no mark recorded in this ledger can be found with it, so "
+            "'not found' says nothing about the leak; give the key of fingerprint "
+            f"{' or '.join(used)} with --key or LEAKTRACE_KEY")
+
+
 def _report(leak: np.ndarray, detection: Detection, *, ledger: Ledger, key: SiteKey,
             warnings: list[str], mode: str, informed: list, leak_info: LeakImage | None,
             alpha: float) -> LeakReport:
     """Attach the ledger's names, the source and alignment, and the warnings."""
     names = ledger.recipients()
     warnings = list(warnings)
-    used = ledger.key_fingerprints()
+    used = tuple(ledger.key_usage())  # oldest first
     if used and key.fingerprint not in used:
-        warnings.append(f"this ledger's exports were made with key(s) {', '.join(sorted(used))}, "
-                        f"not with the key given ({key.fingerprint}): no mark can be found with it")
+        warnings.append(_foreign_key_warning(key.fingerprint, used))
+    elif len(used) > 1 and detection.decision != "traced":
+        others = [fp for fp in used if fp != key.fingerprint]
+        warnings.append(f"this ledger's exports were made with {len(used)} keys; only the marks "
+                        f"of key {key.fingerprint} (the key given) were looked for: a copy "
+                        f"exported under key {' or '.join(others)} is found only with that key, "
+                        "so run again with it (--key) before reading 'not found' as final")
     if not names:
         warnings.append("the ledger lists no recipients: nobody can be named")
     problems = ledger.verify()
@@ -260,8 +296,8 @@ def _report(leak: np.ndarray, detection: Detection, *, ledger: Ledger, key: Site
         width=leak.shape[1], height=leak.shape[0], detection=detection,
         recipient=recipient_names.get(detection.recipient_number), names=names,
         recipient_names=recipient_names, key_fingerprint=key.fingerprint,
-        ledger_path=str(ledger.path), ledger_id=ledger.ledger_id, warnings=warnings,
-        mode=mode, alpha=alpha, source=source, alignment=alignment, ledger_intact=not problems,
+        ledger_key_fingerprints=used, ledger_path=str(ledger.path), ledger_id=ledger.ledger_id,
+        warnings=warnings, mode=mode, alpha=alpha, source=source, alignment=alignment, ledger_intact=not problems,
         figures={"leak_image": leak, **figures},
     )
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from conftest import write_dicom
 from forensics import cli, leaks
 from watermark.dicomio import read_film
 from watermark.display import render
+from watermark.keys import create_key, load_key
 
 FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"  # small: fast to mark and detect
 runner = CliRunner()
@@ -497,3 +499,113 @@ def test_demo_interrupted_keeps_the_out_folder_it_was_given(tmp_path, monkeypatc
     assert (tmp_path / "d" / "demo.key").exists()
     assert result.stderr == ("interrupted: the demo stopped before it finished; the files made "
                              f"so far are in {tmp_path / 'd'}\n")
+
+
+# -- key binding (issue 16): never a second key in a ledger by accident -----------------------
+
+def _export_count(ledger_path) -> int:
+    with sqlite3.connect(ledger_path) as db:
+        return db.execute("SELECT COUNT(*) FROM exports").fetchone()[0]
+
+
+def test_the_first_embed_creates_the_key(tmp_path, site, dicom_films):
+    result = run("embed", dicom_films[FUJI], "--recipient", "a", "--out", tmp_path / "out", *site)
+    assert result.exit_code == 0, result.output
+    fingerprint = load_key(tmp_path / "site.key").fingerprint
+    assert (f"created a new site key at {tmp_path / 'site.key'} (fingerprint {fingerprint})"
+            in result.stderr)
+    assert stat.S_IMODE(os.stat(tmp_path / "site.key").st_mode) == 0o600
+
+
+def test_embed_refuses_a_key_the_ledger_has_not_seen(tmp_path, site, exported, dicom_films):
+    ledger = tmp_path / "ledger.sqlite"
+    known = load_key(tmp_path / "site.key").fingerprint
+    other = create_key(tmp_path / "other.key")
+    result = run("embed", dicom_films[FUJI], "--recipient", "Bob", "--out", tmp_path / "o2",
+                 "--key", other.path, "--ledger", ledger, "--json")
+    assert result.exit_code == 2, result.output
+    message = (f"the ledger at {ledger} has 1 export made with key {known}; the key given "
+               f"({other.path}) has fingerprint {other.fingerprint}, which made none of them")
+    assert result.stderr.startswith("error: " + message) and result.stderr.count("\n") == 1
+    assert "Point --key (or LEAKTRACE_KEY) at the key file of fingerprint " + known in result.stderr
+    assert "--new-key" in result.stderr
+    assert one_json(result)["error"].startswith(message)
+    assert not (tmp_path / "o2").exists() and _export_count(ledger) == 1
+
+
+@pytest.mark.parametrize("how", ["--key path", "default key deleted"])
+def test_embed_never_creates_a_key_beside_a_ledger_with_exports(tmp_path, dicom_films, how):
+    """A wrong --key, or the default key file deleted (LEAKTRACE_KEY unset in a cron job)."""
+    ledger = tmp_path / "ledger.sqlite"
+    default = tmp_path / "home" / "leaktrace" / "site.key"  # XDG_CONFIG_HOME is tmp_path/home
+    first = run("embed", dicom_films[FUJI], "--recipient", "a", "--out", tmp_path / "o1",
+                "--ledger", ledger)
+    assert first.exit_code == 0 and default.is_file(), first.output
+    known = load_key(default).fingerprint
+    if how == "--key path":
+        missing, key_args = tmp_path / "typo.key", ["--key", tmp_path / "typo.key"]
+    else:
+        default.unlink()
+        missing, key_args = default, []
+    result = run("embed", dicom_films[FUJI], "--recipient", "Bob", "--out", tmp_path / "o2",
+                 "--ledger", ledger, *key_args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: the ledger at {ledger} has 1 export made with key {known}; the key file "
+        f"{missing} does not exist, and no new key is created beside a ledger that holds "
+        "exports (a leak is traced only with the key that marked it). Point --key (or "
+        f"LEAKTRACE_KEY) at the key file of fingerprint {known} (restore it from its backup if "
+        "it is lost), or give --new-key to start a new site key on purpose; nothing was "
+        "exported\n")
+    assert not missing.exists() and not (tmp_path / "o2").exists()
+    assert _export_count(ledger) == 1
+
+
+def test_new_key_changes_the_key_on_purpose(tmp_path, site, exported, dicom_films):
+    ledger = tmp_path / "ledger.sqlite"
+    known = load_key(tmp_path / "site.key").fingerprint
+    other = create_key(tmp_path / "other.key")
+    result = run("embed", dicom_films[FUJI], "--recipient", "Bob", "--out", tmp_path / "o2",
+                 "--key", other.path, "--ledger", ledger, "--new-key", "--json")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: --new-key: the ledger at {ledger} has 1 export(s) made with key(s) "
+            f"{known}; these exports are made with key {other.fingerprint}, so it holds 2 key "
+            "fingerprints from now on") in result.stderr
+    assert one_json(result)["exported"][0]["key_fingerprint"] == other.fingerprint
+    with sqlite3.connect(ledger) as db:
+        used = [fp for (fp,) in db.execute("SELECT key_fingerprint FROM exports ORDER BY id")]
+    assert used == [known, other.fingerprint]
+    again = run("embed", dicom_films[FUJI], "--recipient", "Bob", "--out", tmp_path / "o3",
+                "--key", other.path, "--ledger", ledger)  # a key the ledger knows now
+    assert again.exit_code == 0 and "warning" not in again.stderr, again.output
+    # a missing key file with --new-key is a new key, created on purpose
+    fresh = tmp_path / "rotated.key"
+    made = run("embed", dicom_films[FUJI], "--recipient", "Cy", "--out", tmp_path / "o4",
+               "--key", fresh, "--ledger", ledger, "--new-key")
+    assert made.exit_code == 0, made.output
+    assert f"created a new site key at {fresh}" in made.stderr and "holds 3 key" in made.stderr
+    assert _export_count(ledger) == 4
+
+
+def test_detect_with_a_key_the_ledger_has_not_seen_warns(tmp_path, site, exported):
+    ledger = tmp_path / "ledger.sqlite"
+    known = load_key(tmp_path / "site.key").fingerprint
+    other = create_key(tmp_path / "other.key")
+    leak = _leak(exported["exported"][0]["output_path"], tmp_path / "leak.jpg")
+    warning = (f"warning: this ledger's exports were made with key(s) {known}, not with the key "
+               f"given ({other.fingerprint}): no mark recorded in this ledger can be found with "
+               "it, so 'not found' says nothing about the leak")
+    for command in ("detect", "trace"):
+        result = run(command, leak, "--key", other.path, "--ledger", ledger, "--json")
+        assert result.exit_code == 1, result.output
+        obj = one_json(result)
+        assert obj["decision"] == "not_found" and obj["key_in_ledger"] is False
+        assert obj["ledger_key_fingerprints"] == [known]
+        assert obj["key_fingerprint"] == other.fingerprint  # existing fields unchanged
+        assert warning in result.stderr
+        human = run(command, leak, "--key", other.path, "--ledger", ledger)
+        assert human.exit_code == 1 and warning in human.stderr
+    right = run("detect", leak, *site, "--json")
+    assert right.exit_code == 0 and "warning" not in right.stderr, right.output
+    obj = one_json(right)
+    assert obj["key_in_ledger"] is True and obj["recipient"] == "Dr. Ana Alvarez"

@@ -14,14 +14,14 @@ import typer
 from conftest import write_dicom
 from forensics import export as export_module
 from forensics import leaks
-from forensics.export import collect_sources, export_film, export_many, mark_film
+from forensics.export import collect_sources, export_film, export_many, mark_film, site_key_for
 from forensics.ledger import Ledger
 from forensics.register import FilmFeatures
 from forensics.trace import detect_leak
 from watermark.dicomio import read_film, sha256_file
 from watermark.display import render
-from watermark.errors import CapacityError, InvalidInputError
-from watermark.keys import SiteKey
+from watermark.errors import CapacityError, InvalidInputError, LedgerKeyError
+from watermark.keys import SiteKey, create_key
 
 KEY = SiteKey(bytes(range(32)))
 FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"  # small: fast to mark
@@ -352,3 +352,69 @@ def test_a_relative_output_is_recorded_as_an_absolute_path(tmp_path, monkeypatch
         assert outcome.record.output_path == str(tmp_path / "out" / "fuji.dcm")
         recorded = [r.output_path for r in ledger.exports()]
         assert recorded == [str(tmp_path / "one.dcm"), str(tmp_path / "out" / "fuji.dcm")]
+
+
+# -- key binding (issue 16) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_export_under_a_key_the_ledger_has_not_seen_is_refused(tmp_path, dicom_films, workers):
+    """Through the Python API too: export_film and export_many refuse, nothing is written;
+    new_key=True is the deliberate way, after which both halves trace with their own key."""
+    other = SiteKey(bytes(range(1, 33)))
+    with Ledger(tmp_path / "l.sqlite") as book:
+        first = export_film(dicom_films[FUJI], tmp_path / "ana.dcm", recipient="Dr. Ana",
+                            ledger=book, key=KEY)
+        message = (f"the ledger at {tmp_path / 'l.sqlite'} has 1 export made with key "
+                   f"{KEY.fingerprint}; the key given has fingerprint {other.fingerprint}, "
+                   "which made none of them")
+        with pytest.raises(LedgerKeyError, match=message):
+            export_film(dicom_films[FUJI], tmp_path / "bob.dcm", recipient="Bob", ledger=book,
+                        key=other)
+        with pytest.raises(LedgerKeyError, match=message):  # the batch, not one failure per file
+            export_many([(dicom_films[FUJI], tmp_path / "b1.dcm"), (dicom_films[NIH], tmp_path / "b2.dcm")],
+                        recipient="Bob", ledger=book, key=other, workers=workers)
+        assert not any((tmp_path / n).exists() for n in ("bob.dcm", "b1.dcm", "b2.dcm"))
+        assert book.export_count() == 1 and book.recipients() == {1: "Dr. Ana"}
+
+        (outcome,) = export_many([(dicom_films[FUJI], tmp_path / "bob.dcm")], recipient="Bob",
+                                 ledger=book, key=other, workers=workers, new_key=True)
+        assert outcome.error is None and outcome.record.key_fingerprint == other.fingerprint
+        assert book.key_usage() == {KEY.fingerprint: 1, other.fingerprint: 1}
+        assert book.verify() == []
+
+        ana_leak = _leak_png(first.output_path, tmp_path / "ana.png")
+        bob_leak = _leak_png(outcome.record.output_path, tmp_path / "bob.png")
+        assert detect_leak(ana_leak, ledger=book, key=KEY).recipient == "Dr. Ana"
+        assert detect_leak(bob_leak, ledger=book, key=other).recipient == "Bob"
+        missed = detect_leak(bob_leak, ledger=book, key=KEY)  # the other half: says so
+        assert missed.decision == "not_found" and missed.key_in_ledger is True
+        assert any(f"exported under key {other.fingerprint} is found only with that key" in w
+                   for w in missed.warnings)
+
+
+def test_site_key_for_creates_a_key_only_beside_a_ledger_without_exports(tmp_path, dicom_films):
+    first_run = tmp_path / "keys" / "site.key"
+    with Ledger(tmp_path / "l.sqlite") as book:
+        key, created = site_key_for(book, first_run)
+        assert created and key.path == first_run and first_run.is_file()
+        assert site_key_for(book, first_run) == (key, False)
+        export_film(dicom_films[FUJI], tmp_path / "a.dcm", recipient="a", ledger=book, key=key)
+
+        lost = tmp_path / "keys" / "lost.key"
+        with pytest.raises(LedgerKeyError) as caught:
+            site_key_for(book, lost)
+        assert str(caught.value).startswith(
+            f"the ledger at {tmp_path / 'l.sqlite'} has 1 export made with key {key.fingerprint}; "
+            f"the key file {lost} does not exist, and no new key is created beside a ledger "
+            "that holds exports")
+        assert caught.value.key_fingerprint is None and caught.value.key_path == str(lost)
+        assert not lost.exists()
+
+        other = create_key(tmp_path / "keys" / "other.key")
+        with pytest.raises(LedgerKeyError, match=f"the key given \\({tmp_path / 'keys' / 'other.key'}\\) "
+                                                  f"has fingerprint {other.fingerprint}"):
+            site_key_for(book, other.path)
+
+        rotated, created = site_key_for(book, lost, new_key=True)  # a key rotation, on purpose
+        assert created and lost.is_file() and rotated.fingerprint != key.fingerprint
+        assert book.export_count() == 1

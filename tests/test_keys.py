@@ -83,3 +83,13 @@ def test_a_binary_file_is_not_a_key(tmp_path):
     path.chmod(0o600)
     with pytest.raises(KeyFileError, match=r"site.key: not a leaktrace site key .*binary"):
         load_key(path)
+
+
+def test_a_key_names_its_file_but_is_equal_by_its_secret(tmp_path):
+    path = tmp_path / "site.key"
+    key = create_key(path)
+    loaded = load_key(path)
+    assert key.path == loaded.path == path
+    assert loaded == SiteKey(key.secret) and hash(loaded) == hash(SiteKey(key.secret))
+    assert key.secret.hex() not in repr(loaded)
+    assert key.scoped("ledger").path is None

@@ -18,7 +18,7 @@ from forensics.ledger import Ledger, normalise_recipient
 from watermark.errors import LedgerError
 
 
-def _record(book, tmp_path, name, n=0, fail=False):
+def _record(book, tmp_path, name, n=0, fail=False, key_fingerprint="f" * 16):
     out = tmp_path / f"{name}-{n}.dcm"
 
     def write(number):
@@ -30,7 +30,7 @@ def _record(book, tmp_path, name, n=0, fail=False):
 
     return book.record_export(write, recipient=name, source_sop_uid="1.2.3",
                               source_path="/src.dcm", source_sha256="cd" * 32,
-                              key_fingerprint="f" * 16)
+                              key_fingerprint=key_fingerprint)
 
 
 def _sql(path, *statements):
@@ -408,7 +408,8 @@ def test_tail_truncation_is_caught_only_against_a_noted_head(copy_of_ledger):
 def test_records_added_after_a_noted_head_are_fine(copy_of_ledger, tmp_path):
     with Ledger(copy_of_ledger) as book:
         head = book.check().head_hash
-        _record(book, tmp_path, "Dave")
+        (fingerprint,) = book.key_usage()  # a ledger with exports takes only its own key
+        _record(book, tmp_path, "Dave", key_fingerprint=fingerprint)
         check = book.check(head)
     assert check.ok and check.anchor["records_since"] == 1 and check.anchor["export_id"] == 5
     assert check.n_records == 6 and check.head_hash != head
@@ -480,3 +481,64 @@ def test_two_embed_processes_exporting_at_once(tmp_path, dicom_films):
     assert {r.as_dict()["output_sop_uid"] for r in records} == {r["output_sop_uid"] for r in reported}
     for r in records:
         assert sha256_file(r.output_path) == r.output_sha256
+
+
+# -- key binding (issue 16): a ledger with exports accepts only the keys that made them ------
+
+def _record_with(book, tmp_path, fingerprint, n, *, new_key=False, name="a"):
+    """Record one export made with the key of ``fingerprint``; the written files are counted
+    in ``tmp_path / "written"``."""
+    out = tmp_path / f"key-{n}.dcm"
+
+    def write(number):
+        out.write_bytes(b"x")
+        return {"output_path": str(out), "output_sop_uid": f"1.9.{n}", "output_sha256": "ab" * 32,
+                "payload": f"{number:08x}"}
+
+    return book.record_export(write, recipient=name, source_sop_uid="1.2.3",
+                              source_path="/src.dcm", source_sha256="cd" * 32,
+                              key_fingerprint=fingerprint, new_key=new_key)
+
+
+def test_an_empty_ledger_accepts_any_key_and_then_only_its_own(tmp_path):
+    from watermark.errors import KeyFileError, LedgerKeyError
+    from watermark.keys import SiteKey
+
+    first, second = SiteKey(bytes(range(32))), SiteKey(bytes(range(1, 33)), path=tmp_path / "k2")
+    with Ledger(tmp_path / "l.sqlite") as book:
+        assert book.check_key(first) is False and book.check_key(second) is False
+        assert book.key_usage() == {} and book.export_count() == 0
+        _record_with(book, tmp_path, first.fingerprint, 0)
+        _record_with(book, tmp_path, first.fingerprint, 1)
+        assert book.check_key(first) is False
+        with pytest.raises(LedgerKeyError) as caught:
+            book.check_key(second)
+        error = caught.value
+        assert isinstance(error, KeyFileError) and isinstance(error, LedgerError)
+        assert str(error).startswith(
+            f"the ledger at {tmp_path / 'l.sqlite'} has 2 exports made with key "
+            f"{first.fingerprint}; the key given ({tmp_path / 'k2'}) has fingerprint "
+            f"{second.fingerprint}, which made none of them")
+        assert "--new-key" in str(error) and "nothing was exported" in str(error)
+        assert (error.ledger_path, error.key_fingerprint, error.key_path) == (
+            str(tmp_path / "l.sqlite"), second.fingerprint, str(tmp_path / "k2"))
+        assert error.ledger_fingerprints == {first.fingerprint: 2}
+        assert book.check_key(second, new_key=True) is True  # accepted on purpose, nothing written
+        assert book.key_usage() == {first.fingerprint: 2}
+
+
+def test_record_export_refuses_an_unseen_key_before_writing_anything(tmp_path):
+    from watermark.errors import LedgerKeyError
+
+    with Ledger(tmp_path / "l.sqlite") as book:
+        _record_with(book, tmp_path, "1" * 16, 0)
+        with pytest.raises(LedgerKeyError, match=f"has fingerprint {'2' * 16}, which made none"):
+            _record_with(book, tmp_path, "2" * 16, 1, name="Mallory")
+        assert not (tmp_path / "key-1.dcm").exists()  # write_output was never called
+        assert book.export_count() == 1 and book.recipients() == {1: "a"}  # no ghost recipient
+        rec = _record_with(book, tmp_path, "2" * 16, 2, new_key=True, name="Bob")
+        assert rec.key_fingerprint == "2" * 16
+        _record_with(book, tmp_path, "2" * 16, 3)  # known now: no new_key needed
+        assert book.key_usage() == {"1" * 16: 1, "2" * 16: 2}
+        assert book.key_fingerprints() == {"1" * 16, "2" * 16}
+        assert book.verify() == []

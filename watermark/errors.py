@@ -14,6 +14,7 @@ __all__ = [
     "CapacityError",
     "KeyFileError",
     "LedgerError",
+    "LedgerKeyError",
 ]
 
 
@@ -39,3 +40,32 @@ class KeyFileError(LeaktraceError):
 
 class LedgerError(LeaktraceError):
     """The export ledger cannot be opened, is not a leaktrace ledger, or failed a check."""
+
+
+class LedgerKeyError(KeyFileError, LedgerError):
+    """An export under a site key that does not belong to the ledger, refused.
+
+    Raised when a ledger that holds exports is asked to record one made with a key none of its
+    exports were made with, or when the key file is missing beside such a ledger (no new key
+    is created then). The message names the ledger, the key file and both fingerprints.
+
+    Attributes
+    ----------
+    ledger_path : str
+        The ledger.
+    key_fingerprint : str or None
+        The fingerprint of the key given; ``None`` when its file does not exist.
+    key_path : str or None
+        The key file, when known.
+    ledger_fingerprints : dict
+        ``{fingerprint: number of exports}`` of the keys the ledger's exports were made with,
+        oldest first.
+    """
+
+    def __init__(self, message: str, *, ledger_path: str = "", key_fingerprint: str | None = None,
+                 key_path: str | None = None, ledger_fingerprints: dict | None = None):
+        super().__init__(message)  # only the message in args: the error pickles like the others
+        self.ledger_path = ledger_path
+        self.key_fingerprint = key_fingerprint
+        self.key_path = key_path
+        self.ledger_fingerprints = dict(ledger_fingerprints or {})

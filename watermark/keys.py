@@ -38,7 +38,8 @@ import numpy as np
 
 from .errors import KeyFileError
 
-__all__ = ["SiteKey", "default_key_path", "load_key", "create_key", "load_or_create_key"]
+__all__ = ["SiteKey", "default_key_path", "key_path", "load_key", "create_key",
+           "load_or_create_key"]
 
 KEY_BYTES = 32
 KEY_ENV = "LEAKTRACE_KEY"
@@ -53,9 +54,14 @@ class SiteKey:
     secret : bytes
         32 bytes. Never printed, logged or stored in the ledger; use :attr:`fingerprint`
         to refer to a key.
+    path : Path or None
+        The file the key was read from or written to (:func:`load_key`, :func:`create_key`),
+        so that messages can name it; ``None`` for a key made in memory or derived
+        (:meth:`scoped`). Not part of the key: two keys with the same secret are equal.
     """
 
     secret: bytes = field(repr=False)
+    path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) != KEY_BYTES:
@@ -147,8 +153,24 @@ def default_key_path() -> Path:
     return Path(base) / "leaktrace" / "site.key"
 
 
+def key_path(path: str | os.PathLike | None = None) -> Path:
+    """The key file meant by ``path``: ``path`` itself (``~`` expanded), or
+    :func:`default_key_path` when it is ``None``."""
+    return Path(path).expanduser() if path is not None else default_key_path()
+
+
 def load_key(path: str | os.PathLike | None = None) -> SiteKey:
     """Read a site key file.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        The key file; default :func:`default_key_path`.
+
+    Returns
+    -------
+    SiteKey
+        With :attr:`SiteKey.path` set to the file.
 
     Raises
     ------
@@ -161,7 +183,7 @@ def load_key(path: str | os.PathLike | None = None) -> SiteKey:
         The file can be read by its group or by everyone (POSIX permissions); it is used
         anyway, and the message says how to fix it.
     """
-    p = Path(path).expanduser() if path is not None else default_key_path()
+    p = key_path(path)
     _warn_if_readable_by_others(p)
     try:
         text = p.read_text(encoding="ascii").strip()
@@ -181,7 +203,7 @@ def load_key(path: str | os.PathLike | None = None) -> SiteKey:
         secret = b""
     if len(secret) != KEY_BYTES:
         raise KeyFileError(f"{p}: not a leaktrace site key (expected {2 * KEY_BYTES} hex digits)")
-    return SiteKey(secret)
+    return SiteKey(secret, path=p)
 
 
 def _warn_if_readable_by_others(p: Path) -> None:
@@ -200,13 +222,27 @@ def _warn_if_readable_by_others(p: Path) -> None:
 def create_key(path: str | os.PathLike | None = None) -> SiteKey:
     """Generate a new key and write it, readable by its owner only (mode 0600).
 
+    To make a key for exports into a ledger, use :func:`forensics.export.site_key_for`, which
+    refuses to create one beside a ledger that already holds exports.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        The key file to create; default :func:`default_key_path`. Its folder is created
+        (mode 0700) if missing.
+
+    Returns
+    -------
+    SiteKey
+        With :attr:`SiteKey.path` set to the file.
+
     Raises
     ------
     KeyFileError
         The file already exists (a key is never overwritten) or cannot be written.
     """
-    p = Path(path).expanduser() if path is not None else default_key_path()
-    key = SiteKey(secrets.token_bytes(KEY_BYTES))
+    p = key_path(path)
+    key = SiteKey(secrets.token_bytes(KEY_BYTES), path=p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -222,8 +258,18 @@ def create_key(path: str | os.PathLike | None = None) -> SiteKey:
 
 
 def load_or_create_key(path: str | os.PathLike | None = None) -> tuple[SiteKey, bool]:
-    """Load the key, creating it first if it does not exist. Returns ``(key, created)``."""
-    p = Path(path).expanduser() if path is not None else default_key_path()
+    """Load the key, creating it first if it does not exist. Returns ``(key, created)``.
+
+    This knows nothing of a ledger: to export, use :func:`forensics.export.site_key_for`,
+    which never creates a key beside a ledger that holds exports made with another one (a
+    missing key file there is a mistake to report, not a first run).
+
+    Raises
+    ------
+    KeyFileError
+        As :func:`load_key` and :func:`create_key`.
+    """
+    p = key_path(path)
     if p.exists():
         return load_key(p), False
     return create_key(p), True

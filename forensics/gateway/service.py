@@ -48,6 +48,7 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
     path = default_ledger_path() if ledger_path is None else Path(ledger_path)
     if path.exists():
         with Ledger(path, create=False) as book:
+            book.check_key(key)  # a key the ledger's exports were not made with: exit 2
             pending = len(book.deliveries("pending"))
             out.lines.append(f"ledger: {book.path} ({book.last_export_id()} exports, "
                              f"{pending} deliveries pending)")
