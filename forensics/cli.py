@@ -18,6 +18,9 @@ problem found (``--expect-head`` not in the chain included), 2 the ledger cannot
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
 ledger cannot be read or the output cannot be written.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
+``gateway``: serves until Ctrl-C or SIGTERM (then 130); 2 when it cannot start (configuration,
+key, ledger, address); with ``--check``: 0 every node answered C-ECHO, 1 some did not, 2 a
+configuration, key or ledger error.
 ``bench``: 0 when the run finished (failed queries are recorded in its files), 2 for bad
 arguments (unknown method or pipeline, no films, no method that can run, unwritable ``--out``).
 Every command: 130 when interrupted (Ctrl-C, at any time, also while starting): one line on
