@@ -423,7 +423,8 @@ def gateway(
         with Ledger(ledger) as book:  # the same key rules as embed (no --new-key here)
             site_key, created = site_key_for(book, key)
         if created:
-            err.print(f"created a new site key (fingerprint {site_key.fingerprint}); keep it "
+            err.print(f"created a new site key at {site_key.path} (fingerprint "
+                      f"{site_key.fingerprint}); keep it "
                       "safe and private, and back it up with the ledger")
         configure_logging(cfg)
         serve(cfg, ledger_path=ledger, key=site_key)

@@ -331,6 +331,18 @@ def test_check_echoes_every_node_and_says_which_is_down(site):
     out = subprocess.run(cmd[:5] + [str(bad)] + cmd[6:], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "recipients[2].ae_title" in out.stderr and "configured twice" in out.stderr
+    # a first run: no key, no ledger yet; --check says the gateway will create them
+    fresh = site["folder"] / "fresh"
+    out = subprocess.run(cmd[:6] + ["--ledger", str(fresh / "l.sqlite"), "--key",
+                                    str(fresh / "k.key"), "--check"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr  # only the down recipient
+    assert "does not exist yet" in out.stdout and not (fresh / "k.key").exists()
+    # a store folder that cannot be created is a configuration error
+    bad.write_text(site["config"].read_text().replace(f'store = "{site["folder"] / "store"}"',
+                                                      'store = "/proc/leaktrace-store"'))
+    out = subprocess.run(cmd[:5] + [str(bad)] + cmd[6:], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "store folder" in out.stderr
 
 
 def _key_file(site) -> Path:

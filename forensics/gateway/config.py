@@ -163,9 +163,12 @@ def parse_config(doc: dict, *, path: Path = Path("gateway.toml")) -> GatewayConf
         where = f"recipients[{i}]"
         if not isinstance(item, dict):
             raise fail(where, "must be a table with ae_title, address and name")
+        for unknown in sorted(set(item) - {"ae_title", "address", "name"}):
+            raise fail(f"{where}.{unknown}", "unknown key (known: address, ae_title, name)")
         title = _ae_title(text(item, where, "ae_title"), fail, f"{where}.ae_title")
+        raw_name = text(item, where, "name")
         try:
-            name = normalise_recipient(text(item, where, "name"))
+            name = normalise_recipient(raw_name)
         except LeaktraceError as exc:
             raise fail(f"{where}.name", str(exc)) from None
         if title in (ae_title, pacs.ae_title):

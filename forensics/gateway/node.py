@@ -209,12 +209,17 @@ class Gateway:
                     (evt.EVT_C_ECHO, lambda event: _SUCCESS),
                     (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find),
                     (evt.EVT_C_MOVE, self._on_move), (evt.EVT_C_GET, self._on_get)]
+        if block:
+            self._log_listening()
+        self._server = self._ae.start_server((self.config.host, self.config.port),
+                                             block=block, evt_handlers=handlers)
+        self._log_listening()
+        return self._server
+
+    def _log_listening(self) -> None:
         log.info("listening as %s on %s:%d, PACS %s at %s, %d recipients", self.config.ae_title,
                  self.config.host, self.config.port, self.config.pacs.ae_title,
                  self.config.pacs.address, len(self.config.recipients))
-        self._server = self._ae.start_server((self.config.host, self.config.port),
-                                             block=block, evt_handlers=handlers)
-        return self._server
 
     def stop(self) -> None:
         """Stop listening and end every association."""
@@ -230,7 +235,11 @@ class Gateway:
         cfg = self.config
         allowed = ({cfg.ae_title} | {r.ae_title for r in cfg.recipients}
                    if calling == cfg.pacs.ae_title else {cfg.ae_title})
-        if calling in ae_titles(cfg) and called not in allowed:
+        if calling not in ae_titles(cfg):  # pynetdicom rejects it (reason 3) next
+            log.warning("association from %s (%s:%s) to %s rejected: unknown calling AE title",
+                        calling, event.assoc.requestor.address, event.assoc.requestor.port,
+                        called)
+        elif called not in allowed:
             log.warning("association from %s to %s rejected: %s may call %s", calling, called,
                         calling, ", ".join(sorted(allowed)))
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # rejected-permanent, called AET

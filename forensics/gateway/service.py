@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -10,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from watermark.errors import LeaktraceError
-from watermark.keys import load_key
+from watermark.keys import key_path as key_path_of, load_key
 
+from ..export import site_key_for
 from ..ledger import Ledger, default_ledger_path
 from .config import GatewayConfig
 from .node import Gateway, echo
@@ -43,18 +45,30 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
         The key or the ledger cannot be used (a configuration error: exit 2).
     """
     out = CheckResult()
-    key = load_key(key_path)
-    out.lines.append(f"key: fingerprint {key.fingerprint}")
     path = default_ledger_path() if ledger_path is None else Path(ledger_path)
     if path.exists():
         with Ledger(path, create=False) as book:
-            book.check_key(key)  # a key the ledger's exports were not made with: exit 2
+            exports = book.last_export_id()
+            key = _key_for(book, key_path)
             pending = len(book.deliveries("pending"))
-            out.lines.append(f"ledger: {book.path} ({book.last_export_id()} exports, "
-                             f"{pending} deliveries pending)")
+            failed = len(book.deliveries("failed"))
+        out.lines.append(f"ledger: {path} ({exports} exports, {pending} deliveries pending, "
+                         f"{failed} failed)")
     else:
+        key = _key_for(None, key_path)
         out.lines.append(f"ledger: {path} (does not exist yet; created at the first export)")
-    out.lines.append(f"store: {config.store}")
+    out.lines.append(f"key: fingerprint {key.fingerprint}" if key is not None else
+                     f"key: {key_path_of(key_path)} does not exist yet; the gateway creates it "
+                     "when it starts (the ledger has no exports)")
+    for folder in (config.store / "originals", config.store / "spool"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise LeaktraceError(f"{folder}: cannot create the gateway's store folder "
+                                 f"({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise LeaktraceError(f"{folder}: the gateway's store folder is not writable")
+    out.lines.append(f"store: {config.store} (writable)")
     for role, node in [("pacs", config.pacs)] + [("recipient", r) for r in config.recipients]:
         problem = echo(config.ae_title, node)
         label = f"{role} {node.ae_title} at {node.address}"
@@ -64,6 +78,17 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
         else:
             out.lines.append(f"{label}: C-ECHO ok")
     return out
+
+
+def _key_for(book: Ledger | None, key_path):
+    """The key ``serve`` would use, without creating one: None when its file does not exist
+    and the ledger has no exports (the gateway then creates it), else as
+    :func:`forensics.export.site_key_for` (LedgerKeyError for an unseen or missing key)."""
+    if not key_path_of(key_path).exists() and (book is None or book.export_count() == 0):
+        return None
+    if book is None:
+        return load_key(key_path)
+    return site_key_for(book, key_path)[0]
 
 
 def configure_logging(config: GatewayConfig) -> logging.Handler:
