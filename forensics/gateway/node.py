@@ -64,7 +64,7 @@ from ..export import export_film
 from ..ledger import Ledger, PendingDelivery
 from .config import GatewayConfig, Node, Recipient
 
-__all__ = ["Gateway", "echo", "send", "storage_contexts", "RETRIEVE_SOP_CLASSES",
+__all__ = ["Gateway", "echo", "send", "storage_contexts", "prepare_store", "RETRIEVE_SOP_CLASSES",
            "TRANSFER_SYNTAXES", "SYNTAX_GROUPS"]
 
 log = logging.getLogger("leaktrace.gateway")
@@ -166,14 +166,7 @@ class Gateway:
         self.config = config
         self.ledger_path = ledger_path
         self.key = key
-        self.originals = config.store / "originals"
-        self.spool = config.store / "spool"
-        for folder in (self.originals, self.spool):
-            try:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                raise LeaktraceError(f"{folder}: cannot create the gateway's store folder "
-                                     f"({exc.strerror or exc})") from None
+        self.originals, self.spool = prepare_store(config)
         with Ledger(ledger_path) as book:  # opens (or creates) it now: errors before serving
             self.ledger_id = book.ledger_id
             stale = book.deliveries("pending")
@@ -500,6 +493,26 @@ def _fit_to(ds: Dataset, assoc) -> None:
     if ts not in accepted and ts.is_compressed and accepted & {ExplicitVRLittleEndian,
                                                                ImplicitVRLittleEndian}:
         ds.decompress()
+
+
+def prepare_store(config: GatewayConfig) -> tuple[Path, Path]:
+    """Create (mode 0700) and check the store's ``originals`` and ``spool`` folders.
+
+    Raises
+    ------
+    LeaktraceError
+        A folder cannot be created or is not writable; the message names it.
+    """
+    folders = (config.store / "originals", config.store / "spool")
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise LeaktraceError(f"{folder}: cannot create the gateway's store folder "
+                                 f"({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise LeaktraceError(f"{folder}: the gateway's store folder is not writable")
+    return folders
 
 
 def _store_responses(responses: dict):

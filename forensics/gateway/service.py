@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -16,7 +15,7 @@ from watermark.keys import key_path as key_path_of, load_key
 from ..export import site_key_for
 from ..ledger import Ledger, default_ledger_path
 from .config import GatewayConfig
-from .node import Gateway, echo
+from .node import Gateway, echo, prepare_store
 
 __all__ = ["CheckResult", "check", "configure_logging", "serve"]
 
@@ -60,14 +59,7 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
     out.lines.append(f"key: fingerprint {key.fingerprint}" if key is not None else
                      f"key: {key_path_of(key_path)} does not exist yet; the gateway creates it "
                      "when it starts (the ledger has no exports)")
-    for folder in (config.store / "originals", config.store / "spool"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise LeaktraceError(f"{folder}: cannot create the gateway's store folder "
-                                 f"({exc.strerror or exc})") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise LeaktraceError(f"{folder}: the gateway's store folder is not writable")
+    prepare_store(config)
     out.lines.append(f"store: {config.store} (writable)")
     for role, node in [("pacs", config.pacs)] + [("recipient", r) for r in config.recipients]:
         problem = echo(config.ae_title, node)
