@@ -398,6 +398,7 @@ def gateway(
     config: Annotated[Path, typer.Option("--config", help="The gateway's TOML configuration (see below).")],
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
+    workers: Annotated[int, typer.Option("--workers", help="Processes marking in parallel (0: one per CPU core). With 1, concurrent associations mark one at a time; the ledger records one at a time either way.")] = 1,
     check_only: Annotated[bool, typer.Option("--check", help="Check the configuration, the key and the ledger, C-ECHO the PACS and every recipient, and exit: 0 all reachable, 1 some not, 2 a configuration error.")] = False,
 ) -> None:
     """Run the DICOM gateway: every instance leaving the PACS for a recipient is marked for
@@ -407,6 +408,8 @@ def gateway(
     from .gateway import load_config
     from .gateway.service import check, configure_logging, serve
 
+    if workers < 0:
+        raise _fail(f"bad arguments: --workers {workers}: must be 0 (one per CPU core) or more")
     try:
         cfg = load_config(config)
     except LeaktraceError as exc:
@@ -427,7 +430,7 @@ def gateway(
                       f"{site_key.fingerprint}); keep it "
                       "safe and private, and back it up with the ledger")
         configure_logging(cfg)
-        serve(cfg, ledger_path=ledger, key=site_key)
+        serve(cfg, ledger_path=ledger, key=site_key, workers=workers)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

@@ -43,8 +43,8 @@ from watermark.keys import SiteKey, create_key, key_path, load_key
 from .ledger import ExportRecord, Ledger, PendingDelivery, _key_usage_text, normalise_recipient
 from .register import FilmFeatures, film_features
 
-__all__ = ["mark_film", "export_film", "export_many", "collect_sources", "marked_copy_of",
-           "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
+__all__ = ["mark_film", "export_film", "export_many", "export_film_in_pool", "marking_pool",
+           "collect_sources", "marked_copy_of", "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
 
 DERIVATION_DESCRIPTION = ("Invisible forensic watermark added for release to one recipient "
                           "(leaktrace); pixel values differ slightly from the source image")
@@ -439,12 +439,13 @@ def _init_worker(known: frozenset) -> None:
 
 
 def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
-                    overwrite: bool) -> _Marked:
+                    overwrite: bool, features_kept: bool = False) -> _Marked:
     """Read, mark and encode one file for recipient ``number`` (runs in a worker process).
 
     The film's features for ``trace`` are computed too (about 1.4 s for a 3.6-megapixel
-    film, several times the marking), unless its SHA-256 is in the set the worker was
-    started with (:func:`_init_worker`): sources whose features the ledger already keeps.
+    film, several times the marking), unless ``features_kept`` or its SHA-256 is in the set
+    the worker was started with (:func:`_init_worker`): sources whose features the ledger
+    already keeps.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -460,7 +461,8 @@ def _mark_in_worker(source: Path, output: Path, number: int, mark_key: SiteKey,
                 marked = mark_film(film, number, mark_key)
                 encoded = encode_derived(film, marked, output, description=DERIVATION_DESCRIPTION)
                 result = _Marked(source, number, None, uid, description, source_sha256, encoded,
-                                 features=b"" if source_sha256 in _KNOWN_SOURCES else _features(film))
+                                 features=b"" if features_kept or source_sha256 in _KNOWN_SOURCES
+                                 else _features(film))
         except (LeaktraceError, OSError, MemoryError, ValueError) as exc:
             result = _Marked(source, number, error=_failure(source, exc))
     return dataclasses.replace(result, warned=tuple((str(w.message), w.category) for w in caught))
@@ -483,18 +485,14 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
     if ledger.ledger_id is None:
         raise LedgerError(f"{ledger.path}: the ledger has no ledger_id; it cannot record exports")
     mark_key = key.scoped(ledger.ledger_id)
-    number = ledger.recipient_number(name)
-    if number is None:
-        number = max(ledger.recipients(), default=0) + 1
+    number = _expected_number(ledger, name)
     outcomes: list[ExportOutcome] = []
     written: dict[Path, Path] = {}
     window = 2 * workers  # files in flight: bounds the encoded copies held in memory
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding the ledger
     known = frozenset(ledger.sources_with_features())  # sent once to each worker
 
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(known,))
+        return marking_pool(workers, known)
 
     pool = new_pool()
     futures: dict = {}
@@ -525,12 +523,9 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
                 if marked.error is not None:
                     raise _WorkerFailure(marked.error)
                 _check_not_written(source, output, written)
-                uid = marked.source_uid.strip()
-                earlier = ledger.export_by_output_uid(uid) if uid else None
-                _refuse_marked_copy(source, earlier is not None
-                                    or marked.description == DERIVATION_DESCRIPTION, earlier)
-                return _record(source, output, marked, name=name, ledger=ledger, key=key,
-                               mark_key=mark_key, overwrite=overwrite, new_key=new_key)
+                return _record_marked(source, output, marked, name=name, ledger=ledger,
+                                      key=key, mark_key=mark_key, overwrite=overwrite,
+                                      new_key=new_key)
 
             outcomes.append(_settle(source, output, run, written, progress))
     finally:
@@ -542,6 +537,69 @@ class _WorkerFailure(LeaktraceError):
     """A failure already turned into its message by a worker."""
 
 
+def _expected_number(ledger: Ledger, name: str) -> int:
+    """The recipient's number in the ledger, or the one it will get when registered."""
+    number = ledger.recipient_number(name)
+    return number if number is not None else max(ledger.recipients(), default=0) + 1
+
+
+def marking_pool(workers: int, known: frozenset = frozenset()) -> ProcessPoolExecutor:
+    """``workers`` processes for :func:`export_film_in_pool` (and ``export_many``), started
+    with ``spawn`` (never a fork of a process holding the ledger); ``known``: SHA-256 of the
+    sources whose features the ledger keeps (:func:`_init_worker`)."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(known,))
+
+
+def export_film_in_pool(pool: ProcessPoolExecutor, source: str | os.PathLike,
+                        output: str | os.PathLike, *, recipient: str, ledger: Ledger,
+                        key: SiteKey, new_key: bool = False,
+                        delivery: PendingDelivery | None = None) -> ExportRecord:
+    """:func:`export_film`, with the reading, marking and encoding done by a process of
+    ``pool`` (:func:`marking_pool`) while this thread holds no ledger lock; the output is
+    then written and recorded here in one transaction, as :func:`export_film` does. Several
+    threads can so mark at once (the DICOM gateway's associations) and still record one at
+    a time, in order.
+
+    Raises
+    ------
+    LeaktraceError
+        As :func:`export_film`; also when the worker process died while marking the file.
+    """
+    source, output = Path(source), Path(output)
+    ledger.check_key(key, new_key=new_key)
+    name = normalise_recipient(recipient)
+    if ledger.ledger_id is None:
+        raise LedgerError(f"{ledger.path}: the ledger has no ledger_id; it cannot record exports")
+    mark_key = key.scoped(ledger.ledger_id)
+    features_kept = _features_current(ledger, sha256_file(source))
+    try:
+        marked = pool.submit(_mark_in_worker, source, output, _expected_number(ledger, name),
+                             mark_key, False, features_kept).result()
+    except BrokenProcessPool:
+        raise _WorkerFailure(f"{source}: the process marking it stopped unexpectedly; the "
+                             "file was not exported") from None
+    for message, category in marked.warned:
+        warnings.warn(message, category, stacklevel=2)
+    if marked.error is not None:
+        raise _WorkerFailure(marked.error)
+    return _record_marked(source, output, marked, name=name, ledger=ledger, key=key,
+                          mark_key=mark_key, overwrite=False, new_key=new_key,
+                          delivery=delivery)
+
+
+def _record_marked(source: Path, output: Path, marked: _Marked, *, name: str, ledger: Ledger,
+                   key: SiteKey, mark_key: SiteKey, overwrite: bool, new_key: bool,
+                   delivery: PendingDelivery | None = None) -> ExportRecord:
+    """Refuse a worker's file if it is a marked copy, else write and record it."""
+    uid = marked.source_uid.strip()
+    earlier = ledger.export_by_output_uid(uid) if uid else None
+    _refuse_marked_copy(source, earlier is not None
+                        or marked.description == DERIVATION_DESCRIPTION, earlier)
+    return _record(source, output, marked, name=name, ledger=ledger, key=key,
+                   mark_key=mark_key, overwrite=overwrite, new_key=new_key, delivery=delivery)
+
+
 def _written(rec, coded: np.ndarray) -> dict:
     """The ledger's fields of a written copy: its absolute path (a relative ``--out`` would
     mean nothing once the shell has moved on), SOP Instance UID, SHA-256 and coded payload."""
@@ -550,7 +608,8 @@ def _written(rec, coded: np.ndarray) -> dict:
 
 
 def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: Ledger,
-            key: SiteKey, mark_key: SiteKey, overwrite: bool, new_key: bool) -> ExportRecord:
+            key: SiteKey, mark_key: SiteKey, overwrite: bool, new_key: bool,
+            delivery: PendingDelivery | None = None) -> ExportRecord:
     """Write a worker's encoded copy and record it, in one ledger transaction."""
 
     def write(number: int) -> dict:
@@ -565,7 +624,7 @@ def _record(source: Path, output: Path, marked: _Marked, *, name: str, ledger: L
     record = ledger.record_export(
         write, recipient=name, source_sop_uid=marked.source_uid,
         source_path=str(source.resolve()), source_sha256=marked.source_sha256,
-        key_fingerprint=key.fingerprint, new_key=new_key,
+        key_fingerprint=key.fingerprint, new_key=new_key, delivery=delivery,
     )
     # features the worker skipped are computed here only if the ledger's are of 0.2.0
     _keep_features(ledger, marked.source_sha256,
@@ -581,8 +640,14 @@ def _features(film: Film) -> bytes:
 def _keep_features(ledger: Ledger, source_sha256: str, features: Callable[[], bytes]) -> None:
     """Store a source film's features in the ledger, once per source film; features kept by
     leaktrace 0.2.0 (no thumbnail for the template search) are replaced."""
+    if _features_current(ledger, source_sha256):
+        return
+    kept = ledger.source_features_of(source_sha256) is not None
+    ledger.store_source_features(source_sha256, features(), replace=kept)
+
+
+def _features_current(ledger: Ledger, source_sha256: str) -> bool:
+    """Whether the ledger keeps this source's features, in the current form (0.2.0's lack
+    the thumbnail of the template search)."""
     kept = ledger.source_features_of(source_sha256)
-    if kept is None:
-        ledger.store_source_features(source_sha256, features())
-    elif FilmFeatures.from_bytes(kept).thumbnail is None:
-        ledger.store_source_features(source_sha256, features(), replace=True)
+    return kept is not None and FilmFeatures.from_bytes(kept).thumbnail is not None

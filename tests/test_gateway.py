@@ -471,3 +471,36 @@ def test_ctrl_c_mid_study_leaves_the_copy_recorded_and_its_delivery_pending(site
         assert book.check().ok
     out = subprocess.run(cmd + ["--check"], capture_output=True, text=True, timeout=120)
     assert "1 deliveries pending" in out.stdout
+
+
+def test_parallel_marking_workers_deliver_every_copy_traced(site, tmp_path):
+    """A gateway with 2 marking processes: 4 concurrent C-MOVEs, every copy delivered,
+    recorded in one intact chain, and traced to its receiver."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(site["config"].read_text().replace(
+        f'listen = "127.0.0.1:{site["gw_port"]}"', f'listen = "127.0.0.1:{port}"'))
+    gateway = Gateway(load_config(config), ledger_path=site["ledger"], key=KEY, workers=2)
+    gateway.start()
+    station = site["stations"][DRY]
+    before = len(station.received)
+    results = {}
+    try:
+        other = dict(site, gw_port=port)
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(
+            n, _move(other, DRX, DRY, site["studies"][n][0]))) for n in FILMS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        gateway.stop()
+    assert all(r.Status == 0x0000 for r in results.values()), results
+    got = station.received[before:]
+    assert sorted(str(ds.SourceImageSequence[-1].ReferencedSOPInstanceUID) for ds in got) == \
+        sorted(uid for _, uid in site["studies"].values())
+    with Ledger(site["ledger"], create=False) as book:
+        assert book.check().ok
+    for ds in got:
+        source = str(ds.SourceImageSequence[-1].ReferencedSOPInstanceUID)
+        _assert_marked_and_traced(site, ds, DRY, source, tmp_path)

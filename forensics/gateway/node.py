@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from watermark.errors import LeaktraceError
 from watermark.keys import SiteKey
 
-from ..export import export_film
+from ..export import export_film, export_film_in_pool, marking_pool
 from ..ledger import Ledger, PendingDelivery
 from .config import GatewayConfig, Node, Recipient
 
@@ -142,6 +143,7 @@ class _Outgoing:
     delivery_id: int
     export_id: int | None
     source_uid: str
+    marking_s: float = 0.0  # keeping the original, marking, writing and recording it
 
 
 class Gateway:
@@ -154,6 +156,12 @@ class Gateway:
         The ledger (as ``embed --ledger``); ``None`` for the default.
     key : SiteKey
         The site key copies are marked with.
+    workers : int
+        Processes marking in parallel (0: one per CPU core). With 1, each association's
+        thread marks inside the ledger transaction (:func:`forensics.export.export_film`), so
+        concurrent associations mark one at a time; with more, marking runs in a process pool
+        outside the transaction (:func:`forensics.export.export_film_in_pool`) and only the
+        recording is one at a time.
 
     Raises
     ------
@@ -162,7 +170,11 @@ class Gateway:
     """
 
     def __init__(self, config: GatewayConfig, *, ledger_path: str | os.PathLike | None,
-                 key: SiteKey):
+                 key: SiteKey, workers: int = 1):
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {workers}")
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = None
         self.config = config
         self.ledger_path = ledger_path
         self.key = key
@@ -202,6 +214,8 @@ class Gateway:
                     (evt.EVT_C_ECHO, lambda event: _SUCCESS),
                     (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find),
                     (evt.EVT_C_MOVE, self._on_move), (evt.EVT_C_GET, self._on_get)]
+        if self.workers > 1 and self._pool is None:
+            self._pool = marking_pool(self.workers)
         if block:
             self._log_listening()
         self._server = self._ae.start_server((self.config.host, self.config.port),
@@ -220,6 +234,9 @@ class Gateway:
             self._server.shutdown()
             self._server = None
         self._ae.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     # -- associations ---------------------------------------------------------------------
     def _on_requested(self, event) -> None:
@@ -282,18 +299,24 @@ class Gateway:
                 did = book.record_unmarked_delivery(delivery, sop_instance_uid=uid,
                                                     recipient=recipient.name)
             return _Outgoing(ds, did, None, uid)
+        started = time.perf_counter()
         source = self._keep_original(ds)
         output = self.spool / f"{uuid.uuid4().hex}.dcm"
         try:
             with Ledger(self.ledger_path) as book:
-                record = export_film(source, output, recipient=recipient.name, ledger=book,
-                                     key=self.key, delivery=delivery)
+                if self._pool is None:
+                    record = export_film(source, output, recipient=recipient.name,
+                                         ledger=book, key=self.key, delivery=delivery)
+                else:
+                    record = export_film_in_pool(self._pool, source, output,
+                                                 recipient=recipient.name, ledger=book,
+                                                 key=self.key, delivery=delivery)
                 did = book.delivery_of(record.id).id
             marked = pydicom.dcmread(output)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(output)
-        return _Outgoing(marked, did, record.id, uid)
+        return _Outgoing(marked, did, record.id, uid, time.perf_counter() - started)
 
     def _settle(self, out: _Outgoing, status: int | None, recipient: Recipient, route: str,
                 reason: str = "") -> bool:
@@ -301,10 +324,11 @@ class Gateway:
         detail = f"0x{status:04X}" if status is not None else (reason or "no response")
         with Ledger(self.ledger_path) as book:
             book.settle_delivery(out.delivery_id, "delivered" if ok else "failed", detail)
-        log.info("%s %s -> %s sop=%s source=%s export=%s %s (%s)", route,
+        log.info("%s %s -> %s sop=%s source=%s export=%s %s (%s) marking %.2f s", route,
                  "unmarked" if out.export_id is None else "marked", recipient.ae_title,
                  out.dataset.get("SOPInstanceUID", ""), out.source_uid, out.export_id,
-                 "delivered" if ok else "FAILED", detail)
+                 "delivered" if ok else "FAILED", detail, out.marking_s,
+                 extra={"marking_s": out.marking_s, "delivered": ok})
         return ok
 
     # -- storage routes -------------------------------------------------------------------

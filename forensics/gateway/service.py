@@ -99,7 +99,7 @@ def configure_logging(config: GatewayConfig) -> logging.Handler:
     return handler
 
 
-def serve(config: GatewayConfig, *, ledger_path, key) -> None:
+def serve(config: GatewayConfig, *, ledger_path, key, workers: int = 1) -> None:
     """Serve until SIGINT or SIGTERM, then stop listening, end the associations and raise
     KeyboardInterrupt (the command line exits 130).
 
@@ -108,7 +108,7 @@ def serve(config: GatewayConfig, *, ledger_path, key) -> None:
     LeaktraceError
         The store, the ledger or the listening address cannot be used.
     """
-    gateway = Gateway(config, ledger_path=ledger_path, key=key)
+    gateway = Gateway(config, ledger_path=ledger_path, key=key, workers=workers)
     stopping = threading.Event()
 
     def stop(signum, frame):
