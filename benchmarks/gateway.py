@@ -9,22 +9,30 @@ times each way:
 * **gateway**: from the gateway, which retrieves the study from Orthanc, marks each instance
   for the workstation, records it in the ledger and sends it on.
 
-Reported per film: seconds per image each way, the gateway's added latency, and the time
-:func:`forensics.export.export_film` takes for the same film on disk (``embed``'s own cost),
-so the gateway's overhead beyond marking shows. Writes ``gateway.json`` to ``--out``.
+Reported per film: seconds per image each way, the gateway's added latency, the gateway's own
+marking time per instance (keeping the original, marking, writing and recording: the
+``marking`` of its log line), and the time :func:`forensics.export.export_film` takes for the
+same film on disk (``embed``'s own cost).
+
+Throughput: every study pulled at once by ``--clients`` workstations (threads), through
+gateways with 1 and with ``--workers`` marking processes: images per second.
+
+Writes ``gateway.json`` to ``--out``.
 
 Usage::
 
-    python benchmarks/gateway.py [--films DIR] [--repeats N] [--out DIR]
+    python benchmarks/gateway.py [--films DIR] [--repeats N] [--workers N] [--clients N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,12 +81,54 @@ def c_get(port: int, called: str, study_uid: str) -> tuple[float, int]:
     return seconds, len(got)
 
 
+def doc_config(config) -> dict:
+    """The parsed configuration back as the dict :func:`parse_config` takes."""
+    return {"pacs": {"ae_title": config.pacs.ae_title, "address": config.pacs.address},
+            "recipients": [{"ae_title": r.ae_title, "address": r.address, "name": r.name}
+                           for r in config.recipients]}
+
+
+def pull_all(port: int, studies: list[str], clients: int) -> float:
+    """Every study pulled through the gateway by ``clients`` threads at once; images/s."""
+    queue, lock, count = list(studies), threading.Lock(), [0]
+
+    def client():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                study = queue.pop()
+            _, n = c_get(port, "LEAKTRACE", study)
+            with lock:
+                count[0] += n
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return count[0] / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=Path, default=film_data_dir() / "dicom")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/reported"))
     args = parser.parse_args(argv)
+    marking: list[float] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if hasattr(record, "marking_s"):
+                marking.append(record.marking_s)
+
+    logging.getLogger("leaktrace.gateway").addHandler(Collect())
+    logging.getLogger("leaktrace.gateway").setLevel(logging.INFO)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     films = sorted(p for p in args.films.glob("*.dcm") if "veterinary" not in p.name)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -96,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "name": "Benchmark workstation"}]})
             gateway = Gateway(config, ledger_path=tmp / "ledger.sqlite", key=KEY)
             gateway.start()
-            rows, seen = [], set()
+            rows, seen, studies = [], set(), []
             for film in films:
                 ds = pydicom.dcmread(film, stop_before_pixels=True, force=True)
                 if str(ds.SOPInstanceUID) in seen:  # the same instance in another syntax
@@ -105,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 pacs.upload(film)
                 study = str(ds.StudyInstanceUID)
                 direct = [c_get(pacs.dicom_port, pacs.ae_title, study) for _ in range(args.repeats)]
+                first = len(marking)
                 through = [c_get(gw_port, "LEAKTRACE", study) for _ in range(args.repeats)]
+                gateway_marking = statistics.median(marking[first:])
                 embed = []
                 with Ledger(tmp / "embed.sqlite") as book:
                     for i in range(args.repeats):
@@ -117,14 +169,30 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"film": film.name, "instances": n,
                        "direct_s_per_image": statistics.median(s for s, _ in direct) / n,
                        "gateway_s_per_image": statistics.median(s for s, _ in through) / n,
+                       "gateway_marking_s_per_image": gateway_marking / n,
                        "embed_s_per_image": statistics.median(embed)}
                 row["added_latency_s"] = row["gateway_s_per_image"] - row["direct_s_per_image"]
                 row["overhead_beyond_embed_s"] = row["added_latency_s"] - row["embed_s_per_image"]
                 rows.append(row)
                 print(f"{film.name}: direct {row['direct_s_per_image']:.3f} s, gateway "
-                      f"{row['gateway_s_per_image']:.3f} s, embed {row['embed_s_per_image']:.3f} s"
-                      " per image", file=sys.stderr)
+                      f"{row['gateway_s_per_image']:.3f} s (marking {gateway_marking:.3f} s), "
+                      f"embed {row['embed_s_per_image']:.3f} s per image", file=sys.stderr)
+                studies.append(study)
             gateway.stop()
+            throughput = {}
+            for workers in sorted({1, args.workers}):
+                port = free_port()
+                cfg = parse_config({**doc_config(config), "gateway": {
+                    "ae_title": "LEAKTRACE", "listen": f"127.0.0.1:{port}",
+                    "store": str(tmp / "store")}})
+                node = Gateway(cfg, ledger_path=tmp / "ledger.sqlite", key=KEY, workers=workers)
+                node.start()
+                try:
+                    throughput[workers] = pull_all(port, studies, args.clients)
+                finally:
+                    node.stop()
+                print(f"{args.clients} clients, {workers} marking process(es): "
+                      f"{throughput[workers]:.2f} images/s", file=sys.stderr)
             with Ledger(tmp / "ledger.sqlite", create=False) as book:
                 states = [d.status for d in book.deliveries()]
         finally:
@@ -134,16 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"run": run_description(), "repeats": args.repeats, "rows": rows,
            "images_per_s_direct": len(rows) / total_direct,
            "images_per_s_gateway": len(rows) / total_gateway,
-           "deliveries": {s: states.count(s) for s in sorted(set(states))}}
+           "deliveries": {s: states.count(s) for s in sorted(set(states))},
+           "clients": args.clients,
+           "images_per_s_concurrent": {str(w): v for w, v in throughput.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway.json").write_text(json.dumps(doc, indent=1))
-    print("| film | direct s/image | gateway s/image | added latency s | embed s |")
-    print("|---|---|---|---|---|")
+    print("| film | direct s/image | gateway s/image | added latency s | gateway marking s "
+          "| embed s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['film']} | {r['direct_s_per_image']:.3f} | {r['gateway_s_per_image']:.3f} "
-              f"| {r['added_latency_s']:.3f} | {r['embed_s_per_image']:.3f} |")
-    print(f"\nimages/s: direct {doc['images_per_s_direct']:.1f}, gateway "
-          f"{doc['images_per_s_gateway']:.2f}; deliveries {doc['deliveries']}")
+              f"| {r['added_latency_s']:.3f} | {r['gateway_marking_s_per_image']:.3f} "
+              f"| {r['embed_s_per_image']:.3f} |")
+    print(f"\nimages/s one at a time: direct {doc['images_per_s_direct']:.1f}, gateway "
+          f"{doc['images_per_s_gateway']:.2f}; {args.clients} clients at once: "
+          + ", ".join(f"{w} marking process(es) {v:.2f}" for w, v in throughput.items())
+          + f"; deliveries {doc['deliveries']}")
     return 0
 
 

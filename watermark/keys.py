@@ -211,10 +211,11 @@ def _warn_if_readable_by_others(p: Path) -> None:
     if os.name != "posix":
         return
     try:
-        mode = stat.S_IMODE(p.stat().st_mode)
+        st = p.stat()
     except OSError:
         return  # missing or unreadable: load_key reports it
-    if mode & 0o044:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISREG(st.st_mode) and mode & 0o044:  # a folder: load_key reports that instead
         warnings.warn(f"{p} is readable by others (mode {mode:04o}); chmod 600 it",
                       UserWarning, stacklevel=3)
 
