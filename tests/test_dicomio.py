@@ -724,3 +724,15 @@ def test_syntax_without_any_decoder_says_what_to_do(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{path}: (0002,0010) Transfer Syntax UID 1.2.840.10008.1.2.4.92")
     assert "convert the file" in message and "dcmdjpeg" in message and "\n" not in message
+
+
+def test_a_value_warning_names_the_element_it_is_about(dicom_films, tmp_path):
+    """The Canon film's (0008,0050) Accession Number holds 56 characters (SH allows 16):
+    pydicom's warning does not say which element; ours names it, with the file."""
+    name = "canon_dx_mono1_12bit_j2klossless_966_fixed.dcm"
+    film = read_film(dicom_films[name])
+    assert len(film.dataset.AccessionNumber) == 56
+    with pytest.warns(UserWarning, match=r"canon.*: \(0008,0050\) Accession Number: The value "
+                                         r"length \(56\) exceeds"):
+        write_derived(film, film.pixels.astype(float), tmp_path / "out.dcm",
+                      description="test copy")

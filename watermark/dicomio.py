@@ -28,6 +28,7 @@ import copy
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,13 +445,13 @@ def _encode(film: Film, marked: np.ndarray, out_path: Path, description: str) ->
 
     # pydicom warns about odd values of the source (e.g. over-long strings) when it converts
     # them; pass those warnings on with the file name
-    with _warnings_about(film.path, stacklevel=5):
+    with _warnings_about(film.path, stacklevel=5, dataset=film.dataset):
         ds, new_uid = _derived_dataset(film, values, description)
     transfer_syntax = _set_pixel_data(ds, film, values)
     del values  # the pixel data now holds its own copy
     try:
         buffer = io.BytesIO()
-        with _warnings_about(film.path, stacklevel=5):
+        with _warnings_about(film.path, stacklevel=5, dataset=ds):
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     except Exception as exc:
         raise LeaktraceError(
@@ -535,13 +536,41 @@ def _parse(path: Path) -> Dataset:
 
 
 @contextlib.contextmanager
-def _warnings_about(path: Path, stacklevel: int = 4):
-    """Re-issue warnings raised inside the block with `path` in front of the message."""
+def _warnings_about(path: Path, stacklevel: int = 4, dataset: Dataset | None = None):
+    """Re-issue warnings raised inside the block with `path` in front of the message, and
+    the element(s) of ``dataset`` a value warning of pydicom's is about (pydicom does not
+    name them)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for w in caught:
-        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=stacklevel)
+        where = _elements_meant(str(w.message), dataset) if dataset is not None else ""
+        warnings.warn(f"{path}: {where}{w.message}", w.category, stacklevel=stacklevel)
+
+
+_VALUE_LENGTH = re.compile(r"The value length \((\d+)\) exceeds the maximum length of \d+ "
+                           r"allowed for VR (\w\w)")
+
+
+def _elements_meant(message: str, ds: Dataset) -> str:
+    """"(0008,0050) Accession Number: " for pydicom's over-long-value warning, found by the
+    VR and length it gives; "" when it is another warning or no element matches."""
+    m = _VALUE_LENGTH.search(message)
+    if m is None:
+        return ""
+    length, vr = int(m.group(1)), m.group(2)
+    found: list[str] = []
+
+    def walk(d: Dataset) -> None:
+        for elem in d:
+            if elem.VR == "SQ":
+                for item in elem.value or ():
+                    walk(item)
+            elif elem.VR == vr and isinstance(elem.value, str) and len(elem.value) == length:
+                found.append(f"{elem.tag} {elem.name}")
+
+    walk(ds)
+    return ", ".join(found) + ": " if found else ""
 
 
 def _no_pixel_data_error(path: Path, ds: Dataset, notes: list[str]) -> LeaktraceError:
