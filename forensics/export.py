@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -543,12 +544,26 @@ def _expected_number(ledger: Ledger, name: str) -> int:
     return number if number is not None else max(ledger.recipients(), default=0) + 1
 
 
-def marking_pool(workers: int, known: frozenset = frozenset()) -> ProcessPoolExecutor:
+def marking_pool(workers: int, known: frozenset = frozenset(), *,
+                 warm: bool = False) -> ProcessPoolExecutor:
     """``workers`` processes for :func:`export_film_in_pool` (and ``export_many``), started
     with ``spawn`` (never a fork of a process holding the ledger); ``known``: SHA-256 of the
-    sources whose features the ledger keeps (:func:`_init_worker`)."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+    sources whose features the ledger keeps (:func:`_init_worker`). With ``warm``, every
+    process is started and has imported the marking code before this returns (a second or
+    two each), instead of at the first files a long-running service is sent."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(known,))
+    if warm:
+        for started in [pool.submit(_started, 0.2) for _ in range(workers)]:
+            started.result()
+    return pool
+
+
+def _started(hold: float) -> int:
+    """A worker's first task when warming a pool: held a moment, so that each of the tasks
+    submitted together starts its own process."""
+    time.sleep(hold)
+    return os.getpid()
 
 
 def export_film_in_pool(pool: ProcessPoolExecutor, source: str | os.PathLike,

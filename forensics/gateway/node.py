@@ -215,7 +215,7 @@ class Gateway:
                     (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find),
                     (evt.EVT_C_MOVE, self._on_move), (evt.EVT_C_GET, self._on_get)]
         if self.workers > 1 and self._pool is None:
-            self._pool = marking_pool(self.workers)
+            self._pool = marking_pool(self.workers, warm=True)
         if block:
             self._log_listening()
         self._server = self._ae.start_server((self.config.host, self.config.port),
