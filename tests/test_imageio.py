@@ -17,6 +17,7 @@ from forensics import leaks
 from forensics.export import export_film
 from forensics.ledger import Ledger
 from forensics.trace import detect_leak
+from watermark import detect
 from watermark.dicomio import read_film
 from watermark.display import render
 from watermark.errors import CapacityError, InvalidInputError
@@ -144,3 +145,20 @@ def test_grey_files_are_read_in_their_own_integers(tmp_path):
         assert gray.flags.writeable
     Image.fromarray(np.stack([grey8] * 3, axis=-1)).save(tmp_path / "c.png")
     assert read_leak(tmp_path / "c.png").gray.dtype == np.float64
+
+
+def test_a_png_named_dcm_is_read_as_the_png_it_is(tmp_path):
+    """The content decides, not the name: a screenshot saved as ``leak.dcm`` is an image."""
+    grey = (np.arange(120 * 90, dtype=np.uint32) % 251).astype(np.uint8).reshape(120, 90)
+    path = tmp_path / "leak.dcm"
+    Image.fromarray(grey).save(path, format="PNG")
+    leak = read_leak(path)
+    assert leak.format == "PNG"
+    assert np.array_equal(leak.gray, grey)
+
+
+def test_detect_on_a_colour_array_says_it_wants_grey():
+    """The array API is 2-D grey; an (h, w, 3) array gets that said, not "too small"."""
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    with pytest.raises(InvalidInputError, match=r"2-D grey array.*\(300, 400, 3\).*luma"):
+        detect(rgb, SiteKey(bytes(32)), [1])

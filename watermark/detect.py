@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dwt, payload, stats, sync
-from .errors import CapacityError
+from .errors import CapacityError, InvalidInputError
 from .keys import SiteKey
 
 __all__ = ["Candidate", "Detection", "PreparedLeak", "detect", "detect_prepared", "N_LATTICES"]
@@ -168,6 +168,11 @@ class PreparedLeak:
     """
 
     def __init__(self, image: np.ndarray, *, keep_lattices: bool = True):
+        if np.ndim(image) != 2:
+            raise InvalidInputError(
+                f"detection wants a 2-D grey array (rows, columns), got shape "
+                f"{np.shape(image)}: convert a colour image to luma first (as "
+                "watermark.imageio.read_leak does for a file)")
         image = _grey_values(image)
         if image.ndim != 2 or min(image.shape) < dwt.MIN_DETECT_EDGE:
             raise CapacityError(

@@ -73,11 +73,21 @@ class LeakImage:
 
 
 def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in {".dcm", ".dicom"}:
-        return True
+    """DICOM by content (the "DICM" prefix of PS3.10 section 7.1), an image by its own
+    signature whatever its name (a PNG saved as ``.dcm``), else DICOM when so named (a file
+    without the preamble, as some old ones are)."""
     with open(path, "rb") as fh:
         head = fh.read(132)
-    return head[128:132] == b"DICM"
+    if head[128:132] == b"DICM":
+        return True
+    if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return False
+    return path.suffix.lower() in {".dcm", ".dicom"}
+
+
+#: Leading bytes of the image formats Pillow reads for leaks: PNG, JPEG, GIF, TIFF, BMP
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a",
+                     b"II*\x00", b"MM\x00*", b"BM")
 
 
 def read_leak(path: str | os.PathLike) -> LeakImage:
