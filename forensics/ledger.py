@@ -44,8 +44,10 @@ The newest record's hash (:attr:`ChainCheck.head_hash`) stands for the whole cha
 chain is not keyed, so someone who can write the file can delete the newest records, append
 records, or recompute every hash from a changed record on; only a head noted outside the
 ledger catches that (:meth:`Ledger.check` with ``expect_head``, ``leaktrace ledger verify
---expect-head``). :func:`export_table` writes the records with their hashes and the check as
-CSV or JSON.
+--expect-head``), or better a signed checkpoint of the ledger's Merkle tree
+(:mod:`forensics.checkpoint`, ``leaktrace ledger checkpoint`` and ``ledger verify
+--checkpoint``), whose leaves are the records' canonical content (:func:`record_content`).
+:func:`export_table` writes the records with their hashes and the check as CSV or JSON.
 
 Transactions
 ------------
