@@ -46,6 +46,14 @@ the timestamped C2SP tlog-cosignature (signature type 0x04), and the witness kee
 it does not check that the checkpoint is consistent with the previous one it cosigned (that
 needs the C2SP tlog-witness protocol and consistency proofs served by the log).
 
+Never two inconsistent checkpoints
+----------------------------------
+The spec says a log must not sign a checkpoint inconsistent with one it signed before.
+``leaktrace ledger checkpoint`` keeps the newest checkpoint it signed of each ledger beside
+the signing key (:func:`last_checkpoint_path`) and refuses to sign when the ledger no longer
+extends it (:func:`check_against_last`), so a rewrite since then is reported instead of
+signed.
+
 What it cannot do
 -----------------
 Whoever holds the signing key can sign a checkpoint of a rewritten ledger: the protection is
@@ -66,6 +74,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from watermark.errors import CheckpointError
 
@@ -75,7 +84,7 @@ from .note import Note, Signer, Verifier, add_signature, check_signatures, parse
 
 __all__ = ["Checkpoint", "CheckpointCheck", "ORIGIN_PREFIX", "ledger_origin", "ledger_leaves",
            "ledger_checkpoint", "sign_checkpoint", "read_checkpoint", "verify_checkpoint",
-           "witness"]
+           "witness", "last_checkpoint_path", "check_against_last"]
 
 #: The origin line of a ledger's checkpoints, before its ledger_id.
 ORIGIN_PREFIX = "leaktrace/ledger/"
@@ -225,6 +234,45 @@ def sign_checkpoint(ledger: Ledger, signer: Signer) -> tuple[str, Checkpoint]:
                               + "; ".join(check.problems))
     cp = ledger_checkpoint(ledger)
     return sign_note(cp.text(), signer), cp
+
+
+def last_checkpoint_path(signer: Signer, ledger_id: str) -> Path | None:
+    """Where ``leaktrace ledger checkpoint`` keeps the newest checkpoint ``signer`` signed of
+    the ledger ``ledger_id``: ``checkpoints/<ledger_id>.checkpoint`` beside the key file
+    (``None`` for a key that has no file)."""
+    if signer.path is None:
+        return None
+    return signer.path.parent / "checkpoints" / f"{ledger_id}.checkpoint"
+
+
+def check_against_last(ledger: Ledger, signer: Signer) -> CheckpointCheck | None:
+    """The ledger checked against the newest checkpoint this key signed of it, if one is kept
+    (:func:`last_checkpoint_path`).
+
+    The C2SP tlog-checkpoint spec says a log must never sign a checkpoint inconsistent with
+    one it signed before; ``leaktrace ledger checkpoint`` refuses to sign when this check
+    fails, so a rewrite since the last checkpoint is reported to the operator instead of
+    signed. Whoever can delete the kept file defeats this guard (not the copies kept
+    elsewhere).
+
+    Returns
+    -------
+    CheckpointCheck or None
+        ``None`` when no checkpoint is kept for this ledger.
+
+    Raises
+    ------
+    CheckpointError
+        The kept file cannot be read or is not a checkpoint.
+    """
+    path = last_checkpoint_path(signer, _require_id(ledger))
+    if path is None or not path.exists():
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the last checkpoint ({exc})") from None
+    return verify_checkpoint(ledger, data, signer.verifier)
 
 
 def read_checkpoint(data: str | bytes) -> tuple[Checkpoint, Note]:

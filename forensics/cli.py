@@ -17,8 +17,8 @@ ledger that holds exports, without ``--new-key``).
 problem found (``--expect-head`` not in the chain, and with ``--checkpoint`` a signature that
 is absent or does not verify, a ledger shorter than the checkpoint or a different root,
 included), 2 the ledger, checkpoint or public key cannot be read. ``ledger checkpoint``: 0
-written, 1 the ledger check found problems (nothing signed), 2 the ledger, signing key or
-output cannot be used. ``ledger witness``: 0 cosigned, 1 the checkpoint's signature is absent
+written, 1 the ledger check found problems or the ledger does not extend the last checkpoint
+the key signed of it (nothing signed), 2 the ledger, signing key or output cannot be used. ``ledger witness``: 0 cosigned, 1 the checkpoint's signature is absent
 or does not verify (nothing written), 2 a file or key cannot be used.
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
 ledger cannot be read or the output cannot be written.
@@ -570,9 +570,11 @@ def ledger_checkpoint(
 ) -> None:
     """Sign a checkpoint of the ledger: its number of export records and their Merkle root
     (RFC 6962) as a C2SP tlog-checkpoint, signed with the Ed25519 signing key (created on first
-    use). The checkpoint goes to --out and stdout, the public key to stderr. Exit 0 written, 1
-    the ledger check found problems (nothing signed), 2 the ledger, key or output cannot be used."""
-    from .checkpoint import sign_checkpoint
+    use). The checkpoint goes to --out and stdout (and is kept beside the key, in
+    checkpoints/), the public key to stderr. Exit 0 written, 1 the ledger check found problems
+    or the ledger does not extend the last checkpoint this key signed of it (nothing signed), 2
+    the ledger, key or output cannot be used."""
+    from .checkpoint import check_against_last, last_checkpoint_path, sign_checkpoint
     from .note import load_or_create_signer
 
     if out.is_dir():
@@ -586,13 +588,26 @@ def ledger_checkpoint(
                 raise _fail(f"the ledger at {book.path} has {len(check.problems)} problem(s); "
                             "no checkpoint was signed (a signature would vouch for them)", 1)
             signer, created = load_or_create_signer(signing_key, key_name)
+            last = check_against_last(book, signer)
+            if last is not None and not last.ok:
+                for p in last.problems:
+                    err.print(f"[red]problem:[/] {escape(p)}")
+                raise _fail(f"the ledger does not extend the last checkpoint this key signed of "
+                            f"it ({last.size} record(s), kept in "
+                            f"{last_checkpoint_path(signer, book.ledger_id)}); no checkpoint "
+                            "was signed (a log must never sign two inconsistent checkpoints)", 1)
             note, cp = sign_checkpoint(book, signer)
+            kept = last_checkpoint_path(signer, book.ledger_id)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
     try:
         atomic_write(out, note.encode("utf-8"), mode=0o644)
+        if kept is not None:
+            kept.parent.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(kept, note.encode("utf-8"), mode=0o644)
     except OSError as exc:
-        raise _fail(f"{out}: cannot write the checkpoint ({exc.strerror or exc})") from None
+        raise _fail(f"{exc.filename or out}: cannot write the checkpoint "
+                    f"({exc.strerror or exc})") from None
     sys.stdout.write(note)
     if created:
         err.print(f"[yellow]created the checkpoint signing key[/] {escape(str(signer.path))} "

@@ -404,3 +404,29 @@ def test_parsed_checkpoint_roundtrip_and_malformed_texts():
         with pytest.raises(CheckpointError, match=message):
             Checkpoint.from_text(bad)
     assert Verifier.from_vkey(SITE_A.verifier.vkey) == SITE_A.verifier
+
+
+def test_cli_never_signs_a_checkpoint_inconsistent_with_the_last_one(ledger_and_checkpoint,
+                                                                      tmp_path):
+    """C2SP tlog-checkpoint: a log must not sign two inconsistent checkpoints. After honest
+    exports a new checkpoint is signed; after a full rewrite with recomputed hashes (a chain that
+    verifies) it is refused."""
+    path, _ = ledger_and_checkpoint
+    key = tmp_path / "keys" / "checkpoint.key"
+    assert run("ledger", "checkpoint", "--ledger", path, "--out", tmp_path / "1.cp").exit_code == 0
+    with Ledger(path, create=False) as book:
+        kept = key.parent / "checkpoints" / f"{book.ledger_id}.checkpoint"
+        (fingerprint,) = book.key_usage()
+    assert kept.read_text() == (tmp_path / "1.cp").read_text()
+    with Ledger(path) as book:
+        _record(book, tmp_path, "Dave", key_fingerprint=fingerprint)
+    assert run("ledger", "checkpoint", "--ledger", path, "--out", tmp_path / "2.cp").exit_code == 0
+    assert kept.read_text().split("\n")[1] == "6"
+    _full_rewrite(path)
+    with Ledger(path, create=False) as book:
+        assert book.check().ok  # the chain cannot tell
+    result = run("ledger", "checkpoint", "--ledger", path, "--out", tmp_path / "3.cp")
+    assert result.exit_code == 1, result.output
+    assert "does not extend the last checkpoint this key signed" in result.stderr
+    assert "history rewritten" in result.stderr
+    assert not (tmp_path / "3.cp").exists() and kept.read_text().split("\n")[1] == "6"
