@@ -80,11 +80,30 @@ from watermark.errors import CheckpointError
 
 from . import merkle
 from .ledger import Ledger, record_content
-from .note import Note, Signer, Verifier, add_signature, check_signatures, parse_note, sign_note
+from .note import (
+    Note,
+    Signer,
+    Verifier,
+    add_signature,
+    check_signatures,
+    parse_note,
+    sign_note,
+)
 
-__all__ = ["Checkpoint", "CheckpointCheck", "ORIGIN_PREFIX", "ledger_origin", "ledger_leaves",
-           "ledger_checkpoint", "sign_checkpoint", "read_checkpoint", "verify_checkpoint",
-           "witness", "last_checkpoint_path", "check_against_last"]
+__all__ = [
+    "ORIGIN_PREFIX",
+    "Checkpoint",
+    "CheckpointCheck",
+    "check_against_last",
+    "last_checkpoint_path",
+    "ledger_checkpoint",
+    "ledger_leaves",
+    "ledger_origin",
+    "read_checkpoint",
+    "sign_checkpoint",
+    "verify_checkpoint",
+    "witness",
+]
 
 #: The origin line of a ledger's checkpoints, before its ledger_id.
 ORIGIN_PREFIX = "leaktrace/ledger/"
@@ -394,7 +413,7 @@ def witness(data: str | bytes, *, log_key: Verifier, signer: Signer) -> str:
         Not a signed checkpoint, the log's signature is absent or does not verify, the signer
         is the log's key, or the witness has signed it already.
     """
-    cp, note = read_checkpoint(data)
+    _cp, note = read_checkpoint(data)
     if (signer.name, signer.key_id) == (log_key.name, log_key.key_id):
         raise CheckpointError("the witness key is the log's own key; a witness signs with its "
                               "own key")

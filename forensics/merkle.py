@@ -36,8 +36,17 @@ from collections.abc import Sequence
 
 from watermark.errors import InvalidInputError
 
-__all__ = ["HASH_SIZE", "EMPTY_ROOT", "leaf_hash", "node_hash", "root_hash", "inclusion_proof",
-           "verify_inclusion", "consistency_proof", "verify_consistency"]
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "consistency_proof",
+    "inclusion_proof",
+    "leaf_hash",
+    "node_hash",
+    "root_hash",
+    "verify_consistency",
+    "verify_inclusion",
+]
 
 #: Bytes in a SHA-256 hash, the size of every hash in a tree and a proof.
 HASH_SIZE = 32

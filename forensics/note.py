@@ -51,10 +51,25 @@ from pathlib import Path
 
 from watermark.errors import CheckpointError, KeyFileError
 
-__all__ = ["Verifier", "Signer", "Signature", "Note", "key_id", "check_key_name",
-           "parse_note", "sign_note", "add_signature", "check_signatures",
-           "load_signer", "create_signer", "load_or_create_signer", "default_signing_key_path",
-           "read_verifier", "SIGNING_KEY_NAME", "MAX_SIGNATURES"]
+__all__ = [
+    "MAX_SIGNATURES",
+    "SIGNING_KEY_NAME",
+    "Note",
+    "Signature",
+    "Signer",
+    "Verifier",
+    "add_signature",
+    "check_key_name",
+    "check_signatures",
+    "create_signer",
+    "default_signing_key_path",
+    "key_id",
+    "load_or_create_signer",
+    "load_signer",
+    "parse_note",
+    "read_verifier",
+    "sign_note",
+]
 
 #: File name of the checkpoint signing key, beside the site key by default.
 SIGNING_KEY_NAME = "checkpoint.key"
@@ -433,8 +448,12 @@ def create_signer(path: str | os.PathLike, name: str | None = None) -> Signer:
         A ``name`` that cannot be a key name.
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption,
-                                                              PrivateFormat)
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
     from watermark.keys import default_key_path
 
     p = Path(path).expanduser()

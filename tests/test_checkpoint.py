@@ -10,16 +10,21 @@ import shutil
 import sqlite3
 
 import pytest
-from typer.testing import CliRunner
-
-from forensics import cli, merkle
-from forensics.checkpoint import read_checkpoint, sign_checkpoint, verify_checkpoint, witness
-from forensics.ledger import Ledger
-from forensics.note import Signer, Verifier, sign_note
-from watermark.errors import CheckpointError
 
 # the real ledger and the raw-row helpers of the ledger's own tamper tests
 from test_ledger import CONTENT, _attacker_hash, _record, _rows, _sql, real_ledger  # noqa: F401
+from typer.testing import CliRunner
+
+from forensics import cli, merkle
+from forensics.checkpoint import (
+    read_checkpoint,
+    sign_checkpoint,
+    verify_checkpoint,
+    witness,
+)
+from forensics.ledger import Ledger
+from forensics.note import Signer, Verifier, sign_note
+from watermark.errors import CheckpointError
 
 runner = CliRunner()
 SITE_A = Signer("site-a.example/leaktrace", hashlib.sha256(b"site A test key").digest())
@@ -193,8 +198,8 @@ TAMPERING = {
     "reorder": (_reorder, True, "do not have the checkpoint's root hash"),
     "truncate": (_truncate, False, "the ledger has 3 export record(s), fewer than the 5"),
     "full_rewrite_with_recomputed_hashes": (_full_rewrite, False, "history rewritten"),
-    "truncate_and_append_forged": (_truncate_and_refill, False, "first 5 export record(s) do "
-                                   "not have the checkpoint's root hash"),
+    "truncate_and_append_forged": (_truncate_and_refill, False, ("first 5 export record(s) do "
+                                   "not have the checkpoint's root hash")),
 }
 
 
@@ -233,10 +238,10 @@ def test_a_rewritten_ledger_re_signed_with_another_key_is_refused(ledger_and_che
     chain, check = _check(path, forged_file)
     assert chain.ok  # the rewritten chain verifies, and the forged checkpoint matches it
     assert not check.ok and check.signatures[0]["state"] == "absent"
-    assert check.problems == [f"the checkpoint has no signature by {SITE_A.name} (key "
+    assert check.problems == [(f"the checkpoint has no signature by {SITE_A.name} (key "
                               f"{SITE_A.key_id:08x}); it is signed by {MALLORY.name} "
                               f"({MALLORY.key_id:08x}): a checkpoint signed with another key "
-                              "(forged), or the wrong public key given"]
+                              "(forged), or the wrong public key given")]
     result = run("ledger", "verify", "--ledger", path, "--checkpoint", forged_file,
                  "--public-key", SITE_A.verifier.vkey)
     assert result.exit_code == 1 and "no signature by site-a.example/leaktrace" in result.stdout
@@ -253,9 +258,9 @@ def test_a_checkpoint_edited_to_match_the_ledger_has_a_bad_signature(ledger_and_
     cp_file.write_text(edited)
     _, check = _check(path, cp_file)
     assert check.size == 3 and check.signatures[0]["state"] == "invalid"
-    assert check.problems == [f"the signature of {SITE_A.name} (key {SITE_A.key_id:08x}) does not "
+    assert check.problems == [(f"the signature of {SITE_A.name} (key {SITE_A.key_id:08x}) does not "
                               "verify: the checkpoint was changed after it was signed, or the "
-                              "signature is forged"]
+                              "signature is forged")]
 
 
 def test_honest_exports_after_a_checkpoint_still_verify(ledger_and_checkpoint, tmp_path):
@@ -272,14 +277,14 @@ def test_honest_exports_after_a_checkpoint_still_verify(ledger_and_checkpoint, t
     new_root = base64.b64decode(check.root_hash_now)
     assert merkle.verify_consistency(5, 8, old_root, new_root, proof)
     assert not merkle.verify_consistency(5, 8, old_root, _independent_root(path, 7), proof)
-    # a new checkpoint covers the new records; the old one still verifies beside it
+    # a new checkpoint covers the new records, with the root the consistency proof led to
     with Ledger(path, create=False) as book:
-        note, cp = sign_checkpoint(book, SITE_A)
+        _note, cp = sign_checkpoint(book, SITE_A)
     assert cp.size == 8 and cp.root == new_root
 
 
 def test_a_checkpoint_of_another_ledger_is_refused(ledger_and_checkpoint, tmp_path):
-    path, cp_file = ledger_and_checkpoint
+    _path, cp_file = ledger_and_checkpoint
     other = tmp_path / "other.sqlite"
     with Ledger(other) as book:
         _record(book, tmp_path, "x")
@@ -292,7 +297,7 @@ def test_witness_cosignature_verifies_and_a_tampered_note_fails(ledger_and_check
     cosigned = witness(cp_file.read_text(), log_key=SITE_A.verifier, signer=SITE_B)
     assert cosigned.startswith(cp_file.read_text()) and cosigned.count("\n\u2014 ") == 2
     cp_file.write_text(cosigned)
-    chain, check = _check(path, cp_file, witnesses=[SITE_B.verifier])
+    _chain, check = _check(path, cp_file, witnesses=[SITE_B.verifier])
     assert check.ok and [s["state"] for s in check.signatures] == ["valid", "valid"]
     assert [s["role"] for s in check.signatures] == ["log", "witness"]
     # the witness required but absent (the checkpoint before cosigning)
