@@ -14,7 +14,12 @@ or no file was found, 2 error before any file (bad arguments, output folder, key
 among them a key the ledger's exports were not made with, or a missing key file beside a
 ledger that holds exports, without ``--new-key``).
 ``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
-problem found (``--expect-head`` not in the chain included), 2 the ledger cannot be read.
+problem found (``--expect-head`` not in the chain, and with ``--checkpoint`` a signature that
+is absent or does not verify, a ledger shorter than the checkpoint or a different root,
+included), 2 the ledger, checkpoint or public key cannot be read. ``ledger checkpoint``: 0
+written, 1 the ledger check found problems or the ledger does not extend the last checkpoint
+the key signed of it (nothing signed), 2 the ledger, signing key or output cannot be used. ``ledger witness``: 0 cosigned, 1 the checkpoint's signature is absent
+or does not verify (nothing written), 2 a file or key cannot be used.
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
 ledger cannot be read or the output cannot be written.
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
@@ -50,7 +55,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from watermark import __version__
-from watermark.errors import LeaktraceError
+from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
 
 from .export import collect_sources, export_many, site_key_for
@@ -464,30 +469,201 @@ ExpectHeadOpt = Annotated[Optional[str], typer.Option(
          "deleted or the chain rewritten (exit 1). Records added after it are fine.")]
 
 
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", metavar="FILE",
+    help="A signed checkpoint written earlier by `ledger checkpoint` (and perhaps cosigned by "
+         "`ledger witness`), kept outside the ledger: the ledger's first N records (N: the "
+         "checkpoint's size) must still have its Merkle root and its signature must verify, "
+         "else exit 1 (truncated, rewritten, or a bad signature). Records added after it are fine.")]
+PublicKeyOpt = Annotated[Optional[str], typer.Option(
+    "--public-key", metavar="VKEY|FILE",
+    help="The checkpoint signer's public key: the verifier key string <name>+<id>+<key> printed "
+         "by `ledger checkpoint`, or a file holding it. Default: checkpoint.key.pub beside the "
+         "site key.")]
+WitnessKeyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--witness-key", metavar="VKEY|FILE",
+    help="With --checkpoint: a witness's public key whose cosignature the checkpoint must carry "
+         "(repeat for several witnesses).")]
+SigningKeyOpt = Annotated[Optional[Path], typer.Option(
+    "--signing-key", metavar="PATH",
+    help="Ed25519 checkpoint signing key (never the site key); created on first use, with its "
+         "public key in PATH.pub. Default: checkpoint.key beside the site key "
+         "($LEAKTRACE_KEY's folder, else $XDG_CONFIG_HOME/leaktrace).")]
+KeyNameOpt = Annotated[Optional[str], typer.Option(
+    "--key-name", metavar="NAME",
+    help="Name of a signing key created now (no spaces, no '+'; default <host name>/leaktrace). "
+         "An existing key keeps its name.")]
+
+
+def _verifier(value: str | None):
+    """The public key given, else the one beside the default signing key."""
+    from .note import default_signing_key_path, read_verifier
+
+    if value is None:
+        default = default_signing_key_path().with_name(default_signing_key_path().name + ".pub")
+        if not default.exists():
+            raise CheckpointError(f"no public key given and none at {default}: give the "
+                                  "signer's with --public-key (printed by `ledger checkpoint`)")
+        value = str(default)
+    return read_verifier(value)
+
+
 @ledger_app.command("verify")
 def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
-                  as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor.")] = False) -> None:
-    """Check the ledger's hash chain and recipient names. Exit 0 intact, 1 broken (each problem
-    is named), 2 the ledger cannot be read. Prints the chain head: note it elsewhere and give
-    it back with --expect-head to detect deleted newest records."""
+                  checkpoint: CheckpointOpt = None, public_key: PublicKeyOpt = None,
+                  witness_key: WitnessKeyOpt = None,
+                  as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor; with --checkpoint also checkpoint (ok, size, problems, signatures...).")] = False) -> None:
+    """Check the ledger's hash chain and recipient names, and with --checkpoint that the ledger
+    extends a signed checkpoint. Exit 0 intact, 1 broken (each problem is named), 2 the ledger,
+    checkpoint or public key cannot be read. Prints the chain head: note it elsewhere and give
+    it back with --expect-head to detect deleted newest records (a signed checkpoint does more)."""
+    from .checkpoint import verify_checkpoint
+    from .note import read_verifier
+
+    if checkpoint is None and (public_key is not None or witness_key):
+        raise _fail("bad arguments: --public-key and --witness-key go with --checkpoint")
+    cp_check = None
     try:
+        if checkpoint is not None:
+            log_key = _verifier(public_key)
+            witnesses = [read_verifier(w) for w in witness_key or []]
+            try:
+                data = checkpoint.read_bytes()
+            except OSError as exc:
+                raise CheckpointError(f"{checkpoint}: cannot read the checkpoint "
+                                      f"({exc.strerror or exc})") from None
         with Ledger(ledger, create=False) as book:
             check = book.check(expect_head)
+            if checkpoint is not None:
+                cp_check = verify_checkpoint(book, data, log_key, witness_keys=witnesses)
     except LeaktraceError as exc:
         if as_json:
             print(json.dumps({"ok": False, "problems": [], "error": str(exc)}))
         raise _fail(str(exc)) from None
+    result = check.as_dict()
+    if cp_check is not None:
+        result["checkpoint"] = cp_check.as_dict()
+        result["problems"] = check.problems + [f"checkpoint: {p}" for p in cp_check.problems]
+        result["ok"] = check.ok and cp_check.ok
     if as_json:
-        print(json.dumps(check.as_dict()))
+        print(json.dumps(result))
     else:
-        for p in check.problems:
+        for p in result["problems"]:
             print(p)
         print(f"{check.n_records} export record(s): "
               + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)"))
         print(f"head_hash: {check.head_hash}")
         if check.anchor and check.anchor["found"]:
             print(f"expected head found ({check.anchor['records_since']} record(s) added since)")
-    raise typer.Exit(0 if check.ok else 1)
+        if cp_check is not None:
+            signed = ", ".join(f"{s['name']} {s['state']}" for s in cp_check.signatures)
+            if cp_check.ok:
+                print(f"checkpoint: the ledger extends it ({cp_check.size} record(s) covered, "
+                      f"{cp_check.records_since} added since; signatures: {signed})")
+            else:
+                print(f"checkpoint: FAILED ({len(cp_check.problems)} problem(s); signatures: "
+                      f"{signed})")
+    raise typer.Exit(0 if result["ok"] else 1)
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Write the signed checkpoint here (atomically; an existing file is replaced). Keep a copy where the ledger's writers cannot change it.")],
+    ledger: LedgerOpt = None, signing_key: SigningKeyOpt = None, key_name: KeyNameOpt = None,
+) -> None:
+    """Sign a checkpoint of the ledger: its number of export records and their Merkle root
+    (RFC 6962) as a C2SP tlog-checkpoint, signed with the Ed25519 signing key (created on first
+    use). The checkpoint goes to --out and stdout (and is kept beside the key, in
+    checkpoints/), the public key to stderr. Exit 0 written, 1 the ledger check found problems
+    or the ledger does not extend the last checkpoint this key signed of it (nothing signed), 2
+    the ledger, key or output cannot be used."""
+    from .checkpoint import check_against_last, last_checkpoint_path, sign_checkpoint
+    from .note import load_or_create_signer
+
+    if out.is_dir():
+        raise _fail(f"bad arguments: --out {out}: is a folder")
+    try:
+        with Ledger(ledger, create=False) as book:
+            check = book.check()
+            if not check.ok:
+                for p in check.problems:
+                    err.print(f"[red]problem:[/] {escape(p)}")
+                raise _fail(f"the ledger at {book.path} has {len(check.problems)} problem(s); "
+                            "no checkpoint was signed (a signature would vouch for them)", 1)
+            signer, created = load_or_create_signer(signing_key, key_name)
+            last = check_against_last(book, signer)
+            if last is not None and not last.ok:
+                for p in last.problems:
+                    err.print(f"[red]problem:[/] {escape(p)}")
+                raise _fail(f"the ledger does not extend the last checkpoint this key signed of "
+                            f"it ({last.size} record(s), kept in "
+                            f"{last_checkpoint_path(signer, book.ledger_id)}); no checkpoint "
+                            "was signed (a log must never sign two inconsistent checkpoints)", 1)
+            note, cp = sign_checkpoint(book, signer)
+            kept = last_checkpoint_path(signer, book.ledger_id)
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        atomic_write(out, note.encode("utf-8"), mode=0o644)
+        if kept is not None:
+            kept.parent.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(kept, note.encode("utf-8"), mode=0o644)
+    except OSError as exc:
+        raise _fail(f"{exc.filename or out}: cannot write the checkpoint "
+                    f"({exc.strerror or exc})") from None
+    sys.stdout.write(note)
+    if created:
+        err.print(f"[yellow]created the checkpoint signing key[/] {escape(str(signer.path))} "
+                  f"(public key in {escape(str(signer.path))}.pub): back it up and escrow it "
+                  "like the site key")
+    err.print(f"checkpoint of {cp.size} export record(s) written to {escape(str(out))}, signed by "
+              f"{escape(signer.name)}")
+    err.print(f"public key: {escape(signer.verifier.vkey)}")
+
+
+@ledger_app.command("witness")
+def ledger_witness(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", metavar="FILE", help="The signed checkpoint another site sent.")],
+    signing_key: Annotated[Path, typer.Option("--signing-key", metavar="PATH", help="This (witnessing) site's own Ed25519 signing key; created on first use, with its public key in PATH.pub.")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Write the cosigned checkpoint here (atomically).")],
+    public_key: PublicKeyOpt = None, key_name: KeyNameOpt = None,
+) -> None:
+    """Witness another site's checkpoint: verify its signature with that site's public key
+    (--public-key), then add this site's signature line (a plain Ed25519 note signature; C2SP
+    signed notes allow extra lines). Exit 0 cosigned, 1 the checkpoint's signature is missing
+    or does not verify (nothing written), 2 a file or key cannot be used."""
+    from .checkpoint import read_checkpoint, witness
+    from .note import check_signatures, load_or_create_signer
+
+    if out.is_dir():
+        raise _fail(f"bad arguments: --out {out}: is a folder")
+    try:
+        log_key = _verifier(public_key)
+        try:
+            data = checkpoint.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{checkpoint}: cannot read the checkpoint "
+                                  f"({exc.strerror or exc})") from None
+        cp, note = read_checkpoint(data)
+        state = check_signatures(note, [log_key])[log_key]
+        if state != "valid":
+            raise _fail(f"{checkpoint}: the signature of {log_key.name} (key "
+                        f"{log_key.key_id:08x}) is {state}: not cosigned", 1)
+        signer, created = load_or_create_signer(signing_key, key_name)
+        cosigned = witness(data, log_key=log_key, signer=signer)
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        atomic_write(out, cosigned.encode("utf-8"), mode=0o644)
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write the checkpoint ({exc.strerror or exc})") from None
+    sys.stdout.write(cosigned)
+    if created:
+        err.print(f"[yellow]created the witness signing key[/] {escape(str(signer.path))} "
+                  f"(public key in {escape(str(signer.path))}.pub)")
+    err.print(f"checkpoint of {escape(cp.origin)} ({cp.size} record(s)) cosigned by "
+              f"{escape(signer.name)}, written to {escape(str(out))}")
+    err.print(f"witness public key: {escape(signer.verifier.vkey)}")
 
 
 @ledger_app.command("export")

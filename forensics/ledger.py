@@ -44,8 +44,10 @@ The newest record's hash (:attr:`ChainCheck.head_hash`) stands for the whole cha
 chain is not keyed, so someone who can write the file can delete the newest records, append
 records, or recompute every hash from a changed record on; only a head noted outside the
 ledger catches that (:meth:`Ledger.check` with ``expect_head``, ``leaktrace ledger verify
---expect-head``). :func:`export_table` writes the records with their hashes and the check as
-CSV or JSON.
+--expect-head``), or better a signed checkpoint of the ledger's Merkle tree
+(:mod:`forensics.checkpoint`, ``leaktrace ledger checkpoint`` and ``ledger verify
+--checkpoint``), whose leaves are the records' canonical content (:func:`record_content`).
+:func:`export_table` writes the records with their hashes and the check as CSV or JSON.
 
 Transactions
 ------------
@@ -94,7 +96,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Ledger", "ExportRecord", "ChainCheck", "PendingDelivery", "DeliveryRecord",
            "DELIVERY_STATES", "export_table", "EXPORT_FORMATS",
-           "default_ledger_path", "normalise_recipient", "LEDGER_ENV", "MAX_NAME_LENGTH"]
+           "default_ledger_path", "normalise_recipient", "record_content", "LEDGER_ENV",
+           "MAX_NAME_LENGTH"]
 
 LEDGER_ENV = "LEAKTRACE_LEDGER"
 SCHEMA_VERSION = 2
@@ -263,9 +266,30 @@ def normalise_recipient(name: str) -> str:
     return name
 
 
+def _canonical(content: dict, fields: tuple[str, ...]) -> str:
+    """The canonical JSON of a record's content: the text its record hash covers."""
+    return json.dumps({k: content[k] for k in fields}, sort_keys=True, separators=(",", ":"))
+
+
 def _record_hash(prev_hash: str, content: dict, fields: tuple[str, ...] = _CONTENT_FIELDS) -> str:
-    body = json.dumps({k: content[k] for k in fields}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+    return hashlib.sha256((prev_hash + _canonical(content, fields)).encode()).hexdigest()
+
+
+def record_content(record: ExportRecord, *, schema_version: int = SCHEMA_VERSION) -> bytes:
+    """The canonical content of an export record, recomputed from its fields: the UTF-8 bytes of
+    the JSON its record hash covers after the previous hash (see the module docstring), without
+    ``id``, ``prev_hash`` or ``record_hash``.
+
+    These are the leaves of the ledger's Merkle tree (:mod:`forensics.checkpoint`).
+
+    Parameters
+    ----------
+    record : ExportRecord
+    schema_version : int
+        The ledger's (:attr:`Ledger.schema_version`); schema 1 records have no recipient name.
+    """
+    fields = _CONTENT_FIELDS if schema_version >= 2 else _CONTENT_FIELDS_V1
+    return _canonical(asdict(record), fields).encode()
 
 
 def _utc_now() -> str:

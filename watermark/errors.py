@@ -15,6 +15,7 @@ __all__ = [
     "KeyFileError",
     "LedgerError",
     "LedgerKeyError",
+    "CheckpointError",
 ]
 
 
@@ -69,3 +70,10 @@ class LedgerKeyError(KeyFileError, LedgerError):
         self.key_fingerprint = key_fingerprint
         self.key_path = key_path
         self.ledger_fingerprints = dict(ledger_fingerprints or {})
+
+
+class CheckpointError(LeaktraceError):
+    """A signed ledger checkpoint, signed note or verifier key that is malformed or cannot be
+    used (not a note, not a checkpoint, a bad key string, a ledger that cannot be
+    checkpointed). A checkpoint that is well formed but does not match the ledger, or whose
+    signature does not verify, is not an error: it is a finding of the check."""
