@@ -1041,7 +1041,10 @@ def export_table(ledger: Ledger, fmt: str, *,
     for problem in check.problems:
         buf.write(f"# problem: {_one_line(problem)}\n")
     columns = ["ledger_id"] + [f.name for f in dataclass_fields(ExportRecord)]
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\r\n")
+    # every field quoted: a "#" in a path or a name is then data, also for readers that skip
+    # the metadata lines as comments (pandas.read_csv(path, comment="#"))
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\r\n",
+                            quoting=csv.QUOTE_ALL)
     writer.writeheader()
     for r in records:
         writer.writerow({"ledger_id": ledger.ledger_id, **r.as_dict()})

@@ -447,6 +447,26 @@ def test_export_table_has_every_record_its_hashes_and_no_key(copy_of_ledger, fmt
             assert _attacker_hash(row["prev_hash"], typed) == row["record_hash"]
 
 
+def test_csv_export_read_with_pandas_keeps_a_hash_sign_in_paths_and_names(tmp_path):
+    """The README reads the CSV with ``pandas.read_csv(path, comment="#")``: a "#" in an
+    output path or a recipient name must stay data, not cut the row."""
+    import io
+
+    import pandas
+
+    from forensics.ledger import export_table
+
+    with Ledger(tmp_path / "l.sqlite") as book:
+        record = _record(book, tmp_path, "Dr. #1 (ward #4)")
+        text, _ = export_table(book, "csv")
+    table = pandas.read_csv(io.StringIO(text), comment="#", dtype=str)
+    assert len(table) == 1 and not table.isna().any(axis=None)
+    row = table.iloc[0]
+    assert row["recipient_name"] == "Dr. #1 (ward #4)"
+    assert row["output_path"] == record.output_path and "#" in row["output_path"]
+    assert row["record_hash"] == record.record_hash
+
+
 def test_two_embed_processes_exporting_at_once(tmp_path, dicom_films):
     """Two `leaktrace embed` runs, each marking 18 real films for its own recipient into the
     same ledger at the same time: all 36 records present, chain intact, files as recorded.
