@@ -54,6 +54,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+try:  # typer >= 0.16 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click import UsageError
+
 from watermark import __version__
 from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
@@ -83,8 +88,16 @@ class _Commands(typer.core.TyperGroup):
     def invoke(self, ctx):
         global interrupt_reported
         interrupt_reported = False
+        # the command's words, before click hands them on (and empties ctx.args)
+        words = [*getattr(ctx, "_protected_args", ()), *ctx.args]
         try:
             return super().invoke(ctx)
+        except UsageError as exc:
+            # a bad option or a missing argument, found before the command runs: with --json,
+            # still exactly one JSON object on stdout (click prints the usage on stderr)
+            if "--json" in words:
+                print(json.dumps({"error": f"bad arguments: {exc.format_message()}"}))
+            raise
         except KeyboardInterrupt:
             if interrupt_reported:
                 raise typer.Exit(130) from None
@@ -451,6 +464,8 @@ def ledger_list(ledger: LedgerOpt = None,
         with Ledger(ledger, create=False) as book:
             recipients, exports = book.recipients(), book.exports()
     except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"recipients": [], "exports": [], "error": str(exc)}))
         raise _fail(str(exc)) from None
     if as_json:
         print(json.dumps({"recipients": [{"number": n, "name": s} for n, s in recipients.items()],

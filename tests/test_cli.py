@@ -609,3 +609,24 @@ def test_detect_with_a_key_the_ledger_has_not_seen_warns(tmp_path, site, exporte
     assert right.exit_code == 0 and "warning" not in right.stderr, right.output
     obj = one_json(right)
     assert obj["key_in_ledger"] is True and obj["recipient"] == "Dr. Ana Alvarez"
+
+
+@pytest.mark.parametrize("args, said", [
+    (["embed", "x.dcm", "--out", "o", "--json"], "Missing option '--recipient'"),
+    (["embed", "x.dcm", "--out", "o", "--recipient", "a", "--workers", "abc", "--json"],
+     "'--workers'"),
+    (["detect", "--json"], "Missing argument"),
+    (["ledger", "list", "--bogus", "--json"], "No such option: --bogus"),
+])
+def test_usage_errors_with_json_still_print_one_json_object(args, said):
+    result = run(*args)
+    assert result.exit_code == 2
+    obj = one_json(result)
+    assert obj["error"].startswith("bad arguments: ") and said in obj["error"]
+
+
+def test_ledger_list_json_on_a_missing_ledger_prints_the_error_as_json(tmp_path):
+    result = run("ledger", "list", "--ledger", tmp_path / "none.sqlite", "--json")
+    assert result.exit_code == 2
+    obj = one_json(result)
+    assert obj["exports"] == [] and "no ledger there" in obj["error"]
