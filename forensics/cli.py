@@ -63,7 +63,7 @@ from watermark import __version__
 from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
 
-from .export import collect_sources, export_many, site_key_for
+from .export import already_exported, collect_sources, export_many, site_key_for
 from watermark._files import atomic_write
 from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
 from .trace import detect_leak, trace_leak
@@ -144,6 +144,7 @@ def embed(
     out: Annotated[Path, typer.Option("--out", help="Output folder; created if missing.")],
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave alone each output that is already the copy this ledger recorded for this source and recipient (a batch run again after an interruption or by cron); they are listed as skipped, not failed.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never one written earlier in the same run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every outcome on stdout.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes marking files in parallel (0: one per CPU core). This process still writes every output and records it in the ledger.")] = 1,
@@ -201,6 +202,11 @@ def embed(
         pairs = list(collect_sources(sources, out))
         if not pairs:
             raise fatal("no DICOM files found under " + ", ".join(map(str, sources)), code=1)
+        skipped = []
+        if skip_existing:
+            kept = [(pair, already_exported(book, *pair, name)) for pair in pairs]
+            skipped = [record for _, record in kept if record is not None]
+            pairs = [pair for pair, record in kept if record is None]
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -233,10 +239,12 @@ def embed(
     for o in failed:
         err.print(f"[red]failed:[/] {escape(o.error)}")
     err.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} file(s) marked for "
-              f"{escape(repr(name))} in {escape(str(out))} (ledger {escape(str(book.path))})")
+              f"{escape(repr(name))} in {escape(str(out))} (ledger {escape(str(book.path))})"
+              + (f"; {len(skipped)} already exported, skipped" if skip_existing else ""))
     if as_json:
-        _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed)
-    if failed or not outcomes:
+        extra = {"skipped": [r.as_dict() for r in skipped]} if skip_existing else {}
+        _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed, **extra)
+    if failed or not (outcomes or skipped):
         raise typer.Exit(1)
 
 
@@ -259,9 +267,8 @@ def _embed_interrupted(exported: int, failed: int, total: int, overwrite: bool) 
     if overwrite:
         return line + (f"; the same command run again exports all {total}, replacing and "
                        f"recording again the {exported} already exported")
-    return line + (f"; the same command run again exports the other {total - exported}, and "
-                   f"refuses the {exported} already exported (their outputs exist), so it "
-                   "exits 1")
+    return line + (f"; run the same command again with --skip-existing to export the other "
+                   f"{total - exported} and leave the {exported} already exported alone")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]

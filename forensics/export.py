@@ -45,7 +45,7 @@ from .ledger import ExportRecord, Ledger, PendingDelivery, _key_usage_text, norm
 from .register import FilmFeatures, film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "export_film_in_pool", "marking_pool",
-           "collect_sources", "marked_copy_of", "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
+           "already_exported", "collect_sources", "marked_copy_of", "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
 
 DERIVATION_DESCRIPTION = ("Invisible forensic watermark added for release to one recipient "
                           "(leaktrace); pixel values differ slightly from the source image")
@@ -261,6 +261,7 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
     ledger.check_key(key, new_key=new_key)
     _check_output(source, output, overwrite)
     name = normalise_recipient(recipient)
+    _check_overwrite(ledger, output, name)
     film = read_film(source)
     _refuse_marked_copy(source, *marked_copy_of(film, ledger))
     if ledger.ledger_id is None:
@@ -289,6 +290,34 @@ def _check_output(source: Path, output: Path, overwrite: bool) -> None:
                                 "unless asked to with --overwrite)")
     if output.resolve() == source.resolve():
         raise InvalidInputError(f"{source}: output would overwrite the input")
+
+
+def _check_overwrite(ledger: Ledger, output: Path, name: str) -> None:
+    """Refuse to replace (``--overwrite``) a file that holds the copy recorded for another
+    recipient: its record would then point at a copy that is gone."""
+    if not output.exists():
+        return
+    earlier = ledger.export_by_output_path(output)
+    if earlier is not None and earlier.recipient_name != name:
+        raise InvalidInputError(
+            f"{output}: holds the copy recorded for '{earlier.recipient_name}' (export "
+            f"{earlier.id}); it is not replaced by a copy for '{name}', which would leave that "
+            "record pointing at a file that is gone: give this recipient another --out folder")
+
+
+def already_exported(ledger: Ledger, source: str | os.PathLike, output: str | os.PathLike,
+                     recipient: str) -> ExportRecord | None:
+    """The export that wrote ``output`` from ``source`` for ``recipient``, if the file there is
+    still that copy (its SHA-256 as recorded), else None: what ``embed --skip-existing``
+    leaves alone when a batch is run again."""
+    output = Path(output)
+    if not output.is_file():
+        return None
+    record = ledger.export_by_output_path(output)
+    if (record is None or record.recipient_name != normalise_recipient(recipient)
+            or record.source_path != str(Path(source).resolve())):
+        return None
+    return record if sha256_file(output) == record.output_sha256 else None
 
 
 def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
@@ -607,6 +636,7 @@ def _record_marked(source: Path, output: Path, marked: _Marked, *, name: str, le
                    key: SiteKey, mark_key: SiteKey, overwrite: bool, new_key: bool,
                    delivery: PendingDelivery | None = None) -> ExportRecord:
     """Refuse a worker's file if it is a marked copy, else write and record it."""
+    _check_overwrite(ledger, output, name)
     uid = marked.source_uid.strip()
     earlier = ledger.export_by_output_uid(uid) if uid else None
     _refuse_marked_copy(source, earlier is not None

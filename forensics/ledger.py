@@ -612,6 +612,12 @@ class Ledger:
                                (str(sop_instance_uid),)).fetchone()
         return ExportRecord(*row) if row else None
 
+    def export_by_output_path(self, path: str | os.PathLike) -> ExportRecord | None:
+        """The newest export written to this output path (absolute, as recorded), if any."""
+        row = self._db.execute(self._select() + " WHERE e.output_path = ? ORDER BY e.id DESC",
+                               (str(Path(path).resolve()),)).fetchone()
+        return ExportRecord(*row) if row else None
+
     def exports_of_source(self, source_sha256: str) -> list[ExportRecord]:
         """Every export made from the source file with this SHA-256, oldest first."""
         return [ExportRecord(*row) for row in self._db.execute(

@@ -454,16 +454,24 @@ def test_embed_interrupted_prints_what_was_exported_and_a_rerun_exports_the_rest
     assert [r["source_path"] for r in obj["exported"]] == [str(films / "x0.dcm"),
                                                           str(films / "x1.dcm")]
     line = ("interrupted: after 2 of 3 file(s): 2 exported and recorded in the ledger; the others "
-            "were not exported; the same command run again exports the other 1, and refuses the 2 "
-            "already exported (their outputs exist), so it exits 1\n")
+            "were not exported; run the same command again with --skip-existing to export the "
+            "other 1 and leave the 2 already exported alone\n")
     assert obj["error"] == line[len("interrupted: "):-1]
     assert result.stderr.endswith(line) and "Traceback" not in result.output
     monkeypatch.setattr(cli, "export_many", real)
-    again = run(*args, "--json")  # what the message says a re-run does
-    assert again.exit_code == 1
-    obj = one_json(again)
+    plain = run(*args, "--json")  # without --skip-existing the outputs that exist are refused
+    assert plain.exit_code == 1
+    obj = one_json(plain)
     assert [r["source_path"] for r in obj["exported"]] == [str(films / "x2.dcm")]
     assert [f["source"] for f in obj["failed"]] == [str(films / "x0.dcm"), str(films / "x1.dcm")]
+    (tmp_path / "o" / "x2.dcm").unlink()  # as if that run had not happened: x2 to do again
+    with_skip = run(*args, "--skip-existing", "--json")  # what the message says
+    assert with_skip.exit_code == 0, with_skip.stderr
+    obj = one_json(with_skip)
+    assert [r["source_path"] for r in obj["exported"]] == [str(films / "x2.dcm")]
+    assert [r["source_path"] for r in obj["skipped"]] == [str(films / "x0.dcm"),
+                                                         str(films / "x1.dcm")]
+    assert obj["failed"] == []
 
 
 def _demo_files_then_ctrl_c(folder, say=print):
@@ -630,3 +638,32 @@ def test_ledger_list_json_on_a_missing_ledger_prints_the_error_as_json(tmp_path)
     assert result.exit_code == 2
     obj = one_json(result)
     assert obj["exports"] == [] and "no ledger there" in obj["error"]
+
+
+def test_skip_existing_does_not_skip_a_changed_file_or_another_recipients(tmp_path, site,
+                                                                         dicom_films):
+    films = tmp_path / "films"
+    films.mkdir()
+    shutil.copy(dicom_films[FUJI], films / "a.dcm")
+    args = ["embed", films, "--out", tmp_path / "o", *site, "--json"]
+    assert run(*args, "--recipient", "Bob").exit_code == 0
+    other = one_json(run(*args, "--recipient", "Carol", "--skip-existing"))
+    assert other["skipped"] == [] and len(other["failed"]) == 1  # Bob's copy is not Carol's
+    (tmp_path / "o" / "a.dcm").write_bytes(b"changed")
+    changed = one_json(run(*args, "--recipient", "Bob", "--skip-existing"))
+    assert changed["skipped"] == [] and "exists already" in changed["failed"][0]["error"]
+
+
+def test_overwrite_refuses_to_replace_another_recipients_recorded_copy(tmp_path, site,
+                                                                       dicom_films):
+    films = tmp_path / "films"
+    films.mkdir()
+    shutil.copy(dicom_films[FUJI], films / "a.dcm")
+    args = ["embed", films, "--out", tmp_path / "o", *site, "--json"]
+    assert run(*args, "--recipient", "Bob").exit_code == 0
+    before = (tmp_path / "o" / "a.dcm").read_bytes()
+    carol = run(*args, "--recipient", "Carol", "--overwrite")
+    assert carol.exit_code == 1
+    assert "holds the copy recorded for 'Bob'" in one_json(carol)["failed"][0]["error"]
+    assert (tmp_path / "o" / "a.dcm").read_bytes() == before
+    assert run(*args, "--recipient", "Bob", "--overwrite").exit_code == 0  # its own: replaced
