@@ -20,9 +20,12 @@ The mark is designed in the display domain of the film's default window, so its 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +48,7 @@ from .ledger import ExportRecord, Ledger, PendingDelivery, _key_usage_text, norm
 from .register import FilmFeatures, film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "export_film_in_pool", "marking_pool",
-           "already_exported", "collect_sources", "marked_copy_of", "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
+           "stop_pool", "already_exported", "collect_sources", "marked_copy_of", "site_key_for", "ExportOutcome", "DERIVATION_DESCRIPTION", "MIN_CHANGED_FRACTION"]
 
 DERIVATION_DESCRIPTION = ("Invisible forensic watermark added for release to one recipient "
                           "(leaktrace); pixel values differ slightly from the source image")
@@ -558,9 +561,30 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
                                       new_key=new_key)
 
             outcomes.append(_settle(source, output, run, written, progress))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # Ctrl-C above all: stop the workers now, not after their queue
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
     return outcomes
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a :func:`marking_pool` at once: cancel what is queued and end the workers.
+
+    Safe because workers never write an output or the ledger (they hand back encoded
+    copies). Each process is ended with SIGTERM, so that a second Ctrl-C during the shutdown
+    (``timeout -s INT`` signals the process and then its group) cannot leave them working
+    through the rest of the queue while the interpreter waits for them at exit."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+    while True:
+        try:
+            pool.shutdown(wait=True)
+            return
+        except KeyboardInterrupt:  # a further Ctrl-C: the workers are ending anyway
+            continue
 
 
 class _WorkerFailure(LeaktraceError):
@@ -582,9 +606,20 @@ def marking_pool(workers: int, known: frozenset = frozenset(), *,
     two each), instead of at the first files a long-running service is sent."""
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(known,))
+    # The workers are started now, with SIGINT ignored, which they inherit: Ctrl-C (or
+    # `timeout -s INT`, which signals the whole process group) then reaches only this
+    # process, which shuts the pool down, instead of killing workers mid-import with a
+    # traceback each and leaving the pool to wait on them.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        started = [pool.submit(_started, 0.2 if warm else 0.0) for _ in range(workers)]
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     if warm:
-        for started in [pool.submit(_started, 0.2) for _ in range(workers)]:
-            started.result()
+        for future in started:
+            future.result()
     return pool
 
 

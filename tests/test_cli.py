@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -667,3 +668,52 @@ def test_overwrite_refuses_to_replace_another_recipients_recorded_copy(tmp_path,
     assert "holds the copy recorded for 'Bob'" in one_json(carol)["failed"][0]["error"]
     assert (tmp_path / "o" / "a.dcm").read_bytes() == before
     assert run(*args, "--recipient", "Bob", "--overwrite").exit_code == 0  # its own: replaced
+
+
+def test_embed_with_workers_stops_on_sigint_to_its_process_group(tmp_path, dicom_films):
+    """`timeout -s INT` signals the process and then its whole group (the marking workers
+    too). The run must still end with exit 130, one JSON object and no traceback, and leave
+    no worker behind (it hung, waiting on workers working through their queue)."""
+    import signal
+    import time
+
+    films = tmp_path / "films"
+    films.mkdir()
+    for i in range(6):
+        shutil.copy(dicom_films["nih_cxr14_dx_8bit_1024px_nccid.dcm"], films / f"n{i}.dcm")
+    cmd = [sys.executable, "-m", "forensics.cli", "embed", str(films), "--recipient", "a",
+           "--out", str(tmp_path / "o"), "--ledger", str(tmp_path / "l.sqlite"),
+           "--key", str(tmp_path / "k.key"), "--workers", "2", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "l.sqlite").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the ledger exists once the command is past its start-up
+        time.sleep(3)
+        os.kill(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode in (130, 0), err  # 0 only if it had finished all six already
+    assert len(out.splitlines()) == 1 and b"Traceback" not in err
+    deadline = time.monotonic() + 15  # no worker left running (zombies aside)
+    while _running_in_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running_in_group(proc.pid) == []
+
+
+def _running_in_group(pgid: int) -> list[int]:
+    """PIDs of the processes of group ``pgid`` that are not zombies (from /proc)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat_file.parent.name))
+    return found

@@ -61,7 +61,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from watermark.errors import LeaktraceError
 from watermark.keys import SiteKey
 
-from ..export import export_film, export_film_in_pool, marking_pool
+from ..export import export_film, export_film_in_pool, marking_pool, stop_pool
 from ..ledger import Ledger, PendingDelivery
 from .config import GatewayConfig, Node, Recipient
 
@@ -235,7 +235,7 @@ class Gateway:
             self._server = None
         self._ae.shutdown()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            stop_pool(self._pool)
             self._pool = None
 
     # -- associations ---------------------------------------------------------------------
