@@ -41,8 +41,10 @@ has ``error`` and ``"interrupted": true``; ``embed``'s still lists the files exp
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import tempfile
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -211,6 +213,10 @@ def embed(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise fatal(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+        problem = _not_writable(out)
+        if problem:  # before any file is read and marked, not once per file after
+            raise fatal(f"{out}: cannot write in the output folder ({problem}); nothing was "
+                        "exported")
         before = book.last_export_id()
         done: list = []  # outcomes reported so far
 
@@ -246,6 +252,18 @@ def embed(
         _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed, **extra)
     if failed or not (outcomes or skipped):
         raise typer.Exit(1)
+
+
+def _not_writable(folder: Path) -> str:
+    """Why a file cannot be created in ``folder`` ("" when it can): tried for real, since
+    permissions alone do not say (a read-only mount, or root for whom modes do not count)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".leaktrace-probe-")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(probe)
+    return ""
 
 
 def _print_embed_json(name: str, book: Ledger, records: list, failed: list, **extra) -> None:

@@ -18,6 +18,8 @@ def main() -> None:
         from .cli import main as run
     except KeyboardInterrupt:
         print("leaktrace: interrupted while starting", file=sys.stderr)
+        if "--json" in sys.argv[1:]:  # still exactly one JSON object on stdout
+            print('{"error": "interrupted while starting", "interrupted": true}')
         raise SystemExit(130) from None
     try:
         run()

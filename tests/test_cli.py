@@ -374,6 +374,11 @@ def test_ctrl_c_while_the_command_line_loads_ends_with_a_message(monkeypatch, ca
         entry.main()
     assert stop.value.code == 130
     assert capsys.readouterr().err == "leaktrace: interrupted while starting\n"
+    monkeypatch.setattr(sys, "argv", ["leaktrace", "detect", "leak.png", "--json"])
+    with pytest.raises(SystemExit):
+        entry.main()
+    said = capsys.readouterr()
+    assert json.loads(said.out) == {"error": "interrupted while starting", "interrupted": True}
 
 
 # -- Ctrl-C: exit 130 and one line on stderr (and one JSON object with --json) -------------
@@ -717,3 +722,17 @@ def _running_in_group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(stat_file.parent.name))
     return found
+
+
+def test_an_output_folder_that_cannot_be_written_is_exit_2_before_any_file_is_marked(
+        tmp_path, site, dicom_films):
+    """/proc/1 exists and no file can be created in it, even by root (for whom a chmod'ed
+    folder would still be writable)."""
+    films = tmp_path / "films"
+    films.mkdir()
+    shutil.copy(dicom_films[FUJI], films / "a.dcm")
+    result = run("embed", films, "--recipient", "Bob", "--out", "/proc/1", *site, "--json")
+    assert result.exit_code == 2
+    obj = one_json(result)
+    assert "/proc/1: cannot write in the output folder" in obj["error"]
+    assert obj["exported"] == [] and obj["failed"] == []
