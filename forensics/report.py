@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import hashlib
 import html
 import io
@@ -271,7 +272,22 @@ def _label(name, number) -> str:
     text = str(name) if name is not None else "(not in the ledger)"
     if len(text) > _MAX_LABEL:
         text = text[:_MAX_LABEL - 1] + "\u2026"
-    return f"{text}  (no. {number})"
+    return f"{_drawable(text)}  (no. {number})"
+
+
+def _drawable(text: str) -> str:
+    """``text`` with each character the figures' font has no glyph for (an emoji in a
+    recipient's name) shown as "?", instead of a matplotlib warning per figure; the report's
+    text gives the name as it is."""
+    font = _figure_font()
+    return "".join(c if c.isspace() or font.get_char_index(ord(c)) else "?" for c in text)
+
+
+@functools.cache
+def _figure_font():
+    from matplotlib import font_manager, ft2font
+
+    return ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
 
 
 def _scores_figure(candidates: list, threshold: float, named: set) -> str:

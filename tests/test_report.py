@@ -156,6 +156,24 @@ def test_markup_in_names_is_escaped(case, tmp_path):
     assert "script" not in page.tags
 
 
+def test_a_name_the_figure_font_cannot_draw_gives_no_warning(case, tmp_path):
+    """An emoji in a recipient's name: the bar chart shows "?" for it, silently; the text
+    of the report has the name as it is."""
+    import copy
+    import warnings
+
+    evidence = copy.deepcopy(case["evidence"])
+    name = "Dr. \U0001F9B4 Bone"
+    for candidate in evidence["candidates"]:
+        candidate["recipient"] = name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files = write_report(tmp_path, evidence, leak_image=case["leak"].gray)
+    assert not [w for w in caught if "missing from" in str(w.message)], \
+        [str(w.message) for w in caught]
+    assert name in " ".join(_parse(files.html).text)
+
+
 def test_blind_report_without_original(case, tmp_path):
     ev = case["evidence"]
     files = write_report(tmp_path, ev, leak_image=case["leak"].gray.astype(np.uint8))
