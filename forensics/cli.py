@@ -133,7 +133,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def _main(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """leaktrace: forensic watermarks for radiographs."""
     warnings.showwarning = _show_warning
@@ -146,16 +146,21 @@ def embed(
     out: Annotated[Path, typer.Option("--out", help="Output folder; created if missing.")],
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave alone each output that is already the copy this ledger recorded for this source and recipient (a batch run again after an interruption or by cron); they are listed as skipped, not failed.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (never one written earlier in the same run).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every outcome on stdout.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", metavar="", help="Leave alone each output that is already the copy this ledger recorded for this source and recipient (a batch run again after an interruption or by cron); they are listed as skipped, not failed.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing output files (never one written earlier in the same run).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object with every outcome on stdout.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes marking files in parallel (0: one per CPU core). This process still writes every output and records it in the ledger.")] = 1,
-    new_key: Annotated[bool, typer.Option("--new-key", help="Change the site key on purpose: export with a key the ledger's earlier exports were not made with (created if its file does not exist). Without it such a key, or a missing key file beside a ledger that holds exports, is refused (exit 2).")] = False,
+    new_key: Annotated[bool, typer.Option("--new-key", metavar="", help="Change the site key on purpose: export with a key the ledger's earlier exports were not made with (created if its file does not exist). Without it such a key, or a missing key file beside a ledger that holds exports, is refused (exit 2).")] = False,
 ) -> None:
-    """Mark each film for RECIPIENT, write the marked DICOM copies to OUT and record them.
+    """Mark films for a recipient, write the marked copies and record them in the ledger.
 
-    Files that are already leaktrace-marked copies are refused: mark the original. A ledger
+    Each DICOM file in SOURCES is marked for RECIPIENT, written to OUT and recorded. Files
+    that are already leaktrace-marked copies are refused: mark the original. A ledger
     that holds exports accepts only the key they were made with, unless --new-key is given.
+
+    Exit codes: 0 every file exported (or skipped with --skip-existing), 1 at least one file
+    failed (the others were still exported) or no file was found, 2 nothing done (bad
+    arguments, output folder, key or ledger), 130 interrupted.
     """
     def fatal(message: str, code: int = 2) -> typer.Exit:
         if as_json:
@@ -289,7 +294,7 @@ def _embed_interrupted(exported: int, failed: int, total: int, overwrite: bool) 
                    f"{total - exported} and leave the {exported} already exported alone")
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print exactly one JSON object on stdout.")]
 LeakArg = Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")]
 ReportOpt = Annotated[Optional[Path], typer.Option(
     "--report", metavar="DIR",
@@ -395,8 +400,11 @@ def _evidence_report(folder: Path, report, book: Ledger):
 @app.command()
 def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
            as_json: JsonOpt = False, report_dir: ReportOpt = None) -> None:
-    """Find whose copy LEAK is, from the leaked image alone. Exit 0 traced, 1 not found, 2 error
-    (also when the --report cannot be written; the result is still printed)."""
+    """Find whose copy a leaked image is, from the image alone (blind detection).
+
+    Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
+    --report cannot be written; the result is still printed), 130 interrupted.
+    """
     _answer(leak, lambda book, site_key: detect_leak(leak, ledger=book, key=site_key),
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
 
@@ -408,9 +416,15 @@ def trace(
         "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
     report_dir: ReportOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Find whose copy LEAK is, with the exported originals (informed detection: register the
-    leak onto the original, subtract it, test every recipient of that film; blind detection
-    when no exported film is found in the leak). Exit 0 traced, 1 not found, 2 error."""
+    """Find whose copy a leaked image is, with the exported originals (informed detection).
+
+    The leak is registered onto the original it shows, the original is subtracted, and every
+    recipient of that film is tested; blind detection when no exported film is found in the
+    leak.
+
+    Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
+    --report cannot be written; the result is still printed), 130 interrupted.
+    """
     _answer(leak, lambda book, site_key: trace_leak(leak, ledger=book, key=site_key,
                                                     original=original),
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
@@ -442,12 +456,18 @@ def gateway(
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
     workers: Annotated[int, typer.Option("--workers", help="Processes marking in parallel (0: one per CPU core). With 1, concurrent associations mark one at a time; the ledger records one at a time either way.")] = 1,
-    check_only: Annotated[bool, typer.Option("--check", help="Check the configuration, the key and the ledger, C-ECHO the PACS and every recipient, and exit: 0 all reachable, 1 some not, 2 a configuration error.")] = False,
+    check_only: Annotated[bool, typer.Option("--check", metavar="", help="Check the configuration, the key and the ledger, C-ECHO the PACS and every recipient, and exit: 0 all reachable, 1 some not, 2 a configuration error.")] = False,
 ) -> None:
-    """Run the DICOM gateway: every instance leaving the PACS for a recipient is marked for
-    it and recorded. Routes (the PACS C-STOREs to a recipient's AE title on the gateway's
-    port), C-FIND, C-MOVE and C-GET for recipients. Stops on Ctrl-C or SIGTERM (exit 130);
-    exit 2 when it cannot start."""
+    """Run the DICOM gateway that marks every instance leaving the PACS for a recipient.
+
+    Routes (the PACS C-STOREs to a recipient's AE title on the gateway's port), and C-FIND,
+    C-MOVE and C-GET for recipients; each instance is marked for the party that receives it
+    and recorded before it is sent.
+
+    Exit codes: 130 stopped by Ctrl-C or SIGTERM, 2 it cannot start (configuration, key,
+    ledger, address). With --check: 0 every node answered C-ECHO, 1 some did not, 2 a
+    configuration, key or ledger error.
+    """
     from .gateway import load_config
     from .gateway.service import check, configure_logging, serve
 
@@ -483,8 +503,11 @@ def gateway(
 
 @ledger_app.command("list")
 def ledger_list(ledger: LedgerOpt = None,
-                as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False) -> None:
-    """List recipients and exports (the ledger is opened read-only)."""
+                as_json: Annotated[bool, typer.Option("--json", metavar="", help="JSON on stdout.")] = False) -> None:
+    """List the recipients and exports of the ledger (opened read-only).
+
+    Exit codes: 0 listed, 2 the ledger cannot be read.
+    """
     try:
         with Ledger(ledger, create=False) as book:
             recipients, exports = book.recipients(), book.exports()
@@ -552,11 +575,16 @@ def _verifier(value: str | None):
 def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
                   checkpoint: CheckpointOpt = None, public_key: PublicKeyOpt = None,
                   witness_key: WitnessKeyOpt = None,
-                  as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor; with --checkpoint also checkpoint (ok, size, problems, signatures...).")] = False) -> None:
-    """Check the ledger's hash chain and recipient names, and with --checkpoint that the ledger
-    extends a signed checkpoint. Exit 0 intact, 1 broken (each problem is named), 2 the ledger,
-    checkpoint or public key cannot be read. Prints the chain head: note it elsewhere and give
-    it back with --expect-head to detect deleted newest records (a signed checkpoint does more)."""
+                  as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor; with --checkpoint also checkpoint (ok, size, problems, signatures...).")] = False) -> None:
+    """Check the ledger's hash chain, its recipient names, and a signed checkpoint.
+
+    With --checkpoint, also that the ledger extends a signed checkpoint. Prints the chain
+    head: note it elsewhere and give it back with --expect-head to detect deleted newest
+    records (a signed checkpoint does more).
+
+    Exit codes: 0 intact, 1 broken (each problem is named), 2 the ledger, checkpoint or
+    public key cannot be read.
+    """
     from .checkpoint import verify_checkpoint
     from .note import read_verifier
 
@@ -611,12 +639,16 @@ def ledger_checkpoint(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Write the signed checkpoint here (atomically; an existing file is replaced). Keep a copy where the ledger's writers cannot change it.")],
     ledger: LedgerOpt = None, signing_key: SigningKeyOpt = None, key_name: KeyNameOpt = None,
 ) -> None:
-    """Sign a checkpoint of the ledger: its number of export records and their Merkle root
-    (RFC 6962) as a C2SP tlog-checkpoint, signed with the Ed25519 signing key (created on first
-    use). The checkpoint goes to --out and stdout (and is kept beside the key, in
-    checkpoints/), the public key to stderr. Exit 0 written, 1 the ledger check found problems
-    or the ledger does not extend the last checkpoint this key signed of it (nothing signed), 2
-    the ledger, key or output cannot be used."""
+    """Sign a checkpoint of the ledger (its size and Merkle root) with the signing key.
+
+    The number of export records and their Merkle root (RFC 6962) as a C2SP tlog-checkpoint,
+    signed with the Ed25519 signing key (created on first use). The checkpoint goes to --out
+    and stdout (and is kept beside the key, in checkpoints/), the public key to stderr.
+
+    Exit codes: 0 written, 1 the ledger check found problems or the ledger does not extend
+    the last checkpoint this key signed of it (nothing signed), 2 the ledger, key or output
+    cannot be used.
+    """
     from .checkpoint import check_against_last, last_checkpoint_path, sign_checkpoint
     from .note import load_or_create_signer
 
@@ -668,10 +700,15 @@ def ledger_witness(
     out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Write the cosigned checkpoint here (atomically).")],
     public_key: PublicKeyOpt = None, key_name: KeyNameOpt = None,
 ) -> None:
-    """Witness another site's checkpoint: verify its signature with that site's public key
-    (--public-key), then add this site's signature line (a plain Ed25519 note signature; C2SP
-    signed notes allow extra lines). Exit 0 cosigned, 1 the checkpoint's signature is missing
-    or does not verify (nothing written), 2 a file or key cannot be used."""
+    """Witness another site's checkpoint: verify its signature, then add this site's.
+
+    The signature is verified with that site's public key (--public-key), then this site's
+    signature line is added (a plain Ed25519 note signature; C2SP signed notes allow extra
+    lines).
+
+    Exit codes: 0 cosigned, 1 the checkpoint's signature is missing or does not verify
+    (nothing written), 2 a file or key cannot be used.
+    """
     from .checkpoint import read_checkpoint, witness
     from .note import check_signatures, load_or_create_signer
 
@@ -713,9 +750,14 @@ def ledger_export(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file (atomically, readable by its owner only) instead of stdout; an existing file is replaced.")] = None,
     expect_head: ExpectHeadOpt = None,
 ) -> None:
-    """Every export record with its hashes, the ledger id and the chain check, as CSV or JSON.
-    The key is never in it (only key fingerprints). Exit 0 intact, 1 written but the chain
-    check found problems, 2 the ledger or output cannot be used."""
+    """Write every export record with its hashes and the chain check, as CSV or JSON.
+
+    The ledger id and the chain check come with the records. The key is never in it (only
+    key fingerprints).
+
+    Exit codes: 0 written and intact, 1 written but the chain check found problems, 2 the
+    ledger or output cannot be used.
+    """
     if fmt not in EXPORT_FORMATS:
         raise _fail(f"bad arguments: --format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
     if out is not None and out.is_dir():
@@ -742,7 +784,10 @@ def ledger_export(
 
 @app.command()
 def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the demo's files (default: a new temporary folder).")] = None) -> None:
-    """Mark a real chest film for two recipients, leak one as a re-sent screenshot, trace it."""
+    """Mark a real chest film for two recipients, leak one as a screenshot, trace it.
+
+    Exit codes: 0 the demo traced the right recipient, 1 otherwise, 2 a bad --out.
+    """
     from .demo import prepare_folder, run_demo, scratch_folder
 
     try:
@@ -772,7 +817,7 @@ def bench(
     pipelines: Annotated[Optional[list[str]], typer.Option("--pipelines", help="Leak pipelines to run (repeat the option or separate by commas). Default: all (--quick: a short list).")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and PNG files; created if missing.")] = Path("bench-results"),
-    quick: Annotated[bool, typer.Option("--quick", help="A short run (2 small films, 1 recipient, 10 pipelines): about 1.5 minutes on 2 cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", metavar="", help="A short run (2 small films, 1 recipient, 10 pipelines): about 1.5 minutes on 2 cores.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes to use (0: one per CPU core, the default).")] = 0,
     recipients: Annotated[Optional[int], typer.Option("--recipients", help="Recipients each film is marked for (default 2; --quick 1).")] = None,
     png: Annotated[Optional[int], typer.Option("--png", help="PNG/JPEG films to add from the shared layout's png/ folder (default 2; --quick 0).")] = None,
@@ -781,7 +826,9 @@ def bench(
 
     Writes bench_queries.csv, bench_embeds.csv, bench_summary.csv, bench.json and PNG plots
     to OUT, and prints the summary table. Ctrl-C stops the run and writes what is done.
-    Exit 0 when done, 2 for bad arguments, 130 when interrupted.
+
+    Exit codes: 0 done (failed queries are recorded in its files), 2 bad arguments, 130
+    interrupted.
     """
     from . import bench as lb
 
@@ -843,6 +890,22 @@ def bench(
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings (odd but readable DICOM, a key others can read...) as one plain line on stderr."""
     err.print(f"[yellow]warning:[/] {escape(str(message))}")
+
+
+def _one_line_paragraphs(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line: the help formatter then wraps it to the
+    terminal, instead of also breaking it where the source lines end."""
+    if not doc:
+        return doc
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _typer in (app, ledger_app):
+    for _command in _typer.registered_commands:
+        _command.callback.__doc__ = _one_line_paragraphs(_command.callback.__doc__)
 
 
 def main() -> None:

@@ -736,3 +736,14 @@ def test_an_output_folder_that_cannot_be_written_is_exit_2_before_any_file_is_ma
     obj = one_json(result)
     assert "/proc/1: cannot write in the output folder" in obj["error"]
     assert obj["exported"] == [] and obj["failed"] == []
+
+
+@pytest.mark.parametrize("command", [["embed"], ["detect"], ["trace"], ["gateway"], ["demo"],
+                                     ["bench"], ["ledger", "list"], ["ledger", "verify"],
+                                     ["ledger", "checkpoint"], ["ledger", "witness"],
+                                     ["ledger", "export"]])
+def test_every_command_says_its_exit_codes_and_flags_show_no_type(command):
+    result = runner.invoke(cli.app, [*command, "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    assert "Exit codes:" in result.stdout
+    assert "--json <bool>" not in " ".join(result.stdout.split())
