@@ -268,6 +268,30 @@ def _p(candidate: dict) -> float:
         return 1.0
 
 
+def _transform_in_words(transform) -> str:
+    """The alignment said for a reader who does not read matrices: scale, rotation, shift,
+    and what agreement looks like in the overlay; "" for a transform that is not 3 x 3."""
+    try:
+        m = np.asarray(transform, dtype=float)
+    except (TypeError, ValueError):
+        return ""
+    if m.shape != (3, 3) or not np.all(np.isfinite(m)):
+        return ""
+    a, b, tx = m[0]
+    c, d, ty = m[1]
+    scale = math.sqrt(abs(a * d - b * c))
+    angle = math.degrees(math.atan2(c, a))
+    perspective = abs(m[2, 0]) + abs(m[2, 1]) > 1e-9
+    return (f"In words: each pixel of the leak is placed on the original after scaling it "
+            f"by {scale:.3g} (the leak's pixels are {scale:.3g} of the original's), turning it "
+            f"by {angle:.2f} degrees and shifting it by {tx:.1f} px across and {ty:.1f} px "
+            "down" + (", with a perspective correction (a photo taken at an angle)"
+                      if perspective else "") + ". When this is right, the two images in the "
+            "overlay below coincide: shared structures look grey or white, and misalignment "
+            "would show as green and magenta fringes along edges; in the checkerboard, edges "
+            "continue unbroken from one square into the next.")
+
+
 def _label(name, number) -> str:
     text = str(name) if name is not None else "(not in the ledger)"
     if len(text) > _MAX_LABEL:
@@ -634,6 +658,15 @@ def _html(ev: dict, meta: dict, figures: list, left_out: list) -> str:
                                 mono=tuple(k for k in export if k.endswith(("sha256", "hash",
                                                                             "uid", "path",
                                                                             "payload")))))
+        copies = source.get("recipient_exports")
+        if isinstance(copies, list) and len(copies) > 1:
+            ids = ", ".join(str(c.get("id")) for c in copies if isinstance(c, dict))
+            parts.append(
+                f'<p class="note">This recipient received {len(copies)} copies of this image '
+                f"(exports {_e(ids)}). They carry the same mark, or nearly the same when made "
+                "from different files of the image: the mark depends on the recipient and the "
+                "image, not on the copy. The leak therefore shows that it comes from one of "
+                "them, not from which; the newest is shown above.</p>")
     else:
         parts.append('<p class="note">No original: '
                      + ("this was blind detection, which reads the mark from the leak alone and "
@@ -650,6 +683,9 @@ def _html(ev: dict, meta: dict, figures: list, left_out: list) -> str:
                  else _e(transform))
         parts.append("<table><tr><th>transform (3 x 3, leak to original)</th>"
                      f'<td class="mono">{shown}</td></tr></table>')
+        words = _transform_in_words(transform)
+        if words:
+            parts.append(f"<p>{_e(words)}</p>")
         parts.append(_table([(k, v) for k, v in alignment.items() if k != "transform"]))
     for name in ("alignment", "original"):
         if name in fig:

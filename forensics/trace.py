@@ -325,6 +325,11 @@ def _source_dict(inf: _Informed, number: int | None) -> dict:
         "exports": [{"id": e.id, "recipient": e.recipient_name,
                      "recipient_number": e.recipient_number, "created_utc": e.created_utc}
                     for e in inf.exports],
+        # every copy of this image the named recipient received (the newest is "export");
+        # they carry the same mark, so the leak cannot tell them apart
+        "recipient_exports": [{"id": e.id, "created_utc": e.created_utc,
+                               "output_path": e.output_path,
+                               "output_sop_uid": e.output_sop_uid} for e in mine],
     }
 
 

@@ -147,6 +147,23 @@ def test_informed_report_has_every_part(case, tmp_path):
     assert "hash chain" in text and "intact" in text
 
 
+def test_the_alignment_and_a_recipients_several_copies_are_said_in_words(case, tmp_path):
+    import copy
+
+    ev = copy.deepcopy(case["informed"])
+    cut = int(ev["alignment"]["transform"][1][2])
+    ev["source"]["recipient_exports"] = [{"id": i, "created_utc": "", "output_path": "",
+                                          "output_sop_uid": ""} for i in (3, 5, 9)]
+    files = write_report(tmp_path / "r", ev, leak_image=case["leak"].gray,
+                         original_image=case["original"], aligned_leak=case["aligned"])
+    text = " ".join(" ".join(_parse(files.html).text).split())
+    assert (f"scaling it by 1 (the leak's pixels are 1 of the original's), turning it by "
+            f"0.00 degrees and shifting it by 0.0 px across and {cut}.0 px down") in text
+    assert "green and magenta fringes" in text
+    assert "This recipient received 3 copies of this image (exports 3, 5, 9)" in text
+    assert "not from which" in text
+
+
 def test_markup_in_names_is_escaped(case, tmp_path):
     files = write_report(tmp_path, case["evidence"], leak_image=case["leak"].gray)
     html_text = files.html.read_text(encoding="utf-8")
