@@ -42,9 +42,9 @@ KEY = SiteKey(bytes(range(7, 39)))
 CANON = "canon_dx_mono1_12bit_j2klossless_966_fixed.dcm"
 FILMS = ("nih_cxr14_dx_8bit_1024px_nccid.dcm", "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm",
          "siim_acr_cr_jpegbaseline_8bit_1024px.dcm", CANON)
-DRX, DRY, DOWN = "DRX_WS", "DRY_WS", "DOWN_WS"
+DRX, DRY, DOWN, VIEWER = "DRX_WS", "DRY_WS", "DOWN_WS", "VIEWER_2"
 NAMES = {DRX: "Dr. X (cardiology, St. Elsewhere)", DRY: "Dr. Y (second opinion)",
-         DOWN: "A clinic whose listener is down"}
+         DOWN: "A clinic whose listener is down", VIEWER: "Reading room 2 (C-GET only)"}
 
 
 class Workstation:
@@ -98,6 +98,7 @@ def site(tmp_path_factory, dicom_films):
     recipients = "".join(
         f'[[recipients]]\nae_title = "{ae}"\naddress = "127.0.0.1:{port}"\nname = "{NAMES[ae]}"\n'
         for ae, port in ((DRX, drx_port), (DRY, dry_port), (DOWN, down_port)))
+    recipients += f'[[recipients]]\nae_title = "{VIEWER}"\nname = "{NAMES[VIEWER]}"\n'
     config.write_text(f'[gateway]\nae_title = "LEAKTRACE"\nlisten = "127.0.0.1:{gw_port}"\n'
                       f'store = "{folder / "store"}"\npass_unmarked = ["SR"]\n'
                       f'[pacs]\nae_title = "ORTHANC"\naddress = "127.0.0.1:{pacs.dicom_port}"\n'
@@ -235,6 +236,31 @@ def test_c_get_returns_marked_copies_on_the_same_association(site, tmp_path):
     _assert_marked_and_traced(site, ds, DRX, source_uid, tmp_path)
 
 
+def test_a_recipient_without_an_address_retrieves_with_c_get_but_is_no_move_destination(site):
+    received = []
+
+    def store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    assoc = _associate(site, VIEWER, [sc.StudyRootQueryRetrieveInformationModelGet]
+                       + storage_contexts(),
+                       roles=[build_role(uid, scp_role=True) for uid in RETRIEVE_SOP_CLASSES],
+                       handlers=[(evt.EVT_C_STORE, store)])
+    study, source_uid = site["studies"]["fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"]
+    final = None
+    for status, _ in assoc.send_c_get(_study_query(study),
+                                      sc.StudyRootQueryRetrieveInformationModelGet):
+        final = status
+    assoc.release()
+    assert final.Status == 0x0000 and len(received) == 1
+    [d] = _deliveries(site, str(received[0].SOPInstanceUID))
+    assert (d.destination, d.status, d.recipient_name) == (VIEWER, "delivered", NAMES[VIEWER])
+    before = _all_rows(site)
+    assert _move(site, DRX, VIEWER, study).Status == 0xA801
+    assert _all_rows(site) == before
+
+
 def test_a_route_from_the_pacs_is_marked_for_the_called_recipient(site, tmp_path):
     station = site["stations"][DRX]
     before = len(station.received)
@@ -326,6 +352,7 @@ def test_check_echoes_every_node_and_says_which_is_down(site):
     assert f"recipient {DOWN}" in out.stdout and "NOT REACHABLE" in out.stdout
     assert "pacs ORTHANC" in out.stdout and f"recipient {DRX} at" in out.stdout
     assert out.stdout.count("C-ECHO ok") == 3  # the PACS and the two listening workstations
+    assert f"recipient {VIEWER}: no address" in out.stdout
     bad = site["folder"] / "bad.toml"
     bad.write_text(site["config"].read_text().replace('ae_title = "DRY_WS"', 'ae_title = "DRX_WS"'))
     out = subprocess.run(cmd[:5] + [str(bad)] + cmd[6:], capture_output=True, text=True, timeout=60)

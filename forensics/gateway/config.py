@@ -18,6 +18,10 @@
     address = "127.0.0.1:11113"
     name = "Dr. X (cardiology, St. Elsewhere)"
 
+    [[recipients]]                  # no address: queries and retrieves with C-GET only
+    ae_title = "VIEWER_2"
+    name = "Reading room 2"
+
 AE titles follow DICOM PS3.5 section 6.2 (VR AE): 1 to 16 characters of the default
 character repertoire, no backslash or control characters, not only spaces; leading and
 trailing spaces are not significant. A recipient's ``name`` is the name recorded in the ledger
@@ -53,7 +57,13 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port``, or "" for a recipient configured without an address."""
+        return f"{self.host}:{self.port}" if self.host else ""
+
+    @property
+    def listens(self) -> bool:
+        """Whether the node has an address to send to (a C-GET-only workstation has none)."""
+        return bool(self.host)
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,10 @@ def parse_config(doc: dict, *, path: Path = Path("gateway.toml")) -> GatewayConf
             if other.name == name:
                 raise fail(f"{where}.name", f"{name!r} is configured twice (for "
                                             f"{other.ae_title!r} and {title!r})")
-        recipients.append(Recipient(title, *node(item, where), name=name))
+        # no address: a workstation that only queries and retrieves with C-GET (it listens
+        # for nothing, so it cannot be a C-MOVE destination or a route)
+        where_to = node(item, where) if "address" in item else ("", 0)
+        recipients.append(Recipient(title, *where_to, name=name))
     if pacs.ae_title == ae_title:
         raise fail("pacs.ae_title", "the PACS and the gateway need different AE titles")
     passed = gw.get("pass_unmarked", [])

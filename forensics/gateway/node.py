@@ -335,6 +335,10 @@ class Gateway:
     def _on_store(self, event) -> int | Dataset:
         caller, called = event.assoc.requestor.ae_title.strip(), _called(event)
         recipient = self.config.recipient(called)
+        if recipient is not None and not recipient.listens:
+            log.warning("C-STORE from %s to %s refused: a route needs the recipient's address",
+                        caller, called)
+            return _NOT_AUTHORIZED
         if caller != self.config.pacs.ae_title or recipient is None:
             log.warning("C-STORE from %s to %s refused: only the PACS stores, to a recipient's "
                         "AE title", caller, called)
@@ -473,6 +477,10 @@ class Gateway:
         if isinstance(destination, bytes):
             destination = destination.decode("ascii", "replace")
         recipient = self.config.recipient(destination or "")
+        if recipient is not None and not recipient.listens:
+            log.warning("C-MOVE from %s to %s refused: it has no address in the configuration "
+                        "(C-GET only)", caller, recipient.ae_title)
+            recipient = None
         if self.config.recipient(caller) is None or recipient is None:
             log.warning("C-MOVE from %s to unknown destination %r refused", caller, destination)
             yield None, None  # pynetdicom answers 0xA801, move destination unknown

@@ -62,6 +62,10 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
     prepare_store(config)
     out.lines.append(f"store: {config.store} (writable)")
     for role, node in [("pacs", config.pacs)] + [("recipient", r) for r in config.recipients]:
+        if not node.listens:
+            out.lines.append(f"{role} {node.ae_title}: no address (queries and retrieves "
+                             "with C-GET only; not echoed)")
+            continue
         problem = echo(config.ae_title, node)
         label = f"{role} {node.ae_title} at {node.address}"
         if problem:
