@@ -56,7 +56,7 @@ _HALF_WEIGHTS = np.tile(np.r_[1.0, np.full(7, 2.0), 1.0], 16)
 _NMS_PX = 9  # two hits closer than this (working px, cyclic) are one peak
 _SEARCH_BITS = 32  # bits used to score positions; the full 256 are used at the best ones
 _SPECTRUM_EDGE = 1024  # the spectrum is computed on at most this many px per side
-_COMB_BLOCK = 8  # periods per block in _comb
+_COMB_BLOCK = 64  # periods per block in _comb (work arrays of 64 x 1508 points, 0.8 MB each)
 _COMB_NYQUIST = 0.3  # cycles per px: higher lattice points (lost when a leak shrank the mark) are left out
 _MAX_WORK = 1536  # the resampled leak is cut to its central 1536 x 1536 px (144 tiles) at most
 
@@ -183,8 +183,11 @@ def _comb(spectrum: np.ndarray, periods: np.ndarray, angles: np.ndarray) -> np.n
     and standard deviation 1, where there is no lattice). Ranking by the mean instead would
     favour the small periods, whose few points inside the band give the noisiest means.
     A (period, angle) whose lattice has fewer than 50 points inside the spectrum scores 0.
-    Periods are taken in blocks of :data:`_COMB_BLOCK`, so that the work arrays stay in cache;
-    a block whose lattices lie wholly inside the spectrum skips the masking.
+    Periods are taken in blocks of :data:`_COMB_BLOCK`, so that the work arrays stay small
+    while each numpy call does enough work to amortise its overhead (blocks of 64 periods
+    made the coarse comb of a 1080p screenshot about a fifth faster than blocks of 8, with
+    the same scores bit for bit); a block whose lattices lie wholly inside the spectrum skips
+    the masking.
     """
     rows, cols = spectrum.shape
     flat = spectrum.ravel()
