@@ -239,7 +239,11 @@ def _grey_values(image) -> np.ndarray:
 def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] = (), *,
                     alpha: float = stats.FALSE_ACCUSATION_RATE,
                     all_lattices: bool = False) -> Detection:
-    """:func:`detect` on a :class:`PreparedLeak` (same result; the preparation is reused)."""
+    """:func:`detect` on a :class:`PreparedLeak` (same result; the preparation is reused).
+
+    ``alpha`` and ``all_lattices`` are as for :func:`detect`. Lattice candidates are prepared
+    only when the geometric search reaches them (and kept if the leak keeps them).
+    """
     numbers = [int(n) for n in recipients]
     table = payload.codeword_table(numbers, key).astype(np.float64)
     n_rec = max(len(numbers), 1)
