@@ -727,9 +727,11 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     if not informed or not any(r.named for inf in informed for r in inf.results) \
             or covered < FULL_VIEW:
         # no film found, nobody named, or the leak shows more than the film found (another
-        # copy of the same film beside it, say): the blind search over the whole leak too
+        # copy of the same film beside it, say): the blind search over the whole leak too,
+        # over every lattice (a second copy may be shown at another scale than the first)
         try:
-            blind = detect(leak, mark_key, list(ledger.recipients()), alpha=blind_alpha)
+            blind = detect(leak, mark_key, list(ledger.recipients()), alpha=blind_alpha,
+                           all_lattices=True)
         except CapacityError as exc:
             where = leak_info.path if leak_info is not None else "leak"
             raise CapacityError(f"{where}: {exc}") from None

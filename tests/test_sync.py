@@ -107,6 +107,27 @@ def test_search_returns_positions_and_union_counts_them(films):
     assert d.n_tests == sync.N_LATTICES * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2 * 1
 
 
+def test_search_stops_at_the_first_naming_lattice_and_counts_every_candidate(films, monkeypatch):
+    """Issue 13: lattice candidates are prepared and searched best first, and the search stops
+    once one names a recipient. The union bound counts every candidate, fixed before the
+    search, so the stop cannot raise the false-accusation rate: the result is the exhaustive
+    search's, for less work."""
+    _, marked, number = films[0]
+    leak = leaks.apply(marked, PIPELINES["screenshot_messenger"])
+    calls = []
+    search = sync.search
+    monkeypatch.setattr(sync, "search", lambda *a, **k: calls.append(1) or search(*a, **k))
+    quick = detect(leak, KEY, LEDGER)
+    n_quick = len(calls)
+    calls.clear()
+    full = detect(leak, KEY, LEDGER, all_lattices=True)
+    assert quick.recipient_numbers == full.recipient_numbers == [number]
+    n_geo = sync.N_LATTICES * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2 * len(LEDGER)
+    assert quick.n_tests == full.n_tests == n_geo
+    assert quick.p_value == full.p_value and quick.z == full.z
+    assert n_quick < len(calls)
+
+
 def test_related_lattices_are_harmonics_at_the_same_angle():
     base = sync.Lattice(120.0, 2.0, 3.0)
     assert sync.related_lattices(base, sync.Lattice(60.5, 2.5, 0.0))  # half period

@@ -26,8 +26,10 @@ alpha raises its threshold only from z = 8.3 to 8.5):
   framed by a viewer's UI, rotated, mirrored, turned by quarter turns or shown beside another
   film; :mod:`watermark.sync` estimates the lattice and searches every translation and
   flip (``N_DIHEDRAL * N_TRANSLATIONS`` positions for each of ``N_LATTICES`` lattice
-  candidates), both polarities, every recipient. Every recipient whose mark is found is named
-  (two films of two recipients in one screenshot give two names).
+  candidates), both polarities, every recipient. The candidates are searched best first and
+  the search stops at the first lattice that names a recipient (the union bound still counts
+  all of them); every recipient whose mark is found there is named (two films of two
+  recipients in one screenshot give two names).
 
 A recipient is named only when its union-bound p-value is at most ``alpha`` (default 1e-6).
 Independently, the soft bits are decoded through the Reed-Solomon code and CRC
@@ -117,7 +119,7 @@ class Detection:
 
 
 def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
-           alpha: float = stats.FALSE_ACCUSATION_RATE) -> Detection:
+           alpha: float = stats.FALSE_ACCUSATION_RATE, all_lattices: bool = False) -> Detection:
     """Test an image for the marks of the listed recipients.
 
     Parameters
@@ -130,6 +132,13 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
         Recipient numbers that may be named (normally every recipient in the ledger).
     alpha : float
         Largest p-value for which a recipient is named (false-accusation rate per query).
+    all_lattices : bool
+        Search every lattice candidate of the geometric family even after one has named a
+        recipient (a second film shown at another scale or angle than the first). By default
+        the search stops at the first lattice that names anyone: every film found on that
+        lattice is still named (two copies side by side at one scale). Either way the union
+        bound counts every candidate, so stopping early cannot raise the false-accusation
+        rate.
 
     Returns
     -------
@@ -141,7 +150,8 @@ def detect(image: np.ndarray, key: SiteKey, recipients: Sequence[int] = (), *,
         The image is smaller than ``watermark.dwt.MIN_DETECT_EDGE`` px on a side: too small
         to hold a detectable mark.
     """
-    return detect_prepared(PreparedLeak(image, keep_lattices=False), key, recipients, alpha=alpha)
+    return detect_prepared(PreparedLeak(image, keep_lattices=False), key, recipients, alpha=alpha,
+                           all_lattices=all_lattices)
 
 
 class PreparedLeak:
@@ -232,8 +242,13 @@ def _grey_values(image) -> np.ndarray:
 
 
 def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] = (), *,
-                    alpha: float = stats.FALSE_ACCUSATION_RATE) -> Detection:
-    """:func:`detect` on a :class:`PreparedLeak` (same result; the preparation is reused)."""
+                    alpha: float = stats.FALSE_ACCUSATION_RATE,
+                    all_lattices: bool = False) -> Detection:
+    """:func:`detect` on a :class:`PreparedLeak` (same result; the preparation is reused).
+
+    ``alpha`` and ``all_lattices`` are as for :func:`detect`. Lattice candidates are prepared
+    only when the geometric search reaches them (and kept if the leak keeps them).
+    """
     numbers = [int(n) for n in recipients]
     table = payload.codeword_table(numbers, key).astype(np.float64)
     n_rec = max(len(numbers), 1)
@@ -248,16 +263,18 @@ def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] 
         return result
 
     # family 2: geometric search (crop, margins, rotation, flips, several films). The union
-    # bound counts every position of all N_LATTICES candidates, the most that can be searched;
-    # fewer are searched when the comb finds fewer, and a lattice's harmonics are skipped once
-    # it has named a recipient (they would find the same film again). Larger periods go
-    # first: a harmonic's fundamental, and the cheapest to resample.
+    # bound counts every position of all N_LATTICES candidates, the most that can be searched,
+    # fixed before the search starts: fewer are searched when the comb finds fewer, when a
+    # lattice's harmonics are skipped once it has named a recipient (they would find the same
+    # film again), and when the search stops early, so none of these can raise the rate of
+    # false accusations. Candidates are prepared one at a time, best first (the comb's order:
+    # each peak, then its double); the search stops after the first lattice that names a
+    # recipient unless ``all_lattices``.
     n_geo = N_LATTICES * sync.N_DIHEDRAL * sync.N_TRANSLATIONS * 2
     weight = 1 / (1 - WHOLE_FILM_SHARE)
     z_named = stats.z_threshold(n_geo * n_rec, alpha / weight)
     hits, named_on = [], []
-    for index in sorted(range(len(leak.candidates)), key=lambda i: -leak.candidates[i].period):
-        lattice = leak.candidates[index]
+    for index, lattice in enumerate(leak.candidates):
         if any(sync.related_lattices(lattice, other) for other in named_on):
             continue
         found = sync.search(leak.prepared(index), key, table if len(numbers) else None)
@@ -269,6 +286,8 @@ def detect_prepared(leak: PreparedLeak, key: SiteKey, recipients: Sequence[int] 
         if numbers and any(np.max(np.abs(stats.normalised_correlation(hit.soft, table))) >= z_named
                            for hit in found):
             named_on.append(lattice)
+            if not all_lattices:
+                break
     if not hits:
         return result
     geometric = _evaluate(hits, numbers, table, key, n_tests=n_geo * n_rec, n_hyp=n_geo,
