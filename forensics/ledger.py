@@ -1259,7 +1259,8 @@ def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None
 
     An investigator may be allowed to read the ledger but not to write it (a copy on a
     read-only share, a file of another user). The query must still answer then, so a failure
-    to record is returned, not raised.
+    to record is returned, not raised. A file that is not a leaktrace ledger is left as it is
+    (checked read-only first).
 
     Parameters
     ----------
@@ -1276,6 +1277,9 @@ def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None
     if not where.is_file():
         return f"the access was not recorded: no ledger file at {where}"
     try:
+        # a read-only open first: an empty file or another application's database is refused
+        # there, never initialised as a ledger by the writable open
+        Ledger(where, create=False).close()
         with Ledger(where, create=True) as book:
             book.record_access(event)
     except LedgerError as exc:

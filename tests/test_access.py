@@ -112,3 +112,10 @@ def test_log_access_never_creates_a_ledger(tmp_path):
     message = log_access(tmp_path / "none" / "l.sqlite", AccessEvent("a", "detect", {}, "error"))
     assert message.startswith("the access was not recorded: no ledger file at")
     assert not (tmp_path / "none").exists()
+
+
+def test_log_access_never_initialises_a_file_that_is_not_a_ledger(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    message = log_access(empty, AccessEvent("a", "detect", {}, "error"))
+    assert "not a leaktrace ledger" in message and empty.stat().st_size == 0
