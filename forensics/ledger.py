@@ -830,7 +830,7 @@ class Ledger:
             with self._write() as db:
                 access_id = self._append_access(db, event)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: could not record the access ({exc})") from None
+            raise LedgerError(f"{self.path}: cannot write the access log ({exc})") from None
         return self.accesses(since=access_id - 1)[0]
 
     def accesses(self, *, since: int = 0) -> list[AccessRecord]:
@@ -1283,5 +1283,5 @@ def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None
         with Ledger(where, create=True) as book:
             book.record_access(event)
     except LedgerError as exc:
-        return f"the access was not recorded in the ledger ({exc})"
+        return f"the access was not recorded: {exc}"
     return None
