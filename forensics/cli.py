@@ -22,6 +22,15 @@ the key signed of it (nothing signed), 2 the ledger, signing key or output canno
 or does not verify (nothing written), 2 a file or key cannot be used.
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
 ledger cannot be read or the output cannot be written.
+``ledger audit``: 0 written or sent and the access log intact, 1 written or sent but the
+access log's chain check found problems, 2 the ledger, output or syslog receiver cannot be
+used.
+
+``detect``, ``trace``, ``ledger list``, ``ledger export`` and ``ledger audit`` record who ran
+them (``--operator NAME``, else the OS user) in the ledger's access log, after their read-only
+query and through a write of its own (:func:`forensics.ledger.log_access`). A ledger the user
+may read but not write still answers; one warning line on stderr says the access was not
+recorded (with ``--json``: ``"access_recorded": false``).
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
 ``gateway``: serves until Ctrl-C or SIGTERM (then 130); 2 when it cannot start (configuration,
 key, ledger, address); with ``--check``: 0 every node answered C-ECHO, 1 some did not, 2 a
@@ -853,6 +862,75 @@ def ledger_export(
     err.print(f"{check.n_records} export record(s), "
               + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
               + f", head_hash {check.head_hash}" + (f", written to {escape(str(out))}" if out else ""))
+    raise typer.Exit(0 if check.ok else 1)
+
+
+@ledger_app.command("audit")
+def ledger_audit(
+    fmt: Annotated[str, typer.Option("--format", metavar="dicom", help="dicom: DICOM audit messages (PS3.15 Annex A.5, the XML of IHE ATNA), one per access.")] = "dicom",
+    ledger: LedgerOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write the messages to this file, one per line (atomically; an existing file is replaced). Default: stdout.")] = None,
+    syslog: Annotated[Optional[str], typer.Option("--syslog", metavar="URL", help="Send them to a syslog receiver (an Audit Record Repository) instead: udp://host:port (RFC 5426) or tcp://host:port (RFC 6587 octet counting); RFC 5424, MSGID IHE+RFC-3881.")] = None,
+    since: Annotated[int, typer.Option("--since", metavar="ID", help="Only the accesses recorded after the one with this id (0: all).")] = 0,
+    operator: OperatorOpt = None,
+) -> None:
+    """Export the access log (who looked) as DICOM audit messages, to a file or to syslog.
+
+    Every recorded detect, trace, ledger list, ledger export, ledger audit and gateway
+    transfer becomes one audit message: Query (110112), Export (110106) or DICOM Instances
+    Transferred (110104). The access log's hash chain is checked first; this export is
+    recorded in it too.
+
+    Exit codes: 0 written or sent and the access log intact, 1 written or sent but its chain
+    check found problems, 2 the ledger, output or syslog receiver cannot be used.
+    """
+    from .audit import (AUDIT_FORMATS, AuditError, audit_xml, parse_syslog_url, send_syslog,
+                        syslog_message)
+
+    if fmt not in AUDIT_FORMATS:
+        raise _fail(f"bad arguments: --format {fmt!r}: use one of {', '.join(AUDIT_FORMATS)}")
+    if out is not None and syslog is not None:
+        raise _fail("bad arguments: give --out or --syslog, not both")
+    if out is not None and out.is_dir():
+        raise _fail(f"bad arguments: --out {out}: is a folder")
+    if since < 0:
+        raise _fail(f"bad arguments: --since {since}: must be 0 or more")
+    who = _who(operator)
+    try:
+        target = parse_syslog_url(syslog) if syslog is not None else None
+        with Ledger(ledger, create=False) as book:
+            check = book.check_access()
+            rows = book.accesses(since=since)
+            messages = [audit_xml(r, ledger_id=book.ledger_id) for r in rows]
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    where = str(target) if target is not None else str(out) if out is not None else "stdout"
+    what = {"access_ids": id_ranges(r.id for r in rows), "count": len(rows), "format": fmt,
+            ("syslog" if target is not None else "out"): where}
+    try:
+        if target is not None:
+            send_syslog(target, (syslog_message(m) for m in messages))
+        elif out is not None:
+            try:
+                atomic_write(out, b"".join(m + b"\n" for m in messages))
+            except OSError as exc:
+                raise AuditError(f"{out}: cannot write the audit messages "
+                                      f"({exc.strerror or exc})") from None
+        else:
+            sys.stdout.buffer.write(b"".join(m + b"\n" for m in messages))
+            sys.stdout.flush()
+    except LeaktraceError as exc:
+        _record_access(ledger, AccessEvent(who, "ledger audit", what, "error", str(exc)))
+        raise _fail(str(exc)) from None
+    _record_access(ledger, AccessEvent(
+        who, "ledger audit", what, "sent" if target is not None else "exported",
+        "access log intact" if check.ok else f"{len(check.problems)} access log problem(s)"))
+    for p in check.problems:
+        err.print(f"[red]problem:[/] {escape(p)}")
+    err.print(f"{len(rows)} audit message(s) " + ("sent to" if target is not None else
+                                                   "written to") + f" {escape(where)}; access log "
+              + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
+              + f", head_hash {check.head_hash}")
     raise typer.Exit(0 if check.ok else 1)
 
 
