@@ -927,7 +927,8 @@ def ledger_audit(
         "access log intact" if check.ok else f"{len(check.problems)} access log problem(s)"))
     for p in check.problems:
         err.print(f"[red]problem:[/] {escape(p)}")
-    err.print(f"{len(rows)} audit message(s) " + ("sent to" if target is not None else
+    sent_ids = f"(access {what['access_ids']}) " if rows else ""
+    err.print(f"{len(rows)} audit message(s) {sent_ids}" + ("sent to" if target is not None else
                                                    "written to") + f" {escape(where)}; access log "
               + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
               + f", head_hash {check.head_hash}")

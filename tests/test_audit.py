@@ -266,7 +266,7 @@ def test_audit_to_a_file_parses_back(access_log, tmp_path):
     out = tmp_path / "audit.xml"
     result = _run("ledger", "audit", "--format", "dicom", "--ledger", path, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "5 audit message(s) written to" in result.stderr
+    assert "5 audit message(s) (access 1-5) written to" in result.stderr
     lines = out.read_bytes().splitlines()
     assert len(lines) == 5
     for line, row in zip(lines, rows):
