@@ -365,9 +365,13 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
     SHA-256, the outcome) is recorded through a second connection (:func:`_record_access`).
     A failure to record is a warning, never a failed query; the JSON says
     ``"access_recorded"``. An interrupted query records nothing."""
-    who = _who(operator)
     files, report_error, writing, interrupted = None, None, False, False
-    message = _report_folder_problem(report_dir) if report_dir is not None else None
+    try:
+        who, message = operator_name(operator), None
+    except LeaktraceError as exc:  # with --json still one JSON object, so not _who()
+        who, message = None, f"bad arguments: {exc}"
+    if message is None and report_dir is not None:
+        message = _report_folder_problem(report_dir)
     if message is None:
         try:
             site_key = load_key(key)
@@ -385,7 +389,7 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
             message = (f"{leak}: nothing was named (the analysis stopped before it finished)"
                        if not writing else _report_interrupted(leak, report_dir))
     if message is not None:
-        recorded = (None if interrupted else
+        recorded = (False if interrupted or who is None else
                     _record_access(ledger, query_event(action, who, leak, error=message)))
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
@@ -564,7 +568,13 @@ def ledger_list(ledger: LedgerOpt = None,
 
     Exit codes: 0 listed, 2 the ledger cannot be read.
     """
-    who = _who(operator)
+    try:
+        who = operator_name(operator)
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"recipients": [], "exports": [], "error": f"bad arguments: {exc}",
+                              "access_recorded": False}))
+        raise _fail(f"bad arguments: {exc}") from None
     try:
         with Ledger(ledger, create=False) as book:
             recipients, exports = book.recipients(), book.exports()

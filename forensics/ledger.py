@@ -1260,7 +1260,8 @@ def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None
     An investigator may be allowed to read the ledger but not to write it (a copy on a
     read-only share, a file of another user). The query must still answer then, so a failure
     to record is returned, not raised. A file that is not a leaktrace ledger is left as it is
-    (checked read-only first).
+    (checked read-only first). Like any writable open, it adds the tables an older ledger
+    lacks (``access``, and ``deliveries`` or ``sources`` if missing), never a row to them.
 
     Parameters
     ----------

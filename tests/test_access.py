@@ -208,6 +208,13 @@ def test_a_bad_operator_is_a_usage_error(ledger_copy):
     path, site, copy = ledger_copy
     result = run("ledger", "list", "--ledger", path, "--operator", "eve\nroot")
     assert result.exit_code == 2 and "control characters" in result.stderr
+    for command in (["detect", copy, *site], ["ledger", "list", "--ledger", path]):
+        result = run(*command, "--operator", " ", "--json")  # still one JSON object
+        assert result.exit_code == 2
+        [line] = result.stdout.splitlines()
+        answer = json.loads(line)
+        assert answer["error"].startswith("bad arguments: --operator is empty")
+        assert answer["access_recorded"] is False
     with Ledger(path, create=False) as book:
         assert book.accesses() == []
 
