@@ -22,6 +22,15 @@ the key signed of it (nothing signed), 2 the ledger, signing key or output canno
 or does not verify (nothing written), 2 a file or key cannot be used.
 ``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
 ledger cannot be read or the output cannot be written.
+``ledger audit``: 0 written or sent and the access log intact, 1 written or sent but the
+access log's chain check found problems, 2 the ledger, output or syslog receiver cannot be
+used.
+
+``detect``, ``trace``, ``ledger list``, ``ledger export`` and ``ledger audit`` record who ran
+them (``--operator NAME``, else the OS user) in the ledger's access log, after their read-only
+query and through a write of its own (:func:`forensics.ledger.log_access`). A ledger the user
+may read but not write still answers; one warning line on stderr says the access was not
+recorded (with ``--json``: ``"access_recorded": false``).
 ``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
 ``gateway``: serves until Ctrl-C or SIGTERM (then 130); 2 when it cannot start (configuration,
 key, ledger, address); with ``--check``: 0 every node answered C-ECHO, 1 some did not, 2 a
@@ -65,9 +74,11 @@ from watermark import __version__
 from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
 
+from .access import id_ranges, operator_name, query_event
 from .export import already_exported, collect_sources, export_many, site_key_for
 from watermark._files import atomic_write
-from .ledger import EXPORT_FORMATS, Ledger, export_table, normalise_recipient
+from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, default_ledger_path, export_table,
+                     log_access, normalise_recipient)
 from .trace import detect_leak, trace_leak
 
 INTERRUPTED_PREFIX = "interrupted:"
@@ -119,6 +130,33 @@ LedgerOpt = Annotated[Optional[Path], typer.Option(
 KeyOpt = Annotated[Optional[Path], typer.Option(
     "--key", help="Site key file. Default: $LEAKTRACE_KEY, else "
                   "$XDG_CONFIG_HOME/leaktrace/site.key (~/.config/leaktrace/site.key).")]
+
+
+OperatorOpt = Annotated[Optional[str], typer.Option(
+    "--operator", metavar="NAME",
+    help="Who runs this, as recorded in the ledger's access log (default: the OS user).")]
+
+
+def _who(operator: str | None) -> str:
+    """The ``--operator`` name (checked), else the OS user; a bad name is a usage error."""
+    try:
+        return operator_name(operator)
+    except LeaktraceError as exc:
+        raise _fail(f"bad arguments: {exc}") from None
+
+
+def _record_access(ledger: Path | None, event: AccessEvent) -> bool:
+    """Record ``event`` in the ledger's access log (a write of its own, after the read-only
+    query); when that is not possible, one warning line on stderr and False. A failed
+    command whose ledger file does not exist records nothing and says nothing more."""
+    if event.outcome == "error":
+        where = ledger.expanduser() if ledger is not None else default_ledger_path()
+        if not where.is_file():
+            return False
+    problem = log_access(ledger, event)
+    if problem is not None:
+        err.print(f"[yellow]warning:[/] {escape(problem)}")
+    return problem is None
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -317,13 +355,23 @@ def _report_folder_problem(folder: Path) -> str | None:
 
 
 def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
-            report_dir: Path | None) -> None:
+            report_dir: Path | None, action: str, operator: str | None) -> None:
     """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
     evidence report, exit. A key none of the ledger's exports was made with is still used,
     with a warning on stderr (also with ``--json``, whose object then has
-    ``"key_in_ledger": false``)."""
+    ``"key_in_ledger": false``).
+
+    The query reads the ledger read-only; then the access (``action``, who, the leak's
+    SHA-256, the outcome) is recorded through a second connection (:func:`_record_access`).
+    A failure to record is a warning, never a failed query; the JSON says
+    ``"access_recorded"``. An interrupted query records nothing."""
     files, report_error, writing, interrupted = None, None, False, False
-    message = _report_folder_problem(report_dir) if report_dir is not None else None
+    try:
+        who, message = operator_name(operator), None
+    except LeaktraceError as exc:  # with --json still one JSON object, so not _who()
+        who, message = None, f"bad arguments: {exc}"
+    if message is None and report_dir is not None:
+        message = _report_folder_problem(report_dir)
     if message is None:
         try:
             site_key = load_key(key)
@@ -341,14 +389,19 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
             message = (f"{leak}: nothing was named (the analysis stopped before it finished)"
                        if not writing else _report_interrupted(leak, report_dir))
     if message is not None:
+        recorded = (False if interrupted or who is None else
+                    _record_access(ledger, query_event(action, who, leak, error=message)))
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
-                              "error": message, **({"interrupted": True} if interrupted else {})}))
+                              "error": message, **({"interrupted": True} if interrupted else
+                                                   {"access_recorded": recorded})}))
         raise _interrupted(message) if interrupted else _fail(message)
+    result = report.as_dict()
+    recorded = _record_access(ledger, query_event(action, who, leak, result=result))
     if as_json:
         if report.key_warning:  # the one warning that changes how the answer must be read
             err.print(f"[yellow]warning:[/] {escape(report.key_warning)}")
-        result = report.as_dict()
+        result["access_recorded"] = recorded
         if report_dir is not None:
             result["report"] = ({"html": str(files.html), "json": str(files.json)} if files
                                 else {"error": report_error})
@@ -399,14 +452,16 @@ def _evidence_report(folder: Path, report, book: Ledger):
 
 @app.command()
 def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
-           as_json: JsonOpt = False, report_dir: ReportOpt = None) -> None:
+           as_json: JsonOpt = False, report_dir: ReportOpt = None,
+           operator: OperatorOpt = None) -> None:
     """Find whose copy a leaked image is, from the image alone (blind detection).
 
     Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
     --report cannot be written; the result is still printed), 130 interrupted.
     """
     _answer(leak, lambda book, site_key: detect_leak(leak, ledger=book, key=site_key),
-            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
+            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="detect",
+            operator=operator)
 
 
 @app.command()
@@ -414,7 +469,7 @@ def trace(
     leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
     original: Annotated[Optional[Path], typer.Option(
         "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
-    report_dir: ReportOpt = None, as_json: JsonOpt = False,
+    report_dir: ReportOpt = None, as_json: JsonOpt = False, operator: OperatorOpt = None,
 ) -> None:
     """Find whose copy a leaked image is, with the exported originals (informed detection).
 
@@ -427,7 +482,8 @@ def trace(
     """
     _answer(leak, lambda book, site_key: trace_leak(leak, ledger=book, key=site_key,
                                                     original=original),
-            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir)
+            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="trace",
+            operator=operator)
 
 
 GATEWAY_EXAMPLE = """
@@ -503,21 +559,38 @@ def gateway(
 
 @ledger_app.command("list")
 def ledger_list(ledger: LedgerOpt = None,
-                as_json: Annotated[bool, typer.Option("--json", metavar="", help="JSON on stdout.")] = False) -> None:
+                as_json: Annotated[bool, typer.Option("--json", metavar="", help="JSON on stdout.")] = False,
+                operator: OperatorOpt = None) -> None:
     """List the recipients and exports of the ledger (opened read-only).
+
+    The listing is recorded in the ledger's access log (who, which exports); when it cannot
+    be, a warning says so and the list is still printed.
 
     Exit codes: 0 listed, 2 the ledger cannot be read.
     """
     try:
+        who = operator_name(operator)
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"recipients": [], "exports": [], "error": f"bad arguments: {exc}",
+                              "access_recorded": False}))
+        raise _fail(f"bad arguments: {exc}") from None
+    try:
         with Ledger(ledger, create=False) as book:
             recipients, exports = book.recipients(), book.exports()
     except LeaktraceError as exc:
+        recorded = _record_access(ledger, AccessEvent(who, "ledger list", {}, "error", str(exc)))
         if as_json:
-            print(json.dumps({"recipients": [], "exports": [], "error": str(exc)}))
+            print(json.dumps({"recipients": [], "exports": [], "error": str(exc),
+                              "access_recorded": recorded}))
         raise _fail(str(exc)) from None
+    recorded = _record_access(ledger, AccessEvent(
+        who, "ledger list", {"export_ids": id_ranges(e.id for e in exports),
+                             "count": len(exports)}, "listed"))
     if as_json:
         print(json.dumps({"recipients": [{"number": n, "name": s} for n, s in recipients.items()],
-                          "exports": [e.as_dict() for e in exports]}))
+                          "exports": [e.as_dict() for e in exports],
+                          "access_recorded": recorded}))
         return
     for n, name in recipients.items():
         print(f"recipient {n}: {name}")
@@ -578,7 +651,8 @@ def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
                   as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object on stdout: ok, problems, n_records, head_hash, ledger_id, anchor; with --checkpoint also checkpoint (ok, size, problems, signatures...).")] = False) -> None:
     """Check the ledger's hash chain, its recipient names, and a signed checkpoint.
 
-    With --checkpoint, also that the ledger extends a signed checkpoint. Prints the chain
+    The access log's own chain (who looked) is checked too. With --checkpoint, also that the
+    ledger extends a signed checkpoint. Prints the chain
     head: note it elsewhere and give it back with --expect-head to detect deleted newest
     records (a signed checkpoint does more).
 
@@ -602,6 +676,7 @@ def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
                                       f"({exc.strerror or exc})") from None
         with Ledger(ledger, create=False) as book:
             check = book.check(expect_head)
+            access = book.check_access()
             if checkpoint is not None:
                 cp_check = verify_checkpoint(book, data, log_key, witness_keys=witnesses)
     except LeaktraceError as exc:
@@ -613,6 +688,11 @@ def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
         result["checkpoint"] = cp_check.as_dict()
         result["problems"] = check.problems + [f"checkpoint: {p}" for p in cp_check.problems]
         result["ok"] = check.ok and cp_check.ok
+    result["access"] = {k: v for k, v in access.as_dict().items() if k in
+                        ("ok", "problems", "n_records", "head_hash")}
+    if not access.ok:  # the access log's own chain (who looked) was tampered with
+        result["problems"] = result["problems"] + [f"access log: {p}" for p in access.problems]
+        result["ok"] = False
     if as_json:
         print(json.dumps(result))
     else:
@@ -621,6 +701,9 @@ def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
         print(f"{check.n_records} export record(s): "
               + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)"))
         print(f"head_hash: {check.head_hash}")
+        print(f"{access.n_records} access record(s): "
+              + ("chain intact" if access.ok else f"{len(access.problems)} problem(s)")
+              + f", head_hash {access.head_hash}")
         if check.anchor and check.anchor["found"]:
             print(f"expected head found ({check.anchor['records_since']} record(s) added since)")
         if cp_check is not None:
@@ -748,7 +831,7 @@ def ledger_export(
     fmt: Annotated[str, typer.Option("--format", metavar="csv|json", help="csv (one row per export, after '#' lines with the ledger id and chain check) or json.")],
     ledger: LedgerOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file (atomically, readable by its owner only) instead of stdout; an existing file is replaced.")] = None,
-    expect_head: ExpectHeadOpt = None,
+    expect_head: ExpectHeadOpt = None, operator: OperatorOpt = None,
 ) -> None:
     """Write every export record with its hashes and the chain check, as CSV or JSON.
 
@@ -762,23 +845,103 @@ def ledger_export(
         raise _fail(f"bad arguments: --format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
     if out is not None and out.is_dir():
         raise _fail(f"bad arguments: --out {out}: is a folder")
+    who = _who(operator)
+    what = {"format": fmt, "out": str(out) if out is not None else "stdout"}
     try:
         with Ledger(ledger, create=False) as book:
             text, check = export_table(book, fmt, expect_head=expect_head)
+            ids = [r.id for r in book.exports()]
     except LeaktraceError as exc:
+        _record_access(ledger, AccessEvent(who, "ledger export", what, "error", str(exc)))
         raise _fail(str(exc)) from None
+    what.update(export_ids=id_ranges(ids), count=len(ids))
     if out is None:
         sys.stdout.write(text)
     else:
         try:
             atomic_write(out, text.encode("utf-8"))
         except OSError as exc:
-            raise _fail(f"{out}: cannot write the export ({exc.strerror or exc})") from None
+            message = f"{out}: cannot write the export ({exc.strerror or exc})"
+            _record_access(ledger, AccessEvent(who, "ledger export", what, "error", message))
+            raise _fail(message) from None
+    _record_access(ledger, AccessEvent(
+        who, "ledger export", what, "exported",
+        "chain intact" if check.ok else f"{len(check.problems)} chain problem(s)"))
     for p in check.problems:
         err.print(f"[red]problem:[/] {escape(p)}")
     err.print(f"{check.n_records} export record(s), "
               + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
               + f", head_hash {check.head_hash}" + (f", written to {escape(str(out))}" if out else ""))
+    raise typer.Exit(0 if check.ok else 1)
+
+
+@ledger_app.command("audit")
+def ledger_audit(
+    fmt: Annotated[str, typer.Option("--format", metavar="dicom", help="dicom: DICOM audit messages (PS3.15 Annex A.5, the XML of IHE ATNA), one per access.")] = "dicom",
+    ledger: LedgerOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write the messages to this file, one per line (atomically; an existing file is replaced). Default: stdout.")] = None,
+    syslog: Annotated[Optional[str], typer.Option("--syslog", metavar="URL", help="Send them to a syslog receiver (an Audit Record Repository) instead: udp://host:port (RFC 5426) or tcp://host:port (RFC 6587 octet counting); RFC 5424, MSGID IHE+RFC-3881.")] = None,
+    since: Annotated[int, typer.Option("--since", metavar="ID", help="Only the accesses recorded after the one with this id (0: all).")] = 0,
+    operator: OperatorOpt = None,
+) -> None:
+    """Export the access log (who looked) as DICOM audit messages, to a file or to syslog.
+
+    Every recorded detect, trace, ledger list, ledger export, ledger audit and gateway
+    transfer becomes one audit message: Query (110112), Export (110106) or DICOM Instances
+    Transferred (110104). The access log's hash chain is checked first; this export is
+    recorded in it too.
+
+    Exit codes: 0 written or sent and the access log intact, 1 written or sent but its chain
+    check found problems, 2 the ledger, output or syslog receiver cannot be used.
+    """
+    from .audit import (AUDIT_FORMATS, AuditError, audit_xml, parse_syslog_url, send_syslog,
+                        syslog_message)
+
+    if fmt not in AUDIT_FORMATS:
+        raise _fail(f"bad arguments: --format {fmt!r}: use one of {', '.join(AUDIT_FORMATS)}")
+    if out is not None and syslog is not None:
+        raise _fail("bad arguments: give --out or --syslog, not both")
+    if out is not None and out.is_dir():
+        raise _fail(f"bad arguments: --out {out}: is a folder")
+    if since < 0:
+        raise _fail(f"bad arguments: --since {since}: must be 0 or more")
+    who = _who(operator)
+    try:
+        target = parse_syslog_url(syslog) if syslog is not None else None
+        with Ledger(ledger, create=False) as book:
+            check = book.check_access()
+            rows = book.accesses(since=since)
+            messages = [audit_xml(r, ledger_id=book.ledger_id) for r in rows]
+    except LeaktraceError as exc:
+        raise _fail(str(exc)) from None
+    where = str(target) if target is not None else str(out) if out is not None else "stdout"
+    what = {"access_ids": id_ranges(r.id for r in rows), "count": len(rows), "format": fmt,
+            ("syslog" if target is not None else "out"): where}
+    try:
+        if target is not None:
+            send_syslog(target, (syslog_message(m) for m in messages))
+        elif out is not None:
+            try:
+                atomic_write(out, b"".join(m + b"\n" for m in messages))
+            except OSError as exc:
+                raise AuditError(f"{out}: cannot write the audit messages "
+                                      f"({exc.strerror or exc})") from None
+        else:
+            sys.stdout.buffer.write(b"".join(m + b"\n" for m in messages))
+            sys.stdout.flush()
+    except LeaktraceError as exc:
+        _record_access(ledger, AccessEvent(who, "ledger audit", what, "error", str(exc)))
+        raise _fail(str(exc)) from None
+    _record_access(ledger, AccessEvent(
+        who, "ledger audit", what, "sent" if target is not None else "exported",
+        "access log intact" if check.ok else f"{len(check.problems)} access log problem(s)"))
+    for p in check.problems:
+        err.print(f"[red]problem:[/] {escape(p)}")
+    sent_ids = f"(access {what['access_ids']}) " if rows else ""
+    err.print(f"{len(rows)} audit message(s) {sent_ids}" + ("sent to" if target is not None else
+                                                   "written to") + f" {escape(where)}; access log "
+              + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
+              + f", head_hash {check.head_hash}")
     raise typer.Exit(0 if check.ok else 1)
 
 

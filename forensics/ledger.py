@@ -33,6 +33,17 @@ Tables
     instance passed unmarked by configuration), the SOP Instance UID sent, the receiver's AE
     title, the route (``store``, ``move``, ``get``) and the DIMSE status. Not part of the hash
     chain (a row changes state once); the marked copy it sent is.
+``access``
+    who looked: one row per ``detect``, ``trace``, ``ledger list``, ``ledger export``,
+    ``ledger audit`` and gateway transfer (:class:`AccessEvent`): ``who`` (the ``--operator``
+    name or the OS user; the gateway's AE title), ``peer`` (the receiving AE title of a
+    gateway transfer, else empty), ``host``, ``action``, ``what`` (canonical JSON: the leak's
+    SHA-256, the export ids and count, or the instance sent), ``outcome`` (``traced``,
+    ``not_found``, ``error``, ``listed``, ``exported``, ``delivered``, ``failed``),
+    ``detail`` and the UTC time. Hash-chained like ``exports`` but on a chain of its own
+    (same rule, fields :data:`ACCESS_CONTENT_FIELDS`; :meth:`Ledger.check_access`), so that
+    checkpoints of the exports stay what they are. Added to an older ledger the first time it
+    is opened for writing; readers cope with its absence (no accesses).
 ``sources``
     per exported source film (by SHA-256), its keypoint features
     (:func:`forensics.register.film_features`), so that ``leaktrace trace`` can find the film
@@ -81,6 +92,7 @@ import io
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -95,6 +107,7 @@ if TYPE_CHECKING:
     from watermark.keys import SiteKey
 
 __all__ = ["Ledger", "ExportRecord", "ChainCheck", "PendingDelivery", "DeliveryRecord",
+           "AccessEvent", "AccessRecord", "ACCESS_CONTENT_FIELDS", "log_access",
            "DELIVERY_STATES", "export_table", "EXPORT_FORMATS",
            "default_ledger_path", "normalise_recipient", "record_content", "LEDGER_ENV",
            "MAX_NAME_LENGTH"]
@@ -146,6 +159,19 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_utc      TEXT NOT NULL,
     updated_utc      TEXT NOT NULL
 )""" + """;
+CREATE TABLE IF NOT EXISTS access (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    who         TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    what        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    created_utc TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    record_hash TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sources (
     source_sha256 TEXT PRIMARY KEY,
     features      BLOB NOT NULL,
@@ -158,6 +184,9 @@ _CONTENT_FIELDS = ("recipient_number", "recipient_name", "source_sop_uid", "sour
                    "source_sha256", "output_path", "output_sop_uid", "output_sha256", "payload",
                    "key_fingerprint", "created_utc")
 _CONTENT_FIELDS_V1 = tuple(f for f in _CONTENT_FIELDS if f != "recipient_name")
+#: Fields of an ``access`` row covered by its record hash (the rule of ``exports``).
+ACCESS_CONTENT_FIELDS = ("who", "peer", "host", "action", "what", "outcome", "detail",
+                         "created_utc")
 
 # Characters a name must not contain besides categories Cc (controls: newline, tab, escape...)
 # and Cs (lone surrogates): line/paragraph separators and the bidirectional embedding,
@@ -224,6 +253,71 @@ class DeliveryRecord:
 
 
 _DELIVERY_FIELDS = tuple(f.name for f in dataclass_fields(DeliveryRecord))
+
+
+@dataclass(frozen=True)
+class AccessEvent:
+    """One access to record in ``access`` (see the module docstring).
+
+    Parameters
+    ----------
+    who : str
+        The operator (``--operator``), else the OS user; for a gateway transfer the gateway's
+        AE title.
+    action : str
+        ``detect``, ``trace``, ``ledger list``, ``ledger export``, ``ledger audit``,
+        ``gateway transfer``.
+    what : dict
+        What was looked at, JSON-ready: ``{"leak_sha256": ...}``, ``{"export_ids": "1-40",
+        "count": 40}``, or for a transfer the instance, study and export.
+    outcome : str
+    detail : str
+        E.g. ``recipient 3``, the error message, the DIMSE status.
+    peer : str
+        The receiving AE title of a gateway transfer.
+    host : str or None
+        ``None``: this machine's name (:func:`socket.gethostname`).
+    """
+
+    who: str
+    action: str
+    what: dict
+    outcome: str
+    detail: str = ""
+    peer: str = ""
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    """One row of ``access``; ``what`` is the canonical JSON text (:attr:`what_dict`)."""
+
+    id: int
+    who: str
+    peer: str
+    host: str
+    action: str
+    what: str
+    outcome: str
+    detail: str
+    created_utc: str
+    prev_hash: str
+    record_hash: str
+
+    @property
+    def what_dict(self) -> dict:
+        """``what`` parsed (``{}`` when a tampered row holds no JSON object)."""
+        try:
+            value = json.loads(self.what)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_ACCESS_FIELDS = tuple(f.name for f in dataclass_fields(AccessRecord))
 
 
 def default_ledger_path() -> Path:
@@ -425,6 +519,12 @@ class Ledger:
                 start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS deliveries")
                 db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
             self._has_deliveries = True
+        self._has_access = "access" in tables
+        if not self._has_access and not self.read_only:
+            with self._write() as db:  # a ledger from before the access log: add the table
+                start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS access")
+                db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
+            self._has_access = True
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -664,9 +764,19 @@ class Ledger:
                                (export_id,)).fetchone()
         return DeliveryRecord(*row) if row else None
 
-    def settle_delivery(self, delivery_id: int, status: str, detail: str = "") -> None:
+    def settle_delivery(self, delivery_id: int, status: str, detail: str = "", *,
+                        access: AccessEvent | None = None) -> None:
         """Set a ``pending`` delivery to ``delivered`` or ``failed`` (with the DIMSE status
         or the reason in ``detail``).
+
+        Parameters
+        ----------
+        delivery_id : int
+        status : {"delivered", "failed"}
+        detail : str
+        access : AccessEvent, optional
+            The transfer as a row of the access log, recorded in the same transaction (the
+            gateway's ``gateway transfer`` rows).
 
         Raises
         ------
@@ -681,6 +791,74 @@ class Ledger:
                              (status, detail, _utc_now(), delivery_id))
             if cur.rowcount != 1:
                 raise LedgerError(f"{self.path}: no pending delivery with id {delivery_id}")
+            if access is not None:
+                self._append_access(db, access)
+
+    # -- the access log (who looked) ------------------------------------------------------
+    @staticmethod
+    def _append_access(db: sqlite3.Connection, event: AccessEvent) -> int:
+        """Inside a write transaction: chain ``event`` after the newest access row."""
+        prev = db.execute("SELECT record_hash FROM access ORDER BY id DESC LIMIT 1").fetchone()
+        prev_hash = prev[0] if prev else _GENESIS
+        content = dict(who=str(event.who), peer=str(event.peer),
+                       host=event.host if event.host is not None else socket.gethostname(),
+                       action=str(event.action),
+                       what=json.dumps(event.what, sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=False),
+                       outcome=str(event.outcome), detail=str(event.detail),
+                       created_utc=_utc_now())
+        record_hash = _record_hash(prev_hash, content, ACCESS_CONTENT_FIELDS)
+        cur = db.execute(
+            f"INSERT INTO access({', '.join(ACCESS_CONTENT_FIELDS)}, prev_hash, record_hash) "
+            f"VALUES ({', '.join('?' * (len(ACCESS_CONTENT_FIELDS) + 2))})",
+            [content[k] for k in ACCESS_CONTENT_FIELDS] + [prev_hash, record_hash])
+        return int(cur.lastrowid)
+
+    def record_access(self, event: AccessEvent) -> AccessRecord:
+        """Append one row to the access log, in a transaction of its own.
+
+        Readers record their accesses through :func:`log_access`, which opens a second,
+        writable connection for this row only.
+
+        Raises
+        ------
+        LedgerError
+            A read-only ledger, or the row could not be committed (a file or folder the
+            caller cannot write, a full disk).
+        """
+        try:
+            with self._write() as db:
+                access_id = self._append_access(db, event)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot write the access log ({exc})") from None
+        return self.accesses(since=access_id - 1)[0]
+
+    def accesses(self, *, since: int = 0) -> list[AccessRecord]:
+        """The access log's rows with an id above ``since`` (0: all), oldest first; empty for
+        a ledger from before the access log opened read-only."""
+        if not self._has_access:
+            return []
+        return [AccessRecord(*row) for row in self._db.execute(
+            f"SELECT {', '.join(_ACCESS_FIELDS)} FROM access WHERE id > ? ORDER BY id",
+            (since,))]
+
+    def check_access(self) -> ChainCheck:
+        """Verify the access log's own hash chain, as :meth:`check` does the exports'.
+
+        Problems name the access row (its id): edited, deleted, inserted, reordered (see
+        :meth:`verify`). The same limit applies: without a head noted elsewhere, deleting the
+        newest rows or rewriting every hash from some row on is not seen.
+
+        Returns
+        -------
+        ChainCheck
+            ``n_records`` and ``head_hash`` are the access log's.
+        """
+        records = self.accesses()
+        problems = _chain_problems(records, ACCESS_CONTENT_FIELDS, noun="access")
+        head = records[-1].record_hash if records else _GENESIS
+        return ChainCheck(ok=not problems, problems=problems, n_records=len(records),
+                          head_hash=head, ledger_id=self.ledger_id)
 
     def deliveries(self, status: str | None = None) -> list[DeliveryRecord]:
         """Every delivery row (or those in one state), oldest first."""
@@ -899,12 +1077,20 @@ def _one_of(usage: dict[str, int]) -> str:
     return " or ".join(usage)
 
 
-def _ids(ids: list[int]) -> str:
-    return ("export " if len(ids) == 1 else "exports ") + ", ".join(map(str, ids))
+def _plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith("s") else "s")
 
 
-def _chain_problems(records: list[ExportRecord], fields: tuple[str, ...]) -> list[str]:
-    """The hash-chain problems of ``records`` (oldest first), each naming a record."""
+def _ids(ids: list[int], noun: str = "export") -> str:
+    return (f"{noun} " if len(ids) == 1 else f"{_plural(noun)} ") + ", ".join(map(str, ids))
+
+
+def _chain_problems(records: list, fields: tuple[str, ...], *, noun: str = "export") -> list[str]:
+    """The hash-chain problems of ``records`` (oldest first), each naming a record.
+
+    ``records`` have ``id``, ``prev_hash``, ``record_hash`` and ``fields``: export records,
+    or access rows (``noun="access"``, which then names them in the problems).
+    """
     problems = []
     index_of = {}
     for i, rec in enumerate(records):
@@ -914,38 +1100,38 @@ def _chain_problems(records: list[ExportRecord], fields: tuple[str, ...]) -> lis
         content = {k: getattr(rec, k) for k in fields}
         expected = prev.record_hash if prev is not None else _GENESIS
         if rec.prev_hash != expected:
-            where = f"export {prev.id}" if prev is not None else "the start of the ledger"
-            lead = f"export {rec.id}: does not follow the record before it ({where}): "
+            where = f"{noun} {prev.id}" if prev is not None else "the start of the ledger"
+            lead = f"{noun} {rec.id}: does not follow the record before it ({where}): "
             j = index_of.get(rec.prev_hash)
             if rec.prev_hash == _GENESIS:
-                problems.append(lead + "it was recorded as the ledger's first export, so "
-                                f"{_ids([r.id for r in records[:i]])} were inserted before it "
+                problems.append(lead + f"it was recorded as the ledger's first {noun}, so "
+                                f"{_ids([r.id for r in records[:i]], noun)} were inserted before it "
                                 "or it was moved (reordered)")
             elif j is not None and j < i:
                 between = [r.id for r in records[j + 1:i]]
                 verb = "stands" if len(between) == 1 else "stand"
-                problems.append(lead + f"it was recorded right after export {records[j].id}; "
-                                f"{_ids(between)} now {verb} between them (inserted there, or "
+                problems.append(lead + f"it was recorded right after {noun} {records[j].id}; "
+                                f"{_ids(between, noun)} now {verb} between them (inserted there, or "
                                 "moved: reordered)")
             elif j is not None:
-                problems.append(lead + f"it was recorded right after export {records[j].id}, "
+                problems.append(lead + f"it was recorded right after {noun} {records[j].id}, "
                                 "which now comes after it (records reordered)")
             else:
                 first = prev.id + 1 if prev is not None else 1
                 missing = list(range(first, rec.id))
                 if missing:
                     problems.append(lead + f"the record it was chained to is gone: "
-                                    f"{_ids(missing)} deleted")
+                                    f"{_ids(missing, noun)} deleted")
                 elif prev is not None:
-                    problems.append(lead + f"export {prev.id} was changed after it was recorded "
+                    problems.append(lead + f"{noun} {prev.id} was changed after it was recorded "
                                     "and its own hash recomputed to hide it (edited), or records "
-                                    f"between exports {prev.id} and {rec.id} were deleted and "
+                                    f"between {_plural(noun)} {prev.id} and {rec.id} were deleted and "
                                     "the rest renumbered")
                 else:
                     problems.append(lead + "the records before it were deleted and the rest "
                                     "renumbered, or it was edited")
         if _record_hash(rec.prev_hash, content, fields) != rec.record_hash:
-            problems.append(f"export {rec.id}: content does not match its hash (edited)")
+            problems.append(f"{noun} {rec.id}: content does not match its hash (edited)")
         prev = rec
     return problems
 
@@ -1060,3 +1246,43 @@ def export_table(ledger: Ledger, fmt: str, *,
 def _one_line(text: str) -> str:
     """``text`` safe for a ``#`` comment line (a tampered ledger can hold any character)."""
     return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None:
+    """Record ``event`` in the access log of the ledger at ``path``, for a reader.
+
+    ``detect``, ``trace``, ``ledger list`` and ``ledger export`` read the ledger through a
+    read-only connection, which never changes it. The access row is written afterwards
+    through a second connection opened for writing, in a transaction of its own that holds
+    nothing else; the exports are never written by it. The ledger must exist: it is never
+    created here (nor is a missing folder).
+
+    An investigator may be allowed to read the ledger but not to write it (a copy on a
+    read-only share, a file of another user). The query must still answer then, so a failure
+    to record is returned, not raised. A file that is not a leaktrace ledger is left as it is
+    (checked read-only first). Like any writable open, it adds the tables an older ledger
+    lacks (``access``, and ``deliveries`` or ``sources`` if missing), never a row to them.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The ledger; ``None`` for :func:`default_ledger_path`.
+    event : AccessEvent
+
+    Returns
+    -------
+    str or None
+        ``None`` when recorded, else one line saying why the access was not recorded.
+    """
+    where = Path(path).expanduser() if path is not None else default_ledger_path()
+    if not where.is_file():
+        return f"the access was not recorded: no ledger file at {where}"
+    try:
+        # a read-only open first: an empty file or another application's database is refused
+        # there, never initialised as a ledger by the writable open
+        Ledger(where, create=False).close()
+        with Ledger(where, create=True) as book:
+            book.record_access(event)
+    except LedgerError as exc:
+        return f"the access was not recorded: {exc}"
+    return None

@@ -344,7 +344,7 @@ def test_cli_checkpoint_verify_and_witness(ledger_and_checkpoint, tmp_path):
     doc = json.loads(result.stdout)
     assert doc["ok"] and doc["checkpoint"]["ok"] and doc["checkpoint"]["size"] == 5
     assert set(doc) == {"ok", "problems", "n_records", "head_hash", "ledger_id", "anchor",
-                        "checkpoint"}
+                        "checkpoint", "access"}  # access: the access log's chain check
     # a second site witnesses it with its own key, given site A's public key as a file
     cosigned = tmp_path / "cosigned.txt"
     b_key = tmp_path / "site-b" / "witness.key"

@@ -172,6 +172,13 @@ def _assert_marked_and_traced(site, ds: Dataset, recipient_ae: str, source_uid: 
     [delivery] = _deliveries(site, str(ds.SOPInstanceUID))
     assert (delivery.status, delivery.destination) == ("delivered", recipient_ae)
     assert delivery.recipient_name == NAMES[recipient_ae]
+    with Ledger(site["ledger"], create=False) as book:  # and as a row of the access log
+        [access] = [a for a in book.accesses() if a.what_dict.get("delivery_id") == delivery.id]
+        assert book.check_access().ok
+    assert (access.action, access.who, access.peer, access.outcome) == (
+        "gateway transfer", "LEAKTRACE", recipient_ae, "delivered")
+    assert access.what_dict["sop_instance_uid"] == str(ds.SOPInstanceUID)
+    assert access.what_dict["study_instance_uid"] == str(ds.StudyInstanceUID)
     path = tmp / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     shot = tmp / f"{ds.SOPInstanceUID}.jpg"

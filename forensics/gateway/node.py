@@ -62,7 +62,7 @@ from watermark.errors import LeaktraceError
 from watermark.keys import SiteKey
 
 from ..export import export_film, export_film_in_pool, marking_pool, stop_pool
-from ..ledger import Ledger, PendingDelivery
+from ..ledger import AccessEvent, Ledger, PendingDelivery
 from .config import GatewayConfig, Node, Recipient
 
 __all__ = ["Gateway", "echo", "send", "storage_contexts", "prepare_store", "RETRIEVE_SOP_CLASSES",
@@ -322,8 +322,18 @@ class Gateway:
                 reason: str = "") -> bool:
         ok = _ok(status)
         detail = f"0x{status:04X}" if status is not None else (reason or "no response")
+        ds = out.dataset
+        access = AccessEvent(  # the transfer in the access log, in the same transaction
+            self.config.ae_title, "gateway transfer",
+            {"route": route, "delivery_id": out.delivery_id, "export_id": out.export_id,
+             "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+             "sop_class_uid": str(ds.get("SOPClassUID", "")),
+             "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+             "source_sop_uid": out.source_uid, "recipient": recipient.name},
+            "delivered" if ok else "failed", detail, peer=recipient.ae_title)
         with Ledger(self.ledger_path) as book:
-            book.settle_delivery(out.delivery_id, "delivered" if ok else "failed", detail)
+            book.settle_delivery(out.delivery_id, "delivered" if ok else "failed", detail,
+                                 access=access)
         log.info("%s %s -> %s sop=%s source=%s export=%s %s (%s) marking %.2f s", route,
                  "unmarked" if out.export_id is None else "marked", recipient.ae_title,
                  out.dataset.get("SOPInstanceUID", ""), out.source_uid, out.export_id,
