@@ -49,6 +49,7 @@ has ``error`` and ``"interrupted": true``; ``embed``'s still lists the files exp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,7 +76,8 @@ from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
 
 from .access import id_ranges, operator_name, query_event
-from .export import already_exported, collect_sources, export_many, site_key_for
+from .export import (ExportOutcome, already_exported, collect_sources, export_many,
+                     site_key_for)
 from watermark._files import atomic_write
 from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, default_ledger_path, export_table,
                      log_access, normalise_recipient)
@@ -90,6 +92,10 @@ prints no second one)."""
 def _interrupted(message: str) -> typer.Exit:
     """Ctrl-C: say in one line on stderr what was and was not done; exit code 130."""
     global interrupt_reported
+    # a second Ctrl-C (`timeout -s INT` signals the process and then its group) would only
+    # interrupt the clean-up and the exit with a traceback: the command is stopping already
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     err.print(f"[yellow]{INTERRUPTED_PREFIX}[/] {escape(message)}", markup=True)
     interrupt_reported = True
     return typer.Exit(130)
@@ -247,11 +253,20 @@ def embed(
         pairs = list(collect_sources(sources, out))
         if not pairs:
             raise fatal("no DICOM files found under " + ", ".join(map(str, sources)), code=1)
-        skipped = []
+        skipped, changed = [], []
         if skip_existing:
-            kept = [(pair, already_exported(book, *pair, name)) for pair in pairs]
-            skipped = [record for _, record in kept if record is not None]
-            pairs = [pair for pair, record in kept if record is None]
+            to_do = []
+            for pair in pairs:
+                try:
+                    record = already_exported(book, *pair, name)
+                except LeaktraceError as exc:  # the recorded copy was changed since
+                    changed.append(ExportOutcome(*pair, error=str(exc)))
+                    continue
+                if record is not None:
+                    skipped.append(record)
+                else:
+                    to_do.append(pair)
+            pairs = to_do
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -284,11 +299,12 @@ def embed(
             if as_json:
                 _print_embed_json(name, book, records, failed, error=message, interrupted=True)
             raise _interrupted(message) from None
+    outcomes = changed + outcomes
     failed = [o for o in outcomes if o.error]
     for o in failed:
         err.print(f"[red]failed:[/] {escape(o.error)}")
-    err.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} file(s) marked for "
-              f"{escape(repr(name))} in {escape(str(out))} (ledger {escape(str(book.path))})"
+    err.print(f"{len(outcomes) - len(failed)} of {len(outcomes) + len(skipped)} file(s) marked "
+              f"for {escape(repr(name))} in {escape(str(out))} (ledger {escape(str(book.path))})"
               + (f"; {len(skipped)} already exported, skipped" if skip_existing else ""))
     if as_json:
         extra = {"skipped": [r.as_dict() for r in skipped]} if skip_existing else {}

@@ -312,7 +312,14 @@ def already_exported(ledger: Ledger, source: str | os.PathLike, output: str | os
                      recipient: str) -> ExportRecord | None:
     """The export that wrote ``output`` from ``source`` for ``recipient``, if the file there is
     still that copy (its SHA-256 as recorded), else None: what ``embed --skip-existing``
-    leaves alone when a batch is run again."""
+    leaves alone when a batch is run again.
+
+    Raises
+    ------
+    InvalidInputError
+        ``output`` is where that export was written, but the file is no longer the copy
+        recorded (its SHA-256 differs): changed since, and left as it is.
+    """
     output = Path(output)
     if not output.is_file():
         return None
@@ -320,7 +327,12 @@ def already_exported(ledger: Ledger, source: str | os.PathLike, output: str | os
     if (record is None or record.recipient_name != normalise_recipient(recipient)
             or record.source_path != str(Path(source).resolve())):
         return None
-    return record if sha256_file(output) == record.output_sha256 else None
+    if sha256_file(output) != record.output_sha256:
+        raise InvalidInputError(
+            f"{output}: is where export {record.id} was written, but it is no longer that copy "
+            "(its SHA-256 differs from the ledger's): it was changed since; it is left as it "
+            "is, and not exported again over it")
+    return record
 
 
 def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
@@ -527,7 +539,7 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
     def new_pool() -> ProcessPoolExecutor:
         return marking_pool(workers, known)
 
-    pool = new_pool()
+    pool = None
     futures: dict = {}
 
     def submit(i: int) -> None:
@@ -535,6 +547,7 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
         futures[i] = pool.submit(_mark_in_worker, source, output, number, mark_key, overwrite)
 
     try:
+        pool = new_pool()
         for i in range(min(window, len(pairs))):
             submit(i)
         for i, (source, output) in enumerate(pairs):
@@ -562,7 +575,8 @@ def _export_parallel(pairs: list[tuple[Path, Path]], *, recipient: str, ledger: 
 
             outcomes.append(_settle(source, output, run, written, progress))
     except BaseException:  # Ctrl-C above all: stop the workers now, not after their queue
-        stop_pool(pool)
+        if pool is not None:
+            stop_pool(pool)
         raise
     pool.shutdown(wait=True)
     return outcomes
@@ -575,16 +589,17 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     copies). Each process is ended with SIGTERM, so that a second Ctrl-C during the shutdown
     (``timeout -s INT`` signals the process and then its group) cannot leave them working
     through the rest of the queue while the interpreter waits for them at exit."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.terminate()
-    while True:
-        try:
-            pool.shutdown(wait=True)
-            return
-        except KeyboardInterrupt:  # a further Ctrl-C: the workers are ending anyway
-            continue
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:  # uninterruptible: a Ctrl-C here would leave the workers running
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        pool.shutdown(wait=True)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _WorkerFailure(LeaktraceError):
@@ -611,15 +626,19 @@ def marking_pool(workers: int, known: frozenset = frozenset(), *,
     # process, which shuts the pool down, instead of killing workers mid-import with a
     # traceback each and leaving the pool to wait on them.
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        started = [pool.submit(_started, 0.2 if warm else 0.0) for _ in range(workers)]
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-    if warm:
-        for future in started:
-            future.result()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            started = [pool.submit(_started, 0.2 if warm else 0.0) for _ in range(workers)]
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        if warm:
+            for future in started:
+                future.result()
+    except BaseException:  # Ctrl-C while starting: no worker may outlive the call
+        stop_pool(pool)
+        raise
     return pool
 
 

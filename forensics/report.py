@@ -268,9 +268,15 @@ def _p(candidate: dict) -> float:
         return 1.0
 
 
-def _transform_in_words(transform) -> str:
+def _transform_in_words(transform, alignment: dict | None = None,
+                        leak_size: tuple[float, float] = (1000, 1000)) -> str:
     """The alignment said for a reader who does not read matrices: scale, rotation, shift,
-    and what agreement looks like in the overlay; "" for a transform that is not 3 x 3."""
+    and what agreement looks like in the overlay; "" for a transform that is not 3 x 3.
+
+    Scale and rotation are the alignment's own ``scale`` and ``rotation_degrees`` when it has
+    them (the figures of the table beside it), else read from the matrix. Perspective is
+    mentioned only when it changes the scale by more than 2 % across the leak
+    (``leak_size``: width, height in px)."""
     try:
         m = np.asarray(transform, dtype=float)
     except (TypeError, ValueError):
@@ -279,9 +285,13 @@ def _transform_in_words(transform) -> str:
         return ""
     a, b, tx = m[0]
     c, d, ty = m[1]
-    scale = math.sqrt(abs(a * d - b * c))
-    angle = math.degrees(math.atan2(c, a))
-    perspective = abs(m[2, 0]) + abs(m[2, 1]) > 1e-9
+    alignment = alignment if isinstance(alignment, dict) else {}
+    given = [alignment.get(k) for k in ("scale", "rotation_degrees")]
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in given):
+        scale, angle = float(given[0]), float(given[1])
+    else:
+        scale, angle = math.sqrt(abs(a * d - b * c)), math.degrees(math.atan2(c, a))
+    perspective = abs(m[2, 0]) * leak_size[0] + abs(m[2, 1]) * leak_size[1] > 0.02
     return (f"In words: each pixel of the leak is placed on the original after scaling it "
             f"by {scale:.3g} (the leak's pixels are {scale:.3g} of the original's), turning it "
             f"by {angle:.2f} degrees and shifting it by {tx:.1f} px across and {ty:.1f} px "
@@ -683,7 +693,9 @@ def _html(ev: dict, meta: dict, figures: list, left_out: list) -> str:
                  else _e(transform))
         parts.append("<table><tr><th>transform (3 x 3, leak to original)</th>"
                      f'<td class="mono">{shown}</td></tr></table>')
-        words = _transform_in_words(transform)
+        leak = ev.get("leak") if isinstance(ev.get("leak"), dict) else {}
+        words = _transform_in_words(transform, alignment,
+                                    (leak.get("width") or 1000, leak.get("height") or 1000))
         if words:
             parts.append(f"<p>{_e(words)}</p>")
         parts.append(_table([(k, v) for k, v in alignment.items() if k != "transform"]))

@@ -657,7 +657,8 @@ def test_skip_existing_does_not_skip_a_changed_file_or_another_recipients(tmp_pa
     assert other["skipped"] == [] and len(other["failed"]) == 1  # Bob's copy is not Carol's
     (tmp_path / "o" / "a.dcm").write_bytes(b"changed")
     changed = one_json(run(*args, "--recipient", "Bob", "--skip-existing"))
-    assert changed["skipped"] == [] and "exists already" in changed["failed"][0]["error"]
+    assert changed["skipped"] == [] and "no longer that copy" in changed["failed"][0]["error"]
+    assert (tmp_path / "o" / "a.dcm").read_bytes() == b"changed"  # left as it is
 
 
 def test_overwrite_refuses_to_replace_another_recipients_recorded_copy(tmp_path, site,
