@@ -676,7 +676,8 @@ def test_overwrite_refuses_to_replace_another_recipients_recorded_copy(tmp_path,
     assert run(*args, "--recipient", "Bob", "--overwrite").exit_code == 0  # its own: replaced
 
 
-def test_embed_with_workers_stops_on_sigint_to_its_process_group(tmp_path, dicom_films):
+@pytest.mark.parametrize("settle", [0.0, 3.0], ids=["while-the-pool-starts", "while-marking"])
+def test_embed_with_workers_stops_on_sigint_to_its_process_group(tmp_path, dicom_films, settle):
     """`timeout -s INT` signals the process and then its whole group (the marking workers
     too). The run must still end with exit 130, one JSON object and no traceback, and leave
     no worker behind (it hung, waiting on workers working through their queue)."""
@@ -695,8 +696,8 @@ def test_embed_with_workers_stops_on_sigint_to_its_process_group(tmp_path, dicom
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "l.sqlite").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)  # the ledger exists once the command is past its start-up
-        time.sleep(3)
+            time.sleep(0.05)  # the ledger exists once the command is past its start-up
+        time.sleep(settle)
         os.kill(proc.pid, signal.SIGINT)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=90)
