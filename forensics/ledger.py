@@ -670,7 +670,10 @@ class Ledger:
                                           sop_instance_uid=written["output_sop_uid"],
                                           source_sop_uid=source_sop_uid, recipient_name=name)
         except BaseException as exc:
-            if out_path is not None:  # written but not recorded: an untraceable copy
+            # written but not recorded: an untraceable copy, removed. A Ctrl-C can also land
+            # just after the COMMIT, before the block is left: the row is then in the ledger
+            # and its file must stay (asked of the database, not assumed).
+            if out_path is not None and not self._recorded(str(out_path), written):
                 with contextlib.suppress(OSError):
                     os.unlink(out_path)
             if isinstance(exc, sqlite3.DatabaseError):
@@ -678,6 +681,20 @@ class Ledger:
                                   "the output file was removed") from None
             raise
         return self.export(export_id)
+
+    def _recorded(self, output_path: str, written: dict) -> bool:
+        """Whether an export of this output (path, SOP Instance UID, SHA-256) is committed."""
+        try:
+            if self._db.in_transaction:  # not committed: what it wrote is undone here
+                self._db.execute("ROLLBACK")
+                return False
+            row = self._db.execute(
+                "SELECT 1 FROM exports WHERE output_path = ? AND output_sop_uid = ? AND "
+                "output_sha256 = ?", (output_path, written["output_sop_uid"],
+                                      written["output_sha256"])).fetchone()
+        except (sqlite3.Error, KeyError):
+            return False
+        return row is not None
 
     def _select(self) -> str:
         name = "e.recipient_name" if self.schema_version >= 2 else "r.name"

@@ -562,3 +562,37 @@ def test_record_export_refuses_an_unseen_key_before_writing_anything(tmp_path):
         assert book.key_usage() == {"1" * 16: 1, "2" * 16: 2}
         assert book.key_fingerprints() == {"1" * 16, "2" * 16}
         assert book.verify() == []
+
+
+class _InterruptAtCommit:
+    """The ledger's connection, with a Ctrl-C just before or just after the COMMIT."""
+
+    def __init__(self, db, after: bool):
+        self._db, self._after = db, after
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and not self._after:
+            raise KeyboardInterrupt
+        cursor = self._db.execute(sql, *args)
+        if sql == "COMMIT":
+            raise KeyboardInterrupt
+        return cursor
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-commit", "after-commit"])
+def test_ctrl_c_at_the_commit_keeps_file_and_record_together(tmp_path, after):
+    """Interrupted just before the COMMIT: no record and no file. Just after: both stay
+    (the file was removed while its record stayed: QA found the record of a deleted copy)."""
+    with Ledger(tmp_path / "l.sqlite") as book:
+        real = book._db
+        book._db = _InterruptAtCommit(real, after)
+        with pytest.raises(KeyboardInterrupt):
+            _record(book, tmp_path, "Dave")
+        book._db = real
+        out = tmp_path / "Dave-0.dcm"
+        assert [e.output_path for e in book.exports()] == ([str(out)] if after else [])
+        assert out.exists() == after
+        assert book.check().ok
