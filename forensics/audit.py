@@ -1,7 +1,7 @@
 """The access log as DICOM audit messages, to a file or to a syslog receiver.
 
 Each row of the ledger's access log (:meth:`forensics.ledger.Ledger.accesses`) becomes one
-audit message of DICOM PS3.15 Annex A.5 (the XML of the IHE ATNA profile, which hospitals feed
+audit message of DICOM PS3.15 Annex A.5 [1]_ (the XML of the IHE ATNA profile, which hospitals feed
 into their Audit Record Repository):
 
 =====================  ==========================================  ===============
@@ -33,9 +33,9 @@ Not in the messages: a Patient participant object (A.5.3.4 and A.5.3.6 ask for o
 the ledger holds no patient identity, by design.
 
 Transport: a file holds one message per line (UTF-8 XML, no declaration). Syslog is
-RFC 5424 with PRI 85 (facility 10, security/authorization; severity 5, notice), APP-NAME
+RFC 5424 [3]_ with PRI 85 (facility 10, security/authorization; severity 5, notice), APP-NAME
 ``leaktrace``, PROCID the process id, MSGID ``IHE+RFC-3881`` and no structured data, as IHE
-ITI TF-2 ITI-20 (Record Audit Event) asks; the XML follows without a byte order mark. Over UDP
+ITI TF-2 ITI-20 (Record Audit Event) [2]_ asks; the XML follows without a byte order mark. Over UDP
 one message per datagram (RFC 5426); over TCP each message is framed by octet counting
 (RFC 6587 section 3.4.1, the framing RFC 5425 uses over TLS). TLS (RFC 5425, which ATNA
 requires between nodes) is not offered: send to a local relay (rsyslog, syslog-ng) that

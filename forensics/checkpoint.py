@@ -15,7 +15,7 @@ Leaves
 ------
 Leaf ``i`` is the canonical content of the ``i``-th export record, oldest first
 (:func:`forensics.ledger.record_content`: the JSON the record hash covers, recomputed from the
-record's fields), hashed as an RFC 6962 leaf. Why the content and not the stored
+record's fields), hashed as an RFC 6962 leaf [3]_. Why the content and not the stored
 ``record_hash``: the stored hash is a column like the others, so a leaf taken from it would
 let an edited record with its old hash left in place keep the root; the content is what a
 record says, recomputed each time. The order is the tree's, so ``prev_hash`` and the row id
@@ -24,7 +24,7 @@ reorders changes it). An auditor can recompute the leaves from ``leaktrace ledge
 
 Checkpoint text
 ---------------
-Three lines, each ending in a newline (C2SP tlog-checkpoint, "Note text")::
+Three lines, each ending in a newline (C2SP tlog-checkpoint [1]_, "Note text")::
 
     leaktrace/ledger/<ledger_id>
     <number of export records, decimal>
@@ -41,7 +41,7 @@ Witnesses
 ---------
 Another site verifies the checkpoint's signature with the first site's public key and adds its
 own signature line (:func:`witness`), a plain Ed25519 note signature over the same text, which
-the signed-note spec allows (extra lines of unknown keys are ignored by verifiers). It is not
+the signed-note spec [2]_ allows (extra lines of unknown keys are ignored by verifiers). It is not
 the timestamped C2SP tlog-cosignature (signature type 0x04), and the witness keeps no state:
 it does not check that the checkpoint is consistent with the previous one it cosigned (that
 needs the C2SP tlog-witness protocol and consistency proofs served by the log).

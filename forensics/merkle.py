@@ -14,8 +14,8 @@ Functions take the **leaf hashes** (32 bytes each, from :func:`leaf_hash`), not 
 so a caller hashes its records once and asks for several proofs. Proofs are lists of 32-byte
 node hashes, in the order of the RFCs (from the leaf upwards).
 
-Generating proofs follows the recursive definitions of RFC 6962 section 2.1.1 (``PATH``) and
-2.1.2 (``PROOF``/``SUBPROOF``). Verifying them follows the iterative algorithms of RFC 9162
+Generating proofs follows the recursive definitions of RFC 6962 [1]_ section 2.1.1 (``PATH``) and
+2.1.2 (``PROOF``/``SUBPROOF``). Verifying them follows the iterative algorithms of RFC 9162 [2]_
 sections 2.1.3.2 and 2.1.4.2, which need only the sizes, the hashes and the proof. A verifier
 returns ``False`` for any proof that does not prove what is claimed (also for impossible sizes
 or indices); only malformed arguments to the generators raise.

@@ -1,19 +1,19 @@
 """Signed notes (C2SP signed-note) with Ed25519 keys: sign, parse, verify, and the key files.
 
-A signed note is a UTF-8 text ending in a newline, a blank line, then one or more signature
+A signed note [1]_ is a UTF-8 text ending in a newline, a blank line, then one or more signature
 lines ``— <key name> <base64(4-byte key ID || signature)>`` (em dash U+2014, space). leaktrace
 signs its ledger checkpoints (:mod:`forensics.checkpoint`) this way, and a second site adds its
 own signature line to witness one.
 
 Keys
 ----
-Only Ed25519 (RFC 8032, signature type ``0x01`` of the note spec) is supported, through the
+Only Ed25519 (RFC 8032 [2]_, signature type ``0x01`` of the note spec) is supported, through the
 ``cryptography`` package. The key ID is ``SHA-256(key name || 0x0A || 0x01 || public key)``,
 first 4 bytes, big-endian (:func:`key_id`). Key names must be non-empty and hold no Unicode
 space and no ``+``.
 
 * A **verifier key** (public) is written as the string ``<name>+<8 hex digits of the key
-  ID>+<base64(0x01 || 32-byte public key)>`` (the "vkey" of Go's ``golang.org/x/mod/sumdb/note``,
+  ID>+<base64(0x01 || 32-byte public key)>`` (the "vkey" of Go's ``golang.org/x/mod/sumdb/note`` [3]_,
   which Sigstore and the transparency-dev witnesses read).
 * A **signing key** (private) is a file holding one line
   ``PRIVATE+KEY+<name>+<key ID hex>+<base64(0x01 || 32-byte Ed25519 seed)>``, the same

@@ -3,14 +3,14 @@
 The peers are the libraries a researcher would otherwise pick, used through their own code
 (never re-implemented here):
 
-* ``invisible-watermark`` 0.2.0 (import name ``imwatermark``), methods ``dwtDct`` (Haar DWT,
+* ``invisible-watermark`` 0.2.0 [1]_ (import name ``imwatermark``), methods ``dwtDct`` (Haar DWT,
   then a quantised coefficient per 4 x 4 block) and ``dwtDctSvd`` (Haar DWT, DCT and SVD per
   4 x 4 block, the first singular value quantised);
-* ``blind-watermark`` 0.4.4 (import name ``blind_watermark``): Haar DWT, DCT and SVD per
+* ``blind-watermark`` 0.4.4 [2]_ (import name ``blind_watermark``): Haar DWT, DCT and SVD per
   4 x 4 block of every YUV channel, with keyed block shuffling and bit permutation.
 
 How they are adapted to grey films (what the benchmark calls fair)
------------------------------------------------------------------
+------------------------------------------------------------------
 Both libraries take an 8-bit BGR colour image. A film's 8-bit default-window display (what a
 viewer shows, :func:`watermark.display.render`) is copied into the three channels, the
 library marks it, and the marked copy is turned back to grey with OpenCV's luma
