@@ -53,6 +53,8 @@ numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 
+smartquotes = False  # "--json" stays two hyphens, quotes stay straight
+
 html_theme = "alabaster"
 html_theme_options = {
     "description": "Recipient watermarks for exported chest films, and tracing of leaks",

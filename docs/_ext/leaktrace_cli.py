@@ -89,6 +89,8 @@ def _page(path, cmd, ctx) -> str:
         if paragraphs:
             lines += ["## Description", ""]
             lines += [_text(par) + "\n" for par in paragraphs]
+    if len(path) == 1:  # the root page holds the table of contents of the others
+        lines += ["```{toctree}", ":hidden:", ":glob:", "", "*", "```", ""]
     if cmd.epilog:
         lines += ["## Example", "", "```text", cmd.epilog.replace("\\[", "[").strip("\n"),
                   "```", ""]
