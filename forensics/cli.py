@@ -248,7 +248,7 @@ def embed(
                       f"{', '.join(known)}; these exports are made with key "
                       f"{site_key.fingerprint}, so it holds {len(known) + 1} key fingerprints "
                       "from now on and a leak is traced only with the key that marked it: keep "
-                      "every key file (see 'Back up and escrow the site key' in the README)",
+                      "every key file (see 'Back up and escrow the site key' in docs/hospital-it/keys.md)",
                       markup=True)
         pairs = list(collect_sources(sources, out))
         if not pairs:

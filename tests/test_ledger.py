@@ -448,8 +448,9 @@ def test_export_table_has_every_record_its_hashes_and_no_key(copy_of_ledger, fmt
 
 
 def test_csv_export_read_with_pandas_keeps_a_hash_sign_in_paths_and_names(tmp_path):
-    """The README reads the CSV with ``pandas.read_csv(path, comment="#")``: a "#" in an
-    output path or a recipient name must stay data, not cut the row."""
+    """The docs (hospital-it/ledger.md, reference/json.md) read the CSV with
+    ``pandas.read_csv(path, comment="#")``: a "#" in an output path or a recipient name must
+    stay data, not cut the row."""
     import io
 
     import pandas

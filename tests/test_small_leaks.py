@@ -3,7 +3,7 @@
 The leak is 264 px on its long edge; WebP removes level 2 of the mark there. The Fuji film is
 smooth (a low noise floor), so the noise-relative strength model gives it a weak mark
 (display RMS about 0.3 grey levels) and this leak is *not* traced blind at the default
-strength: a documented loss (README, "Limits"). What must hold: nobody wrong is named, a
+strength: a documented loss (docs/about/limits.md). What must hold: nobody wrong is named, a
 stronger mark is traced by the whole-film family (the detector is not what loses it), and
 the family's second, noise-robust reading (:func:`watermark.dwt.folded_coarse_robust`) keeps
 the null behaviour the p-values rely on.

@@ -78,7 +78,7 @@ def test_geometric_leaks_are_traced_and_controls_are_not(films, name):
 def test_two_films_of_two_recipients_in_one_screenshot(films):
     """At the default strength these 8-bit NIH films carry a mark of about 0.67 grey levels
     RMS (their noise caps it), too weak for the lattice to be found once each film is shown
-    at half size and sent through a messenger: a documented loss (README, "Limits"), where
+    at half size and sent through a messenger: a documented loss (docs/about/limits.md), where
     nobody may be named wrongly. At 1.5 times the strength both recipients are found."""
     (image_a, a, na), (image_b, b, nb) = films
 
