@@ -5,7 +5,8 @@ Build (from the repository root; nothing is fetched from the network)::
     sphinx-build -W --keep-going -b html docs docs/_build/html
 
 The CLI reference (``reference/cli/*.md``) is generated at each build from the typer app
-(:data:`forensics.cli.app`), so it always shows the commands, options and help the code has.
+(:data:`forensics.cli.app`), and the API reference (``reference/api/*.rst``) from the package
+tree, so they always show the commands, options, modules and docstrings the code has.
 The notebook under ``researcher/`` is a link to ``notebooks/walkthrough.ipynb``; it is
 rendered as committed (outputs stripped), never executed.
 """
@@ -33,6 +34,7 @@ extensions = [
     "numpydoc",
     "myst_nb",  # Markdown pages (it loads myst_parser) and the notebook
     "leaktrace_cli",  # docs/_ext/leaktrace_cli.py: the CLI reference from the typer app
+    "leaktrace_api",  # docs/_ext/leaktrace_api.py: the API reference from the package tree
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}

@@ -4,7 +4,8 @@ The build test runs ``sphinx-build -W --keep-going`` into a temporary folder, as
 is skipped when the ``docs`` extra is not installed, except under CI (``.ci/run`` installs
 ``.[test,peers,docs]``), where it fails instead. The other tests read the sources and need no
 Sphinx: the JSON reference names every field the commands print, the CLI reference covers
-every command of the typer app, and the README's links into the docs resolve.
+every command of the typer app, and the README's links into the docs resolve. The API and CLI
+references are generated at each build (docs/_ext/), so they follow the code.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def test_sphinx_build_is_warning_free_and_offline(tmp_path):
         assert (out / f"{page}.html").is_file(), page
     api = (out / "reference/api/watermark.html").read_text(encoding="utf-8")
     assert 'id="watermark.dwt.embed"' in api and 'id="watermark.detect.detect"' in api
+    from leaktrace_api import public_modules  # every public module has its section
+
+    for package in ("watermark", "forensics"):
+        html = (out / f"reference/api/{package}.html").read_text(encoding="utf-8")
+        assert [m for m in public_modules(package) if f'id="module-{m}"' not in html] == []
+    assert "forensics.ledger" in public_modules("forensics")
     notebook = (out / "researcher/walkthrough.html").read_text(encoding="utf-8")
     assert "trace_leak" in notebook and "detect_leak" in notebook  # its code cells, shown
     # no intersphinx inventory fetched, no remote asset referenced by the theme
