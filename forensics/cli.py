@@ -79,6 +79,7 @@ from .access import id_ranges, operator_name, query_event
 from .export import (ExportOutcome, already_exported, collect_sources, export_many,
                      site_key_for)
 from watermark._files import atomic_write
+from .ledger_db import is_server_url
 from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, default_ledger_path, export_table,
                      log_access, normalise_recipient)
 from .trace import detect_leak, trace_leak
@@ -130,9 +131,12 @@ app.add_typer(ledger_app, name="ledger")
 # soft_wrap: long messages stay on one line in pipes and logs (rich would wrap at 80 columns)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-LedgerOpt = Annotated[Optional[Path], typer.Option(
-    "--ledger", help="Export ledger (SQLite). Default: $LEAKTRACE_LEDGER, else "
-                     "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
+# a str, not a Path: a PostgreSQL URL would lose the second slash of "postgresql://" in a Path
+LedgerOpt = Annotated[Optional[str], typer.Option(
+    "--ledger", metavar="PATH|URL",
+    help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME "
+         "(needs leaktrace[postgresql]). Default: $LEAKTRACE_LEDGER, else "
+         "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
 KeyOpt = Annotated[Optional[Path], typer.Option(
     "--key", help="Site key file. Default: $LEAKTRACE_KEY, else "
                   "$XDG_CONFIG_HOME/leaktrace/site.key (~/.config/leaktrace/site.key).")]
@@ -151,13 +155,13 @@ def _who(operator: str | None) -> str:
         raise _fail(f"bad arguments: {exc}") from None
 
 
-def _record_access(ledger: Path | None, event: AccessEvent) -> bool:
+def _record_access(ledger: str | Path | None, event: AccessEvent) -> bool:
     """Record ``event`` in the ledger's access log (a write of its own, after the read-only
     query); when that is not possible, one warning line on stderr and False. A failed
     command whose ledger file does not exist records nothing and says nothing more."""
     if event.outcome == "error":
-        where = ledger.expanduser() if ledger is not None else default_ledger_path()
-        if not where.is_file():
+        where = ledger if ledger is not None else default_ledger_path()
+        if not is_server_url(where) and not Path(where).expanduser().is_file():
             return False
     problem = log_access(ledger, event)
     if problem is not None:
@@ -370,7 +374,7 @@ def _report_folder_problem(folder: Path) -> str | None:
     return None
 
 
-def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
+def _answer(leak: Path, query, *, ledger: str | Path | None, key: Path | None, as_json: bool,
             report_dir: Path | None, action: str, operator: str | None) -> None:
     """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
     evidence report, exit. A key none of the ledger's exports was made with is still used,

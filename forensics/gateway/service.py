@@ -14,6 +14,7 @@ from watermark.keys import key_path as key_path_of, load_key
 
 from ..export import site_key_for
 from ..ledger import Ledger, default_ledger_path
+from ..ledger_db import is_server_url
 from .config import GatewayConfig
 from .node import Gateway, echo, prepare_store
 
@@ -44,14 +45,17 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
         The key or the ledger cannot be used (a configuration error: exit 2).
     """
     out = CheckResult()
-    path = default_ledger_path() if ledger_path is None else Path(ledger_path)
-    if path.exists():
+    path = default_ledger_path() if ledger_path is None else ledger_path
+    if not is_server_url(path):
+        path = Path(path).expanduser()
+    if is_server_url(path) or path.exists():
         with Ledger(path, create=False) as book:
             exports = book.last_export_id()
             key = _key_for(book, key_path)
             pending = len(book.deliveries("pending"))
             failed = len(book.deliveries("failed"))
-        out.lines.append(f"ledger: {path} ({exports} exports, {pending} deliveries pending, "
+            shown = book.path
+        out.lines.append(f"ledger: {shown} ({exports} exports, {pending} deliveries pending, "
                          f"{failed} failed)")
     else:
         key = _key_for(None, key_path)
