@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["server_bin_dir", "PostgresServer", "raw_sql"]
+__all__ = ["server_bin_dir", "PostgresServer", "raw_connect", "raw_sql", "rows_of", "copy_ledger"]
 
 
 def server_bin_dir() -> Path | None:
@@ -84,26 +84,90 @@ class PostgresServer:
         return f"{self.url}?site={site}"
 
 
+class _RawPostgres:
+    """A psycopg connection in a site's schema that reads ``?`` placeholders like sqlite3 and
+    commits like it (``commit``, or leaving a ``with`` block without an error)."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        from forensics.ledger_db import parse_postgres_url
+
+        location = parse_postgres_url(url)
+        self._db = psycopg.connect(location.conninfo)
+        self._db.execute(f'SET search_path TO "{location.site}"')
+
+    def execute(self, sql: str, params=()):
+        return self._db.execute(sql.replace("?", "%s"), tuple(params))
+
+    def commit(self) -> None:
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self._db.commit()
+        else:
+            self._db.rollback()
+
+
+def raw_connect(ledger):
+    """A connection to a ledger's tables behind leaktrace's back (a tamperer with write
+    access), with sqlite3's calls (``execute`` with ``?``, ``commit``, ``close``, ``with``):
+    a SQLite file, or a PostgreSQL ``...?site=NAME`` URL (in that site's schema)."""
+    if str(ledger).startswith("postgresql://"):
+        return _RawPostgres(str(ledger))
+    import sqlite3
+
+    return sqlite3.connect(ledger)
+
+
 def raw_sql(ledger, *statements: str) -> None:
-    """Run SQL on a ledger's tables behind leaktrace's back (a tamperer with write access):
-    a SQLite file, or a PostgreSQL ``...?site=NAME`` URL (run in that site's schema)."""
-    text = str(ledger)
-    if not text.startswith("postgresql://"):
-        import sqlite3
+    """Run and commit ``statements`` on a ledger's tables (:func:`raw_connect`)."""
+    db = raw_connect(ledger)
+    for s in statements:
+        db.execute(s)
+    db.commit()
+    db.close()
 
-        db = sqlite3.connect(ledger)
-        for s in statements:
-            db.execute(s)
-        db.commit()
-        db.close()
-        return
-    import psycopg
 
+def rows_of(db, table: str = "exports") -> dict[int, dict]:
+    """``{id: row as a dict}`` of a table, through a :func:`raw_connect` connection."""
+    cur = db.execute(f"SELECT * FROM {table} ORDER BY id")
+    names = [d[0] for d in cur.description]
+    return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+
+
+#: Tables a ledger copy takes over, parents first; identity columns whose counter follows.
+_COPIED = ("meta", "recipients", "exports", "deliveries", "access", "sources")
+_IDENTITY = ("exports", "deliveries", "access")
+
+
+def copy_ledger(source, folder: Path, request):
+    """A copy of the ledger at ``source`` for one test: for SQLite the file copied into
+    ``folder``; for PostgreSQL a new site holding the same rows (ledger_id included), made
+    with leaktrace's own tables and its identity counters moved past the copied ids."""
+    if not str(source).startswith("postgresql://"):
+        target = Path(folder) / "ledger.sqlite"
+        shutil.copy(source, target)
+        return target
+    from conftest import new_ledger_location
+    from forensics.ledger import Ledger
     from forensics.ledger_db import parse_postgres_url
 
-    location = parse_postgres_url(text)
-    with psycopg.connect(location.conninfo) as db:
-        db.execute(f'SET search_path TO "{location.site}"')
-        for s in statements:
-            db.execute(s)
-
+    target = new_ledger_location("postgresql", request, folder)
+    Ledger(target).close()  # the site's tables, as leaktrace makes them
+    old, new = parse_postgres_url(source).site, parse_postgres_url(target).site
+    with raw_connect(target) as db:
+        db.execute("DELETE FROM meta")
+        for table in _COPIED:
+            db.execute(f'INSERT INTO "{new}".{table} SELECT * FROM "{old}".{table}')
+        for table in _IDENTITY:
+            db.execute(f"SELECT setval(pg_get_serial_sequence('\"{new}\".{table}', 'id'), "
+                       f'COALESCE((SELECT MAX(id) FROM "{new}".{table}), 0) + 1, false)')
+    return target

@@ -3,9 +3,7 @@ ledger id, concurrent writers."""
 
 import hashlib
 import json
-import shutil
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,7 +13,8 @@ import unicodedata
 import pytest
 
 from forensics.ledger import Ledger, normalise_recipient
-from pgserver import raw_sql
+from conftest import LEDGER_BACKENDS, new_ledger_location
+from pgserver import copy_ledger, raw_connect, raw_sql, rows_of
 from watermark.errors import LedgerError
 
 
@@ -266,19 +265,19 @@ def _attacker_hash(prev_hash, row):
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def _rows(db):
-    db.row_factory = sqlite3.Row
-    return {r["id"]: dict(r) for r in db.execute("SELECT * FROM exports ORDER BY id")}
+# {id: row} of the exports table, through a raw connection (sqlite3, or psycopg in a site)
+_rows = rows_of
 
 
-@pytest.fixture(scope="module")
-def real_ledger(tmp_path_factory, dicom_films):
-    """5 real exports (two small shared films) for 3 recipients; returns the ledger path."""
+@pytest.fixture(scope="module", params=LEDGER_BACKENDS)
+def real_ledger(request, tmp_path_factory, dicom_films):
+    """5 real exports (two small shared films) for 3 recipients, on each backend; returns the
+    ledger's path or URL."""
     from forensics.export import export_film
     from watermark.keys import SiteKey
 
     folder = tmp_path_factory.mktemp("real-ledger")
-    path = folder / "ledger.sqlite"
+    path = new_ledger_location(request.param, request, folder, "ledger")
     key = SiteKey(bytes(range(32)))
     with Ledger(path) as book:
         for i, recipient in enumerate(["Dr. Ana", "Innocent Bob", "Mallory", "Dr. Ana", "Carol"]):
@@ -291,10 +290,8 @@ def real_ledger(tmp_path_factory, dicom_films):
 
 
 @pytest.fixture
-def copy_of_ledger(real_ledger, tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    shutil.copy(real_ledger, path)
-    return path
+def copy_of_ledger(real_ledger, tmp_path, request):
+    return copy_ledger(real_ledger, tmp_path, request)
 
 
 def _problems(path, expect_head=None):
@@ -326,7 +323,7 @@ def test_edited_record_is_named(copy_of_ledger):
 
 def test_edited_record_with_its_hash_recomputed_is_named(copy_of_ledger):
     """The attacker also recomputes export 3's own hash: only the next record's link shows it."""
-    with sqlite3.connect(copy_of_ledger) as db:
+    with raw_connect(copy_of_ledger) as db:
         row = _rows(db)[3]
         row.update(recipient_number=2, recipient_name="Innocent Bob")
         db.execute("UPDATE exports SET recipient_number = 2, recipient_name = 'Innocent Bob', "
@@ -357,7 +354,7 @@ def test_deleted_record_with_renumbering_is_still_caught(copy_of_ledger):
 def test_inserted_record_is_named(copy_of_ledger):
     """A forged export for Innocent Bob slipped in after export 2, ids shifted to make room,
     its own hash and link computed correctly."""
-    with sqlite3.connect(copy_of_ledger) as db:
+    with raw_connect(copy_of_ledger) as db:
         rows = _rows(db)
         for i in (5, 4, 3):
             db.execute("UPDATE exports SET id = ? WHERE id = ?", (i + 1, i))
