@@ -1,0 +1,137 @@
+"""What only a PostgreSQL ledger has: its URL, sites (one schema each) that never wait on each
+other, readers with a role that may only read, and the URL in the environment. Everything
+else is the common ledger behaviour, tested on both backends by tests/test_ledger.py,
+test_access.py and test_checkpoint.py."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from forensics import cli
+from forensics.ledger import AccessEvent, Ledger, default_ledger_path, log_access
+from forensics.ledger_db import parse_postgres_url
+from pgserver import raw_sql
+from test_ledger import _record
+from watermark.errors import LedgerError
+
+
+@pytest.fixture
+def site(postgres_server, request):
+    """A fresh site URL of the session's server."""
+    import secrets
+
+    return postgres_server.site_url(f"t{secrets.token_hex(6)}")
+
+
+def test_url_parsing_keeps_libpq_parameters_and_hides_the_password():
+    loc = parse_postgres_url("postgresql://ana:s3cret@db.example:5433/ledgers?sslmode=require"
+                             "&site=north_wing")
+    assert loc.site == "north_wing"
+    assert loc.conninfo == "postgresql://ana:s3cret@db.example:5433/ledgers?sslmode=require"
+    assert loc.display == ("postgresql://ana@db.example:5433/ledgers?sslmode=require"
+                           "&site=north_wing")
+    assert parse_postgres_url("postgres://h/db").site == "leaktrace"  # the default site
+    for bad, message in [("postgresql://h/db?site=North-Wing", "not a valid site name"),
+                         ("postgresql://h/db?site=a&site=b", "site is given 2 times"),
+                         ("postgresql://ana:pw@h:5432", "names no database"),
+                         ("postgresql://h/db?site=", "not a valid site name")]:
+        with pytest.raises(LedgerError, match=message) as caught:
+            parse_postgres_url(bad)
+        assert "pw" not in str(caught.value)
+
+
+def test_a_missing_site_is_an_error_for_readers_and_made_by_writers(site):
+    with pytest.raises(LedgerError, match="no ledger there"):
+        Ledger(site, create=False)
+    assert log_access(site, AccessEvent("a", "detect", {}, "error")).startswith(
+        "the access was not recorded: ")
+    with pytest.raises(LedgerError, match="no ledger there"):  # log_access created nothing
+        Ledger(site, create=False)
+    with Ledger(site) as book:
+        assert book.dialect == "postgresql" and book.site == parse_postgres_url(site).site
+        assert len(book.ledger_id) == 32 and book.export_count() == 0
+    with Ledger(site, create=False) as book:
+        assert book.schema_version == 2 and book.verify() == []
+
+
+def test_an_unreachable_server_is_one_clear_error(postgres_server):
+    with pytest.raises(LedgerError, match="cannot connect to the ledger's database") as caught:
+        Ledger(f"postgresql://leaktrace@127.0.0.1:{postgres_server.port}/no_such_db")
+    assert "no_such_db" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_reader_connection_cannot_write_even_by_mistake(site, tmp_path):
+    with Ledger(site) as book:
+        _record(book, tmp_path, "a")
+    with Ledger(site, create=False) as book:
+        assert book.exports()[0].recipient_name == "a"
+        with pytest.raises(LedgerError, match="read-only"):
+            book.recipient_number("b", create=True)
+        with pytest.raises(Exception, match="read-only transaction"):
+            book._db.execute("DELETE FROM exports")
+    with Ledger(site, create=False) as book:
+        assert book.export_count() == 1
+
+
+def test_sites_of_one_database_have_their_own_ids_and_chains_and_never_wait(postgres_server,
+                                                                             tmp_path):
+    """Site north holds its write lock (a transaction left open) while site south records an
+    export: south is not held up; north's ledger is untouched by it."""
+    north, south = (postgres_server.site_url(s) for s in ("north", "south"))
+    with Ledger(north) as a, Ledger(south) as b:
+        assert a.ledger_id != b.ledger_id
+        _record(a, tmp_path, "Dr. North")
+        done = []
+
+        def write_south():
+            with Ledger(south) as other:
+                done.append(_record(other, tmp_path, "Dr. South", n=1))
+
+        with a._write():  # north's lock held
+            writer = threading.Thread(target=write_south)
+            writer.start()
+            writer.join(timeout=120)
+            assert not writer.is_alive() and len(done) == 1
+        assert done[0].id == 1 and done[0].prev_hash == "0" * 64  # south's own chain
+        assert [r.recipient_name for r in a.exports()] == ["Dr. North"]
+        assert [r.recipient_name for r in b.exports()] == ["Dr. South"]
+        assert a.verify() == [] and b.verify() == []
+
+
+def test_a_role_that_may_only_read_can_query_and_is_told_the_access_was_not_recorded(
+        postgres_server, site, tmp_path):
+    """An investigator's role with SELECT only: the ledger reads, the access log write fails
+    with one line, and nothing changes."""
+    with Ledger(site) as book:
+        _record(book, tmp_path, "a")
+        schema = book.site
+    raw_sql(site, "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+            "'investigator') THEN CREATE ROLE investigator LOGIN; END IF; END $$",
+            f"GRANT USAGE ON SCHEMA {schema} TO investigator",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO investigator")
+    reader = site.replace("postgresql://leaktrace@", "postgresql://investigator@")
+    with Ledger(reader, create=False) as book:
+        assert book.verify() == [] and book.export_count() == 1
+    problem = log_access(reader, AccessEvent("Insp. Lestrade", "ledger list", {}, "listed"))
+    assert problem.startswith("the access was not recorded: ") and "permission denied" in problem
+    with Ledger(site, create=False) as book:
+        assert book.accesses() == [] and book.check().ok
+
+
+def test_the_url_in_leaktrace_ledger_is_used_by_the_cli(site, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAKTRACE_LEDGER", site)
+    assert default_ledger_path() == site
+    with Ledger(None) as book:
+        _record(book, tmp_path, "Dr. Env")
+    result = CliRunner().invoke(cli.app, ["ledger", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["access_recorded"] is True
+    verify = CliRunner().invoke(cli.app, ["ledger", "verify", "--json"])
+    assert verify.exit_code == 0, verify.output
+    report = json.loads(verify.stdout)
+    assert report["ok"] and report["n_records"] == 1 and report["access"]["n_records"] == 1
+    assert not Path(site).exists()  # no file named after the URL
