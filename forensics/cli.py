@@ -846,6 +846,50 @@ def ledger_witness(
     err.print(f"witness public key: {escape(signer.verifier.vkey)}")
 
 
+@ledger_app.command("migrate")
+def ledger_migrate(
+    to: Annotated[str, typer.Option("--to", metavar="PATH|URL", help="The new ledger: a PostgreSQL site postgresql://user@host:port/db?site=NAME (created if missing) or a new SQLite file; it must be empty.")],
+    ledger: LedgerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object on stdout: from, to, ledger_id, copied (rows per table), n_records, head_hash, access_head_hash, ok.")] = False,
+) -> None:
+    """Copy a ledger, row for row, into a new empty one (e.g. a SQLite file into a PostgreSQL
+    site), keeping its ledger id, record ids and hashes; then check that the copy has the
+    same chain heads.
+
+    Stop the writers (embed, the gateway) first and point them at the new ledger afterwards:
+    the old one is only read and stays as it was, and two writable copies would fork the chain.
+
+    Exit codes: 0 copied and the same, 1 copied but the copy's check differs from the
+    source's, 2 a ledger cannot be used (or the new one is not empty).
+    """
+    try:
+        with Ledger(ledger, create=False) as source, Ledger(to) as target:
+            before, before_access = source.check(), source.check_access()
+            copied = target.copy_from(source)
+            after, after_access = target.check(), target.check_access()
+            names = (str(source.path), str(target.path), target.ledger_id)
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"error": str(exc)}))
+        raise _fail(str(exc)) from None
+    same = ((after.head_hash, after.n_records, after.problems) ==
+            (before.head_hash, before.n_records, before.problems)
+            and after_access.head_hash == before_access.head_hash)
+    if as_json:
+        print(json.dumps({"from": names[0], "to": names[1], "ledger_id": names[2],
+                          "copied": copied, "n_records": after.n_records,
+                          "head_hash": after.head_hash, "access_head_hash": after_access.head_hash,
+                          "ok": same}))
+    else:
+        print(f"copied {copied['exports']} export record(s), {copied['recipients']} "
+              f"recipient(s), {copied['access']} access row(s), {copied['deliveries']} "
+              f"deliveries and {copied['sources']} source feature set(s) from {names[0]} to "
+              f"{names[1]} (ledger_id {names[2]}); head_hash {after.head_hash}")
+    if not same:
+        err.print("[bold red]the copy's chain check differs from the source's[/]")
+    raise typer.Exit(0 if same else 1)
+
+
 @ledger_app.command("export")
 def ledger_export(
     fmt: Annotated[str, typer.Option("--format", metavar="csv|json", help="csv (one row per export, after '#' lines with the ledger id and chain check) or json.")],

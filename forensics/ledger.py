@@ -991,6 +991,70 @@ class Ledger:
             ledger_path=str(self.path), key_fingerprint=fingerprint,
             key_path=str(key_path) if key_path is not None else None, ledger_fingerprints=usage)
 
+    def copy_from(self, source: Ledger) -> dict:
+        """Copy every row of ``source`` into this empty ledger, verbatim: the ledger id, the
+        recipients and their numbers, the export records with their ids and hashes, the
+        deliveries, the access log and the source features (a migration, e.g. from a SQLite
+        file to a PostgreSQL site: ``leaktrace ledger migrate``). One transaction: all or
+        nothing. The copy keeps the ledger's identity, so its marks, checkpoints and noted
+        chain heads stay valid for it; retire the source afterwards (two writable copies of
+        one ledger would fork its chain).
+
+        Parameters
+        ----------
+        source : Ledger
+            Any ledger of schema 2 (opened read-only is enough); an older layout is read as
+            it is (missing tables copy as empty).
+
+        Returns
+        -------
+        dict
+            ``{"exports": n, "recipients": n, "deliveries": n, "access": n, "sources": n}``,
+            rows copied per table.
+
+        Raises
+        ------
+        LedgerError
+            This ledger is read-only or not empty (it holds recipients, exports or access
+            rows), or ``source`` is a schema-1 ledger (its marks are not tied to a ledger id).
+        """
+        if source.schema_version < 2:
+            raise LedgerError(f"{source.path}: a schema-1 ledger (leaktrace 0.1.0) cannot be "
+                              "migrated; it can still be read where it is")
+        from .ledger_schema import TABLE_NAMES
+
+        present = {"deliveries": source._has_deliveries, "access": source._has_access,
+                   "sources": source._has_sources}
+        copied = {}
+        with self._write() as db:
+            if any(db.execute(f"SELECT EXISTS(SELECT 1 FROM {t})").fetchone()[0]
+                   for t in ("recipients", "exports", "access")):
+                raise LedgerError(f"{self.path}: not an empty ledger; a ledger is migrated into "
+                                  "a new file or site only")
+            db.execute("DELETE FROM meta")
+            for table in ("meta", "recipients", "exports", "deliveries", "access", "sources"):
+                if not present.get(table, True):
+                    copied[table] = 0
+                    continue
+                columns = [c.name for c in TABLE_NAMES[table].columns]
+                rows = source._db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+                if table == "meta":
+                    rows = [(k, str(SCHEMA_VERSION) if k == "schema_version" else v)
+                            for k, v in rows]
+                if table == "sources":
+                    rows = [(sha, bytes(blob), when) for sha, blob, when in rows]
+                if rows:
+                    db.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES "
+                                   f"({', '.join('?' * len(columns))})", rows)
+                copied[table] = len(rows)
+            if self.dialect == "postgresql":  # identity counters past the copied ids
+                for table in ("exports", "deliveries", "access"):
+                    db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)")
+        self.ledger_id = source.ledger_id
+        copied.pop("meta")
+        return copied
+
     def verify(self) -> list[str]:
         """Check the hash chain and the recipients' names. Returns a list of problems, empty
         when everything is intact (:meth:`check` also gives the chain head).

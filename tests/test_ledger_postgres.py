@@ -135,3 +135,60 @@ def test_the_url_in_leaktrace_ledger_is_used_by_the_cli(site, tmp_path, monkeypa
     report = json.loads(verify.stdout)
     assert report["ok"] and report["n_records"] == 1 and report["access"]["n_records"] == 1
     assert not Path(site).exists()  # no file named after the URL
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def test_migrate_a_sqlite_ledger_to_a_site_keeps_its_identity_chain_and_checkpoints(
+        site, tmp_path):
+    """``ledger migrate``: every row copied verbatim (ledger id, ids, hashes, access log,
+    deliveries, features); a checkpoint signed on the SQLite ledger verifies on the copy;
+    new records continue the same chain; a non-empty target is refused."""
+    import hashlib
+
+    from forensics.checkpoint import sign_checkpoint, verify_checkpoint
+    from forensics.ledger import PendingDelivery
+    from forensics.note import Signer
+
+    path = tmp_path / "old.sqlite"
+    signer = Signer("site-a.example/leaktrace", hashlib.sha256(b"migration test").digest())
+    with Ledger(path) as book:
+        for i, name in enumerate(["Dr. Ana", "Bob", "Dr. Ana"]):
+            _record(book, tmp_path, name, n=i)
+        book.record_export(lambda n: {"output_path": str(tmp_path / "sent"),
+                                      "output_sop_uid": "2.25.9", "output_sha256": "1" * 64,
+                                      "payload": "00"},
+                           recipient="Carol", source_sop_uid="1.2.3", source_path="/s",
+                           source_sha256="cd" * 32, key_fingerprint="f" * 16,
+                           delivery=PendingDelivery("CAROL_WS", "move"))
+        book.store_source_features("cd" * 32, bytes(range(256)) * 4)
+        book.record_access(AccessEvent("Insp. Lestrade", "trace", {"leak_sha256": "0" * 64},
+                                       "traced", "recipient 2"))
+        note, _ = sign_checkpoint(book, signer)
+        before = dict(ledger_id=book.ledger_id, exports=book.exports(), access=book.accesses(),
+                      deliveries=book.deliveries(), features=book.source_features(),
+                      recipients=book.recipients(), head=book.check().head_hash)
+    result = _cli("ledger", "migrate", "--ledger", path, "--to", site, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and doc["to"] == site and doc["ledger_id"] == before["ledger_id"]
+    assert doc["copied"] == {"recipients": 3, "exports": 4, "deliveries": 1, "access": 1,
+                             "sources": 1}
+    assert doc["head_hash"] == before["head"] and doc["n_records"] == 4
+    with Ledger(site) as book:
+        assert book.ledger_id == before["ledger_id"]
+        assert (book.exports(), book.accesses(), book.deliveries(), book.source_features(),
+                book.recipients()) == (before["exports"], before["access"], before["deliveries"],
+                                       before["features"], before["recipients"])
+        assert verify_checkpoint(book, note.encode(), signer.verifier).ok
+        new = _record(book, tmp_path, "Dave", n=9)  # the chain goes on from the copied head
+        assert (new.id, new.prev_hash, new.recipient_number) == (5, before["head"], 4)
+        access = book.record_access(AccessEvent("x", "ledger list", {}, "listed"))
+        assert access.id == 2 and access.prev_hash == before["access"][-1].record_hash
+        assert book.check().ok and book.check_access().ok
+    again = _cli("ledger", "migrate", "--ledger", path, "--to", site)
+    assert again.exit_code == 2 and "not an empty ledger" in again.stderr
+    with Ledger(path, create=False) as book:  # the source is only read
+        assert book.exports() == before["exports"]
