@@ -74,6 +74,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 from watermark import __version__
 from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
+from watermark.stats import FALSE_ACCUSATION_RATE
 
 from .access import id_ranges, operator_name, query_event
 from .export import (ExportOutcome, already_exported, collect_sources, export_many,
@@ -142,6 +143,13 @@ KeyOpt = Annotated[Optional[Path], typer.Option(
                   "$XDG_CONFIG_HOME/leaktrace/site.key (~/.config/leaktrace/site.key).")]
 
 
+# detect and trace: --ledger may be given several times (the sites of a group)
+LedgersOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ledger", metavar="PATH|URL",
+    help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME. "
+         "Give it several times to search several sites' ledgers (each at the false-accusation "
+         "rate divided by their number). Default: $LEAKTRACE_LEDGER, else "
+         "$XDG_DATA_HOME/leaktrace/ledger.sqlite.")]
 OperatorOpt = Annotated[Optional[str], typer.Option(
     "--operator", metavar="NAME",
     help="Who runs this, as recorded in the ledger's access log (default: the OS user).")]
@@ -374,17 +382,26 @@ def _report_folder_problem(folder: Path) -> str | None:
     return None
 
 
-def _answer(leak: Path, query, *, ledger: str | Path | None, key: Path | None, as_json: bool,
+def _answer(leak: Path, query, *, ledger: list[str] | None, key: Path | None, as_json: bool,
             report_dir: Path | None, action: str, operator: str | None) -> None:
-    """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
-    evidence report, exit. A key none of the ledger's exports was made with is still used,
-    with a warning on stderr (also with ``--json``, whose object then has
+    """Shared by ``detect`` and ``trace``: run ``query(book, key, alpha)`` on each ledger,
+    print, write the evidence report, exit. A key none of the ledger's exports was made with
+    is still used, with a warning on stderr (also with ``--json``, whose object then has
     ``"key_in_ledger": false``).
 
     The query reads the ledger read-only; then the access (``action``, who, the leak's
     SHA-256, the outcome) is recorded through a second connection (:func:`_record_access`).
     A failure to record is a warning, never a failed query; the JSON says
-    ``"access_recorded"``. An interrupted query records nothing."""
+    ``"access_recorded"``. An interrupted query records nothing.
+
+    Several ledgers (``--ledger`` given more than once: the sites of a group, each with its
+    own ledger id): each is searched at ``alpha / k`` for ``k`` ledgers (union bound, so that
+    the false-accusation rate of the whole search stays at the designed one), each records the
+    access with its own outcome, and the answer is the traced result with the smallest
+    p-value, else the first ledger's; the JSON adds ``searched`` (per ledger: ``ledger``,
+    ``ledger_id``, ``decision``, ``recipient``, ``p_value``)."""
+    ledgers = list(ledger) if ledger else [None]
+    alpha = FALSE_ACCUSATION_RATE / len(ledgers)
     files, report_error, writing, interrupted = None, None, False, False
     try:
         who, message = operator_name(operator), None
@@ -395,11 +412,14 @@ def _answer(leak: Path, query, *, ledger: str | Path | None, key: Path | None, a
     if message is None:
         try:
             site_key = load_key(key)
-            with Ledger(ledger, create=False) as book:
-                report = query(book, site_key)
+            with contextlib.ExitStack() as stack:
+                books = [stack.enter_context(Ledger(where, create=False)) for where in ledgers]
+                reports = [query(book, site_key, alpha) for book in books]
+                best = _best_report(reports)
+                report = reports[best]
                 if report_dir is not None:
                     writing = True
-                    files, report_error = _evidence_report(report_dir, report, book)
+                    files, report_error = _evidence_report(report_dir, report, books[best])
         except LeaktraceError as exc:
             message = str(exc)
         except MemoryError:
@@ -409,15 +429,23 @@ def _answer(leak: Path, query, *, ledger: str | Path | None, key: Path | None, a
             message = (f"{leak}: nothing was named (the analysis stopped before it finished)"
                        if not writing else _report_interrupted(leak, report_dir))
     if message is not None:
-        recorded = (False if interrupted or who is None else
-                    _record_access(ledger, query_event(action, who, leak, error=message)))
+        recorded = False
+        if not interrupted and who is not None:
+            event = query_event(action, who, leak, error=message)
+            recorded = all([_record_access(where, event) for where in ledgers])
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
                               "error": message, **({"interrupted": True} if interrupted else
                                                    {"access_recorded": recorded})}))
         raise _interrupted(message) if interrupted else _fail(message)
-    result = report.as_dict()
-    recorded = _record_access(ledger, query_event(action, who, leak, result=result))
+    results = [r.as_dict() for r in reports]
+    recorded = all([_record_access(where, query_event(action, who, leak, result=r))
+                    for where, r in zip(ledgers, results)])
+    result = results[best]
+    if len(ledgers) > 1:
+        result["searched"] = [{"ledger": r["ledger"], "ledger_id": r.get("ledger_id"),
+                               "decision": r["decision"], "recipient": r["recipient"],
+                               "p_value": r["p_value"]} for r in results]
     if as_json:
         if report.key_warning:  # the one warning that changes how the answer must be read
             err.print(f"[yellow]warning:[/] {escape(report.key_warning)}")
@@ -429,12 +457,22 @@ def _answer(leak: Path, query, *, ledger: str | Path | None, key: Path | None, a
     else:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/] {escape(w)}")
+        if len(ledgers) > 1:
+            err.print(f"searched {len(ledgers)} ledgers, each at false-accusation rate "
+                      f"{alpha:g}; the answer is from {escape(str(report.ledger_path))}")
         print(f"{leak}: {report.summary()}")
         if files:
             err.print(f"evidence report: {escape(str(files.html))} and {escape(str(files.json))}")
     if report_error:
         raise _fail(report_error)
     raise typer.Exit(0 if report.decision == "traced" else 1)
+
+
+def _best_report(reports: list) -> int:
+    """The index of the answer among the ledgers' reports: the traced one with the smallest
+    p-value, else the first."""
+    traced = [i for i, r in enumerate(reports) if r.decision == "traced"]
+    return min(traced, key=lambda i: reports[i].p_value) if traced else 0
 
 
 def _report_interrupted(leak: Path, folder: Path) -> str:
@@ -471,7 +509,7 @@ def _evidence_report(folder: Path, report, book: Ledger):
 
 
 @app.command()
-def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
+def detect(leak: LeakArg, ledger: LedgersOpt = None, key: KeyOpt = None,
            as_json: JsonOpt = False, report_dir: ReportOpt = None,
            operator: OperatorOpt = None) -> None:
     """Find whose copy a leaked image is, from the image alone (blind detection).
@@ -479,14 +517,15 @@ def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
     Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
     --report cannot be written; the result is still printed), 130 interrupted.
     """
-    _answer(leak, lambda book, site_key: detect_leak(leak, ledger=book, key=site_key),
+    _answer(leak, lambda book, site_key, alpha: detect_leak(leak, ledger=book, key=site_key,
+                                                            alpha=alpha),
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="detect",
             operator=operator)
 
 
 @app.command()
 def trace(
-    leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
+    leak: LeakArg, ledger: LedgersOpt = None, key: KeyOpt = None,
     original: Annotated[Optional[Path], typer.Option(
         "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
     report_dir: ReportOpt = None, as_json: JsonOpt = False, operator: OperatorOpt = None,
@@ -500,8 +539,8 @@ def trace(
     Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
     --report cannot be written; the result is still printed), 130 interrupted.
     """
-    _answer(leak, lambda book, site_key: trace_leak(leak, ledger=book, key=site_key,
-                                                    original=original),
+    _answer(leak, lambda book, site_key, alpha: trace_leak(leak, ledger=book, key=site_key,
+                                                           original=original, alpha=alpha),
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="trace",
             operator=operator)
 

@@ -192,3 +192,40 @@ def test_migrate_a_sqlite_ledger_to_a_site_keeps_its_identity_chain_and_checkpoi
     assert again.exit_code == 2 and "not an empty ledger" in again.stderr
     with Ledger(path, create=False) as book:  # the source is only read
         assert book.exports() == before["exports"]
+
+
+FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"
+
+
+@pytest.mark.parametrize("command", ["detect", "trace"])
+def test_detect_and_trace_search_several_sites_ledgers(command, site, tmp_path, dicom_films,
+                                                       monkeypatch):
+    """A SQLite ledger (site A) and a PostgreSQL site (site B), each with an export of the
+    same film under the same site key: a leak of B's copy is named from B when both are
+    searched, each ledger at half the false-accusation rate, and both record the access."""
+    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.delenv("LEAKTRACE_LEDGER", raising=False)
+    key, a = tmp_path / "site.key", tmp_path / "a.sqlite"
+    for ledger, name in ((a, "Dr. A"), (site, "Dr. B")):
+        done = _cli("embed", dicom_films[FUJI], "--recipient", name, "--out",
+                    tmp_path / name.replace(". ", ""), "--key", key, "--ledger", ledger, "--json")
+        assert done.exit_code == 0, done.output
+    [leak] = json.loads(done.stdout)["exported"]
+    result = _cli(command, leak["output_path"], "--key", key, "--ledger", a, "--ledger", site,
+                  "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["decision"] == "traced" and answer["recipient"] == "Dr. B"
+    assert answer["ledger"] == site
+    assert [s["ledger"] for s in answer["searched"]] == [str(a), site]
+    assert [s["decision"] for s in answer["searched"]] == ["not_found", "traced"]
+    assert answer["access_recorded"] is True
+    for ledger, outcome in ((a, "not_found"), (site, "traced")):
+        with Ledger(ledger, create=False) as book:
+            [row] = book.accesses()
+            assert (row.action, row.outcome) == (command, outcome)
+    alone = _cli(command, leak["output_path"], "--key", key, "--ledger", site, "--json")
+    single = json.loads(alone.stdout)
+    assert "searched" not in single  # one ledger: the answer as before
+    assert answer["threshold"] == pytest.approx(single["threshold"] / 2)
