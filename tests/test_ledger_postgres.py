@@ -119,6 +119,13 @@ def test_a_role_that_may_only_read_can_query_and_is_told_the_access_was_not_reco
     assert problem.startswith("the access was not recorded: ") and "permission denied" in problem
     with Ledger(site, create=False) as book:
         assert book.accesses() == [] and book.check().ok
+    # with INSERT on the access log only (docs/postgresql.md), its accesses are recorded
+    raw_sql(site, f"GRANT INSERT ON {schema}.access TO investigator")
+    assert log_access(reader, AccessEvent("Insp. Lestrade", "ledger list", {}, "listed")) is None
+    with Ledger(reader) as book, pytest.raises(LedgerError, match="permission denied"):
+        _record(book, tmp_path, "Mallory")
+    with Ledger(site, create=False) as book:
+        assert [a.who for a in book.accesses()] == ["Insp. Lestrade"] and book.export_count() == 1
 
 
 def test_the_url_in_leaktrace_ledger_is_used_by_the_cli(site, tmp_path, monkeypatch):
