@@ -80,8 +80,7 @@ from .access import id_ranges, operator_name, query_event
 from .export import (ExportOutcome, already_exported, collect_sources, export_many,
                      site_key_for)
 from watermark._files import atomic_write
-from .ledger_db import is_server_url
-from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, default_ledger_path, export_table,
+from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, export_table, ledger_exists,
                      log_access, normalise_recipient)
 from .trace import detect_leak, trace_leak
 
@@ -168,8 +167,10 @@ def _record_access(ledger: str | Path | None, event: AccessEvent) -> bool:
     query); when that is not possible, one warning line on stderr and False. A failed
     command whose ledger file does not exist records nothing and says nothing more."""
     if event.outcome == "error":
-        where = ledger if ledger is not None else default_ledger_path()
-        if not is_server_url(where) and not Path(where).expanduser().is_file():
+        try:
+            if not ledger_exists(ledger):
+                return False
+        except LeaktraceError:  # the server cannot be reached: the command's error says so
             return False
     problem = log_access(ledger, event)
     if problem is not None:

@@ -118,7 +118,8 @@ if TYPE_CHECKING:
 __all__ = ["Ledger", "ExportRecord", "ChainCheck", "PendingDelivery", "DeliveryRecord",
            "AccessEvent", "AccessRecord", "ACCESS_CONTENT_FIELDS", "log_access",
            "DELIVERY_STATES", "export_table", "EXPORT_FORMATS",
-           "default_ledger_path", "normalise_recipient", "record_content", "LEDGER_ENV",
+           "default_ledger_path", "ledger_exists", "normalise_recipient", "record_content",
+           "LEDGER_ENV",
            "MAX_NAME_LENGTH"]
 
 LEDGER_ENV = "LEAKTRACE_LEDGER"
@@ -280,6 +281,25 @@ def default_ledger_path() -> Path | str:
         return Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "leaktrace" / "ledger.sqlite"
+
+
+def ledger_exists(location: str | os.PathLike | None = None) -> bool:
+    """Whether a ledger is there to open read-only: the file exists (a folder is no ledger),
+    or the PostgreSQL database holds the URL's site. ``None``: :func:`default_ledger_path`.
+
+    Raises
+    ------
+    LedgerError
+        The PostgreSQL server cannot be reached (or psycopg is not installed).
+    """
+    where = location if location is not None else default_ledger_path()
+    if not is_server_url(where):
+        return Path(where).expanduser().is_file()
+    db = PostgresConnection(parse_postgres_url(str(where)), read_only=True)
+    try:
+        return bool(db.site_exists())
+    finally:
+        db.close()
 
 
 def normalise_recipient(name: str) -> str:

@@ -236,3 +236,21 @@ def test_detect_and_trace_search_several_sites_ledgers(command, site, tmp_path, 
     single = json.loads(alone.stdout)
     assert "searched" not in single  # one ledger: the answer as before
     assert answer["threshold"] == pytest.approx(single["threshold"] / 2)
+
+
+def test_ledger_exists_and_the_tables_are_the_shared_definition(site, tmp_path):
+    """Both backends make exactly the columns of forensics/ledger_schema.py, in its order."""
+    from forensics.ledger import ledger_exists
+    from forensics.ledger_schema import TABLES
+    from pgserver import raw_connect
+
+    file = tmp_path / "l.sqlite"
+    assert not ledger_exists(site) and not ledger_exists(file) and not ledger_exists(tmp_path)
+    for where in (file, site):
+        Ledger(where).close()
+        assert ledger_exists(where)
+        db = raw_connect(where)
+        for table in TABLES:
+            cur = db.execute(f"SELECT * FROM {table.name} WHERE 1 = 0")
+            assert [d[0] for d in cur.description] == [c.name for c in table.columns], table.name
+        db.close()
