@@ -74,12 +74,13 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 from watermark import __version__
 from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
+from watermark.stats import FALSE_ACCUSATION_RATE
 
 from .access import id_ranges, operator_name, query_event
 from .export import (ExportOutcome, already_exported, collect_sources, export_many,
                      site_key_for)
 from watermark._files import atomic_write
-from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, default_ledger_path, export_table,
+from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, export_table, ledger_exists,
                      log_access, normalise_recipient)
 from .trace import detect_leak, trace_leak
 
@@ -130,14 +131,24 @@ app.add_typer(ledger_app, name="ledger")
 # soft_wrap: long messages stay on one line in pipes and logs (rich would wrap at 80 columns)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-LedgerOpt = Annotated[Optional[Path], typer.Option(
-    "--ledger", help="Export ledger (SQLite). Default: $LEAKTRACE_LEDGER, else "
-                     "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
+# a str, not a Path: a PostgreSQL URL would lose the second slash of "postgresql://" in a Path
+LedgerOpt = Annotated[Optional[str], typer.Option(
+    "--ledger", metavar="PATH|URL",
+    help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME "
+         "(needs leaktrace[postgresql]). Default: $LEAKTRACE_LEDGER, else "
+         "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
 KeyOpt = Annotated[Optional[Path], typer.Option(
     "--key", help="Site key file. Default: $LEAKTRACE_KEY, else "
                   "$XDG_CONFIG_HOME/leaktrace/site.key (~/.config/leaktrace/site.key).")]
 
 
+# detect and trace: --ledger may be given several times (the sites of a group)
+LedgersOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ledger", metavar="PATH|URL",
+    help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME. "
+         "Give it several times to search several sites' ledgers (each at the false-accusation "
+         "rate divided by their number). Default: $LEAKTRACE_LEDGER, else "
+         "$XDG_DATA_HOME/leaktrace/ledger.sqlite.")]
 OperatorOpt = Annotated[Optional[str], typer.Option(
     "--operator", metavar="NAME",
     help="Who runs this, as recorded in the ledger's access log (default: the OS user).")]
@@ -151,13 +162,15 @@ def _who(operator: str | None) -> str:
         raise _fail(f"bad arguments: {exc}") from None
 
 
-def _record_access(ledger: Path | None, event: AccessEvent) -> bool:
+def _record_access(ledger: str | Path | None, event: AccessEvent) -> bool:
     """Record ``event`` in the ledger's access log (a write of its own, after the read-only
     query); when that is not possible, one warning line on stderr and False. A failed
     command whose ledger file does not exist records nothing and says nothing more."""
     if event.outcome == "error":
-        where = ledger.expanduser() if ledger is not None else default_ledger_path()
-        if not where.is_file():
+        try:
+            if not ledger_exists(ledger):
+                return False
+        except LeaktraceError:  # the server cannot be reached: the command's error says so
             return False
     problem = log_access(ledger, event)
     if problem is not None:
@@ -370,17 +383,26 @@ def _report_folder_problem(folder: Path) -> str | None:
     return None
 
 
-def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json: bool,
+def _answer(leak: Path, query, *, ledger: list[str] | None, key: Path | None, as_json: bool,
             report_dir: Path | None, action: str, operator: str | None) -> None:
-    """Shared by ``detect`` and ``trace``: run ``query(ledger, key)``, print, write the
-    evidence report, exit. A key none of the ledger's exports was made with is still used,
-    with a warning on stderr (also with ``--json``, whose object then has
+    """Shared by ``detect`` and ``trace``: run ``query(book, key, alpha)`` on each ledger,
+    print, write the evidence report, exit. A key none of the ledger's exports was made with
+    is still used, with a warning on stderr (also with ``--json``, whose object then has
     ``"key_in_ledger": false``).
 
     The query reads the ledger read-only; then the access (``action``, who, the leak's
     SHA-256, the outcome) is recorded through a second connection (:func:`_record_access`).
     A failure to record is a warning, never a failed query; the JSON says
-    ``"access_recorded"``. An interrupted query records nothing."""
+    ``"access_recorded"``. An interrupted query records nothing.
+
+    Several ledgers (``--ledger`` given more than once: the sites of a group, each with its
+    own ledger id): each is searched at ``alpha / k`` for ``k`` ledgers (union bound, so that
+    the false-accusation rate of the whole search stays at the designed one), each records the
+    access with its own outcome, and the answer is the traced result with the smallest
+    p-value, else the first ledger's; the JSON adds ``searched`` (per ledger: ``ledger``,
+    ``ledger_id``, ``decision``, ``recipient``, ``p_value``)."""
+    ledgers = list(ledger) if ledger else [None]
+    alpha = FALSE_ACCUSATION_RATE / len(ledgers)
     files, report_error, writing, interrupted = None, None, False, False
     try:
         who, message = operator_name(operator), None
@@ -391,11 +413,14 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
     if message is None:
         try:
             site_key = load_key(key)
-            with Ledger(ledger, create=False) as book:
-                report = query(book, site_key)
+            with contextlib.ExitStack() as stack:
+                books = [stack.enter_context(Ledger(where, create=False)) for where in ledgers]
+                reports = [query(book, site_key, alpha) for book in books]
+                best = _best_report(reports)
+                report = reports[best]
                 if report_dir is not None:
                     writing = True
-                    files, report_error = _evidence_report(report_dir, report, book)
+                    files, report_error = _evidence_report(report_dir, report, books[best])
         except LeaktraceError as exc:
             message = str(exc)
         except MemoryError:
@@ -405,15 +430,23 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
             message = (f"{leak}: nothing was named (the analysis stopped before it finished)"
                        if not writing else _report_interrupted(leak, report_dir))
     if message is not None:
-        recorded = (False if interrupted or who is None else
-                    _record_access(ledger, query_event(action, who, leak, error=message)))
+        recorded = False
+        if not interrupted and who is not None:
+            event = query_event(action, who, leak, error=message)
+            recorded = all([_record_access(where, event) for where in ledgers])
         if as_json:
             print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
                               "error": message, **({"interrupted": True} if interrupted else
                                                    {"access_recorded": recorded})}))
         raise _interrupted(message) if interrupted else _fail(message)
-    result = report.as_dict()
-    recorded = _record_access(ledger, query_event(action, who, leak, result=result))
+    results = [r.as_dict() for r in reports]
+    recorded = all([_record_access(where, query_event(action, who, leak, result=r))
+                    for where, r in zip(ledgers, results)])
+    result = results[best]
+    if len(ledgers) > 1:
+        result["searched"] = [{"ledger": r["ledger"], "ledger_id": r.get("ledger_id"),
+                               "decision": r["decision"], "recipient": r["recipient"],
+                               "p_value": r["p_value"]} for r in results]
     if as_json:
         if report.key_warning:  # the one warning that changes how the answer must be read
             err.print(f"[yellow]warning:[/] {escape(report.key_warning)}")
@@ -425,12 +458,22 @@ def _answer(leak: Path, query, *, ledger: Path | None, key: Path | None, as_json
     else:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/] {escape(w)}")
+        if len(ledgers) > 1:
+            err.print(f"searched {len(ledgers)} ledgers, each at false-accusation rate "
+                      f"{alpha:g}; the answer is from {escape(str(report.ledger_path))}")
         print(f"{leak}: {report.summary()}")
         if files:
             err.print(f"evidence report: {escape(str(files.html))} and {escape(str(files.json))}")
     if report_error:
         raise _fail(report_error)
     raise typer.Exit(0 if report.decision == "traced" else 1)
+
+
+def _best_report(reports: list) -> int:
+    """The index of the answer among the ledgers' reports: the traced one with the smallest
+    p-value, else the first."""
+    traced = [i for i, r in enumerate(reports) if r.decision == "traced"]
+    return min(traced, key=lambda i: reports[i].p_value) if traced else 0
 
 
 def _report_interrupted(leak: Path, folder: Path) -> str:
@@ -467,7 +510,7 @@ def _evidence_report(folder: Path, report, book: Ledger):
 
 
 @app.command()
-def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
+def detect(leak: LeakArg, ledger: LedgersOpt = None, key: KeyOpt = None,
            as_json: JsonOpt = False, report_dir: ReportOpt = None,
            operator: OperatorOpt = None) -> None:
     """Find whose copy a leaked image is, from the image alone (blind detection).
@@ -475,14 +518,15 @@ def detect(leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
     Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
     --report cannot be written; the result is still printed), 130 interrupted.
     """
-    _answer(leak, lambda book, site_key: detect_leak(leak, ledger=book, key=site_key),
+    _answer(leak, lambda book, site_key, alpha: detect_leak(leak, ledger=book, key=site_key,
+                                                            alpha=alpha),
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="detect",
             operator=operator)
 
 
 @app.command()
 def trace(
-    leak: LeakArg, ledger: LedgerOpt = None, key: KeyOpt = None,
+    leak: LeakArg, ledger: LedgersOpt = None, key: KeyOpt = None,
     original: Annotated[Optional[Path], typer.Option(
         "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
     report_dir: ReportOpt = None, as_json: JsonOpt = False, operator: OperatorOpt = None,
@@ -496,8 +540,8 @@ def trace(
     Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
     --report cannot be written; the result is still printed), 130 interrupted.
     """
-    _answer(leak, lambda book, site_key: trace_leak(leak, ledger=book, key=site_key,
-                                                    original=original),
+    _answer(leak, lambda book, site_key, alpha: trace_leak(leak, ledger=book, key=site_key,
+                                                           original=original, alpha=alpha),
             ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="trace",
             operator=operator)
 
@@ -840,6 +884,50 @@ def ledger_witness(
     err.print(f"checkpoint of {escape(cp.origin)} ({cp.size} record(s)) cosigned by "
               f"{escape(signer.name)}, written to {escape(str(out))}")
     err.print(f"witness public key: {escape(signer.verifier.vkey)}")
+
+
+@ledger_app.command("migrate")
+def ledger_migrate(
+    to: Annotated[str, typer.Option("--to", metavar="PATH|URL", help="The new ledger: a PostgreSQL site postgresql://user@host:port/db?site=NAME (created if missing) or a new SQLite file; it must be empty.")],
+    ledger: LedgerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object on stdout: from, to, ledger_id, copied (rows per table), n_records, head_hash, access_head_hash, ok.")] = False,
+) -> None:
+    """Copy a ledger, row for row, into a new empty one (e.g. a SQLite file into a PostgreSQL
+    site), keeping its ledger id, record ids and hashes; then check that the copy has the
+    same chain heads.
+
+    Stop the writers (embed, the gateway) first and point them at the new ledger afterwards:
+    the old one is only read and stays as it was, and two writable copies would fork the chain.
+
+    Exit codes: 0 copied and the same, 1 copied but the copy's check differs from the
+    source's, 2 a ledger cannot be used (or the new one is not empty).
+    """
+    try:
+        with Ledger(ledger, create=False) as source, Ledger(to) as target:
+            before, before_access = source.check(), source.check_access()
+            copied = target.copy_from(source)
+            after, after_access = target.check(), target.check_access()
+            names = (str(source.path), str(target.path), target.ledger_id)
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"error": str(exc)}))
+        raise _fail(str(exc)) from None
+    same = ((after.head_hash, after.n_records, after.problems) ==
+            (before.head_hash, before.n_records, before.problems)
+            and after_access.head_hash == before_access.head_hash)
+    if as_json:
+        print(json.dumps({"from": names[0], "to": names[1], "ledger_id": names[2],
+                          "copied": copied, "n_records": after.n_records,
+                          "head_hash": after.head_hash, "access_head_hash": after_access.head_hash,
+                          "ok": same}))
+    else:
+        print(f"copied {copied['exports']} export record(s), {copied['recipients']} "
+              f"recipient(s), {copied['access']} access row(s), {copied['deliveries']} "
+              f"deliveries and {copied['sources']} source feature set(s) from {names[0]} to "
+              f"{names[1]} (ledger_id {names[2]}); head_hash {after.head_hash}")
+    if not same:
+        err.print("[bold red]the copy's chain check differs from the source's[/]")
+    raise typer.Exit(0 if same else 1)
 
 
 @ledger_app.command("export")

@@ -1,9 +1,12 @@
 """The export ledger: who received which marked copy of which film.
 
 One SQLite file (``sqlite3`` from the standard library), created readable by its owner only
-(mode 0600). Default location, first match wins: the ``--ledger PATH`` option; the environment
-variable ``LEAKTRACE_LEDGER``; ``$XDG_DATA_HOME/leaktrace/ledger.sqlite``
-(``~/.local/share/leaktrace/ledger.sqlite``).
+(mode 0600), or one site of a PostgreSQL database given as ``postgresql://user@host:port/db``
+with an optional ``?site=NAME`` (psycopg 3, the ``postgresql`` extra; see
+:mod:`forensics.ledger_db`). Both hold the same tables (:mod:`forensics.ledger_schema`) and
+behave the same through :class:`Ledger`. Default location, first match wins: the ``--ledger``
+option; the environment variable ``LEAKTRACE_LEDGER`` (a path or a URL);
+``$XDG_DATA_HOME/leaktrace/ledger.sqlite`` (``~/.local/share/leaktrace/ledger.sqlite``).
 
 Tables
 ------
@@ -62,8 +65,11 @@ ledger catches that (:meth:`Ledger.check` with ``expect_head``, ``leaktrace ledg
 
 Transactions
 ------------
-Every change is one transaction (``BEGIN IMMEDIATE``, so concurrent writers queue rather than
-interleave). :meth:`Ledger.record_export` registers the recipient (if new) and calls a function
+Every change is one transaction that holds the ledger's write lock from its start (SQLite
+``BEGIN IMMEDIATE``; PostgreSQL a per-site advisory lock, :mod:`forensics.ledger_db`), so
+concurrent writers (``embed`` processes, the gateway) queue rather than interleave: each
+reads the chain head only once it is the sole writer, and no two records share a
+predecessor. :meth:`Ledger.record_export` registers the recipient (if new) and calls a function
 that writes the output file inside the same transaction: the recipient and the row are
 committed only if the file was written, and the file is removed if the row cannot be committed.
 
@@ -103,13 +109,17 @@ from typing import TYPE_CHECKING
 
 from watermark.errors import LedgerError, LedgerKeyError
 
+from .ledger_db import PostgresConnection, database_errors, is_server_url, parse_postgres_url
+from .ledger_schema import create_statements
+
 if TYPE_CHECKING:
     from watermark.keys import SiteKey
 
 __all__ = ["Ledger", "ExportRecord", "ChainCheck", "PendingDelivery", "DeliveryRecord",
            "AccessEvent", "AccessRecord", "ACCESS_CONTENT_FIELDS", "log_access",
            "DELIVERY_STATES", "export_table", "EXPORT_FORMATS",
-           "default_ledger_path", "normalise_recipient", "record_content", "LEDGER_ENV",
+           "default_ledger_path", "ledger_exists", "normalise_recipient", "record_content",
+           "LEDGER_ENV",
            "MAX_NAME_LENGTH"]
 
 LEDGER_ENV = "LEAKTRACE_LEDGER"
@@ -119,65 +129,6 @@ _GENESIS = "0" * 64
 _LEDGER_TABLES = {"meta", "recipients", "exports"}
 #: States of a row of ``deliveries``
 DELIVERY_STATES = ("pending", "delivered", "failed")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS recipients (
-    number      INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    created_utc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS exports (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    recipient_number   INTEGER NOT NULL REFERENCES recipients(number),
-    recipient_name     TEXT NOT NULL,
-    source_sop_uid     TEXT NOT NULL,
-    source_path        TEXT NOT NULL,
-    source_sha256      TEXT NOT NULL,
-    output_path        TEXT NOT NULL,
-    output_sop_uid     TEXT NOT NULL,
-    output_sha256      TEXT NOT NULL,
-    payload            TEXT NOT NULL,
-    key_fingerprint    TEXT NOT NULL,
-    created_utc        TEXT NOT NULL,
-    prev_hash          TEXT NOT NULL,
-    record_hash        TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS exports_source ON exports(source_sop_uid);
-CREATE INDEX IF NOT EXISTS exports_output ON exports(output_sop_uid);
-""" + """
-CREATE TABLE IF NOT EXISTS deliveries (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    export_id        INTEGER REFERENCES exports(id),
-    sop_instance_uid TEXT NOT NULL,
-    source_sop_uid   TEXT NOT NULL,
-    destination      TEXT NOT NULL,
-    recipient_name   TEXT NOT NULL,
-    route            TEXT NOT NULL,
-    status           TEXT NOT NULL,
-    detail           TEXT NOT NULL,
-    created_utc      TEXT NOT NULL,
-    updated_utc      TEXT NOT NULL
-)""" + """;
-CREATE TABLE IF NOT EXISTS access (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    who         TEXT NOT NULL,
-    peer        TEXT NOT NULL,
-    host        TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    what        TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    detail      TEXT NOT NULL,
-    created_utc TEXT NOT NULL,
-    prev_hash   TEXT NOT NULL,
-    record_hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sources (
-    source_sha256 TEXT PRIMARY KEY,
-    features      BLOB NOT NULL,
-    created_utc   TEXT NOT NULL
-);
-"""
 
 # Fields covered by the record hash, per schema version (schema 1 had no recipient name).
 _CONTENT_FIELDS = ("recipient_number", "recipient_name", "source_sop_uid", "source_path",
@@ -320,13 +271,35 @@ class AccessRecord:
 _ACCESS_FIELDS = tuple(f.name for f in dataclass_fields(AccessRecord))
 
 
-def default_ledger_path() -> Path:
-    """Where the ledger lives when ``--ledger`` is not given (see the module docstring)."""
+def default_ledger_path() -> Path | str:
+    """Where the ledger lives when ``--ledger`` is not given (see the module docstring): a
+    path, or the ``postgresql://`` URL that ``LEAKTRACE_LEDGER`` holds (as a str)."""
     env = os.environ.get(LEDGER_ENV)
+    if env and is_server_url(env):
+        return env
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "leaktrace" / "ledger.sqlite"
+
+
+def ledger_exists(location: str | os.PathLike | None = None) -> bool:
+    """Whether a ledger is there to open read-only: the file exists (a folder is no ledger),
+    or the PostgreSQL database holds the URL's site. ``None``: :func:`default_ledger_path`.
+
+    Raises
+    ------
+    LedgerError
+        The PostgreSQL server cannot be reached (or psycopg is not installed).
+    """
+    where = location if location is not None else default_ledger_path()
+    if not is_server_url(where):
+        return Path(where).expanduser().is_file()
+    db = PostgresConnection(parse_postgres_url(str(where)), read_only=True)
+    try:
+        return bool(db.site_exists())
+    finally:
+        db.close()
 
 
 def normalise_recipient(name: str) -> str:
@@ -395,17 +368,24 @@ class Ledger:
 
     Parameters
     ----------
-    path : path-like or None
-        The SQLite file; ``None`` for :func:`default_ledger_path`.
+    path : path-like, str or None
+        The SQLite file, or a PostgreSQL URL ``postgresql://user@host:port/db?site=NAME``
+        (:mod:`forensics.ledger_db`; needs the ``postgresql`` extra); ``None`` for
+        :func:`default_ledger_path`.
     create : bool
-        Open for writing, creating the file (mode 0600) and its folder if they do not exist.
-        With ``create=False`` (detection, listing, verification) the file is opened read-only
-        (SQLite ``mode=ro``) and never changed; a missing ledger is an error there, not a new
-        empty one.
+        Open for writing, creating the file (mode 0600) and its folder, or the site's schema
+        and tables, if they do not exist. With ``create=False`` (detection, listing,
+        verification) the file is opened read-only (SQLite ``mode=ro``; PostgreSQL
+        read-only transactions) and never changed; a missing ledger is an error there, not
+        a new empty one.
 
     Attributes
     ----------
-    path : Path
+    path : Path or str
+        The file; for PostgreSQL the URL without its password (a str).
+    dialect : {"sqlite", "postgresql"}
+    site : str
+        PostgreSQL only: the site (schema) holding this ledger.
     ledger_id : str or None
         32 hex digits drawn when the ledger was created; ``None`` for a schema-1 ledger.
     schema_version : int
@@ -419,8 +399,13 @@ class Ledger:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
-        self.path = Path(path).expanduser() if path is not None else default_ledger_path()
+        where = path if path is not None else default_ledger_path()
         self.read_only = not create
+        if is_server_url(where):
+            self._open_postgres(str(where), create=create)
+            return
+        self.dialect = "sqlite"
+        self.path = Path(where).expanduser()
         if self.path.is_dir():
             raise LedgerError(f"{self.path}: is a folder, not a ledger file")
         if not self.path.exists():
@@ -451,6 +436,29 @@ class Ledger:
             self._db.close()
             raise
 
+    def _open_postgres(self, url: str, *, create: bool) -> None:
+        """Open (with ``create``: create) the site of a PostgreSQL database named by ``url``."""
+        location = parse_postgres_url(url)
+        self.dialect = "postgresql"
+        self.path = location.display
+        self.site = location.site
+        self._db = PostgresConnection(location, read_only=not create)
+        errors = database_errors()
+        try:
+            if not self._db.site_exists():
+                if not create:
+                    raise LedgerError(f"{self.path}: no ledger there (no site {self.site!r} in "
+                                      "that database; `leaktrace embed` creates it)")
+                self._db.create_site()
+            self._check_or_initialise()
+        except errors as exc:
+            self._db.close()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LedgerError(f"{self.path}: cannot use the ledger ({first})") from None
+        except BaseException:
+            self._db.close()
+            raise
+
     def _create_file(self) -> None:
         """Create the (empty) ledger file, readable and writable by its owner only."""
         try:
@@ -465,6 +473,8 @@ class Ledger:
             raise LedgerError(f"{self.path}: cannot create the ledger ({exc})") from None
 
     def _tables(self) -> set[str]:
+        if self.dialect == "postgresql":
+            return self._db.tables()
         return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     def _check_or_initialise(self) -> None:
@@ -473,7 +483,7 @@ class Ledger:
         if not tables and not self.read_only:
             with self._write() as db:
                 if not self._tables():  # nobody initialised it meanwhile
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                    for statement in create_statements(self.dialect):
                         db.execute(statement)
                     db.executemany("INSERT INTO meta VALUES (?, ?)", [
                         ("schema_version", str(SCHEMA_VERSION)),
@@ -511,19 +521,20 @@ class Ledger:
         self._has_sources = "sources" in tables
         if not self._has_sources and not self.read_only:
             with self._write() as db:  # a ledger from before source features: add the table
-                db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS sources"):])
+                for statement in create_statements(self.dialect, "sources"):
+                    db.execute(statement)
             self._has_sources = True
         self._has_deliveries = "deliveries" in tables
         if not self._has_deliveries and not self.read_only:
             with self._write() as db:  # a ledger from before the gateway: add the table
-                start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS deliveries")
-                db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
+                for statement in create_statements(self.dialect, "deliveries"):
+                    db.execute(statement)
             self._has_deliveries = True
         self._has_access = "access" in tables
         if not self._has_access and not self.read_only:
             with self._write() as db:  # a ledger from before the access log: add the table
-                start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS access")
-                db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
+                for statement in create_statements(self.dialect, "access"):
+                    db.execute(statement)
             self._has_access = True
 
     # -- plumbing -----------------------------------------------------------------------
@@ -540,7 +551,10 @@ class Ledger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.read_only:
             raise LedgerError(f"{self.path}: opened read-only; nothing can be recorded")
-        self._db.execute("BEGIN IMMEDIATE")
+        if self.dialect == "postgresql":
+            self._db.begin_write()  # BEGIN + the site's advisory lock (forensics.ledger_db)
+        else:
+            self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
             self._db.execute("COMMIT")
@@ -575,9 +589,12 @@ class Ledger:
         row = db.execute("SELECT number FROM recipients WHERE name = ?", (name,)).fetchone()
         if row:
             return int(row[0])
-        cur = db.execute("INSERT INTO recipients(name, created_utc) VALUES (?, ?)",
-                         (name, _utc_now()))
-        return int(cur.lastrowid)
+        # numbered here rather than by the database: a PostgreSQL sequence would skip the
+        # numbers of recipients rolled back with a failed export; SQLite gives max + 1 too
+        row = db.execute("INSERT INTO recipients(number, name, created_utc) "
+                         "SELECT COALESCE(MAX(number), 0) + 1, ?, ? FROM recipients "
+                         "RETURNING number", (name, _utc_now())).fetchone()
+        return int(row[0])
 
     def recipients(self) -> dict[int, str]:
         """All recipients as the recipients table names them: ``{number: name}``."""
@@ -659,12 +676,12 @@ class Ledger:
                                output_sha256=written["output_sha256"], payload=written["payload"],
                                key_fingerprint=key_fingerprint, created_utc=_utc_now())
                 record_hash = _record_hash(prev_hash, content)
-                cur = db.execute(
+                row = db.execute(
                     f"INSERT INTO exports({', '.join(_CONTENT_FIELDS)}, prev_hash, record_hash) "
-                    f"VALUES ({', '.join('?' * (len(_CONTENT_FIELDS) + 2))})",
+                    f"VALUES ({', '.join('?' * (len(_CONTENT_FIELDS) + 2))}) RETURNING id",
                     [content[k] for k in _CONTENT_FIELDS] + [prev_hash, record_hash],
-                )
-                export_id = int(cur.lastrowid)
+                ).fetchone()
+                export_id = int(row[0])
                 if delivery is not None:
                     self._insert_delivery(db, delivery, export_id=export_id,
                                           sop_instance_uid=written["output_sop_uid"],
@@ -676,7 +693,7 @@ class Ledger:
             if out_path is not None and not self._recorded(str(out_path), written):
                 with contextlib.suppress(OSError):
                     os.unlink(out_path)
-            if isinstance(exc, sqlite3.DatabaseError):
+            if isinstance(exc, database_errors()):
                 raise LedgerError(f"{self.path}: could not record the export ({exc}); "
                                   "the output file was removed") from None
             raise
@@ -692,7 +709,7 @@ class Ledger:
                 "SELECT 1 FROM exports WHERE output_path = ? AND output_sop_uid = ? AND "
                 "output_sha256 = ?", (output_path, written["output_sop_uid"],
                                       written["output_sha256"])).fetchone()
-        except (sqlite3.Error, KeyError):
+        except (*database_errors(), sqlite3.Error, KeyError):
             return False
         return row is not None
 
@@ -746,13 +763,13 @@ class Ledger:
                          export_id: int | None, sop_instance_uid: str, source_sop_uid: str,
                          recipient_name: str) -> int:
         now = _utc_now()
-        cur = db.execute(
+        row = db.execute(
             "INSERT INTO deliveries(export_id, sop_instance_uid, source_sop_uid, destination, "
             "recipient_name, route, status, detail, created_utc, updated_utc) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
             (export_id, sop_instance_uid, source_sop_uid, delivery.destination, recipient_name,
-             delivery.route, delivery.detail, now, now))
-        return int(cur.lastrowid)
+             delivery.route, delivery.detail, now, now)).fetchone()
+        return int(row[0])
 
     def record_unmarked_delivery(self, delivery: PendingDelivery, *, sop_instance_uid: str,
                                  recipient: str) -> int:
@@ -825,11 +842,11 @@ class Ledger:
                        outcome=str(event.outcome), detail=str(event.detail),
                        created_utc=_utc_now())
         record_hash = _record_hash(prev_hash, content, ACCESS_CONTENT_FIELDS)
-        cur = db.execute(
+        row = db.execute(
             f"INSERT INTO access({', '.join(ACCESS_CONTENT_FIELDS)}, prev_hash, record_hash) "
-            f"VALUES ({', '.join('?' * (len(ACCESS_CONTENT_FIELDS) + 2))})",
-            [content[k] for k in ACCESS_CONTENT_FIELDS] + [prev_hash, record_hash])
-        return int(cur.lastrowid)
+            f"VALUES ({', '.join('?' * (len(ACCESS_CONTENT_FIELDS) + 2))}) RETURNING id",
+            [content[k] for k in ACCESS_CONTENT_FIELDS] + [prev_hash, record_hash]).fetchone()
+        return int(row[0])
 
     def record_access(self, event: AccessEvent) -> AccessRecord:
         """Append one row to the access log, in a transaction of its own.
@@ -846,7 +863,7 @@ class Ledger:
         try:
             with self._write() as db:
                 access_id = self._append_access(db, event)
-        except sqlite3.DatabaseError as exc:
+        except database_errors() as exc:
             raise LedgerError(f"{self.path}: cannot write the access log ({exc})") from None
         return self.accesses(since=access_id - 1)[0]
 
@@ -894,10 +911,12 @@ class Ledger:
         (``replace``: overwrite those kept, e.g. by an older version). Not part of the hash
         chain: they are derived from the source file, whose SHA-256 is, and a trace checks
         the original against that hash before using it."""
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        then = ("DO UPDATE SET features = excluded.features, created_utc = excluded.created_utc"
+                if replace else "DO NOTHING")
         with self._write() as db:
-            db.execute(f"{verb} INTO sources(source_sha256, features, created_utc) "
-                       "VALUES (?, ?, ?)", (source_sha256, sqlite3.Binary(features), _utc_now()))
+            db.execute("INSERT INTO sources(source_sha256, features, created_utc) "
+                       f"VALUES (?, ?, ?) ON CONFLICT (source_sha256) {then}",
+                       (source_sha256, bytes(features), _utc_now()))
 
     def source_features_of(self, source_sha256: str) -> bytes | None:
         """The features kept for one source file, or None."""
@@ -991,6 +1010,70 @@ class Ledger:
             "was exported",
             ledger_path=str(self.path), key_fingerprint=fingerprint,
             key_path=str(key_path) if key_path is not None else None, ledger_fingerprints=usage)
+
+    def copy_from(self, source: Ledger) -> dict:
+        """Copy every row of ``source`` into this empty ledger, verbatim: the ledger id, the
+        recipients and their numbers, the export records with their ids and hashes, the
+        deliveries, the access log and the source features (a migration, e.g. from a SQLite
+        file to a PostgreSQL site: ``leaktrace ledger migrate``). One transaction: all or
+        nothing. The copy keeps the ledger's identity, so its marks, checkpoints and noted
+        chain heads stay valid for it; retire the source afterwards (two writable copies of
+        one ledger would fork its chain).
+
+        Parameters
+        ----------
+        source : Ledger
+            Any ledger of schema 2 (opened read-only is enough); an older layout is read as
+            it is (missing tables copy as empty).
+
+        Returns
+        -------
+        dict
+            ``{"exports": n, "recipients": n, "deliveries": n, "access": n, "sources": n}``,
+            rows copied per table.
+
+        Raises
+        ------
+        LedgerError
+            This ledger is read-only or not empty (it holds recipients, exports or access
+            rows), or ``source`` is a schema-1 ledger (its marks are not tied to a ledger id).
+        """
+        if source.schema_version < 2:
+            raise LedgerError(f"{source.path}: a schema-1 ledger (leaktrace 0.1.0) cannot be "
+                              "migrated; it can still be read where it is")
+        from .ledger_schema import TABLE_NAMES
+
+        present = {"deliveries": source._has_deliveries, "access": source._has_access,
+                   "sources": source._has_sources}
+        copied = {}
+        with self._write() as db:
+            if any(db.execute(f"SELECT EXISTS(SELECT 1 FROM {t})").fetchone()[0]
+                   for t in ("recipients", "exports", "access")):
+                raise LedgerError(f"{self.path}: not an empty ledger; a ledger is migrated into "
+                                  "a new file or site only")
+            db.execute("DELETE FROM meta")
+            for table in ("meta", "recipients", "exports", "deliveries", "access", "sources"):
+                if not present.get(table, True):
+                    copied[table] = 0
+                    continue
+                columns = [c.name for c in TABLE_NAMES[table].columns]
+                rows = source._db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+                if table == "meta":
+                    rows = [(k, str(SCHEMA_VERSION) if k == "schema_version" else v)
+                            for k, v in rows]
+                if table == "sources":
+                    rows = [(sha, bytes(blob), when) for sha, blob, when in rows]
+                if rows:
+                    db.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES "
+                                   f"({', '.join('?' * len(columns))})", rows)
+                copied[table] = len(rows)
+            if self.dialect == "postgresql":  # identity counters past the copied ids
+                for table in ("exports", "deliveries", "access"):
+                    db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)")
+        self.ledger_id = source.ledger_id
+        copied.pop("meta")
+        return copied
 
     def verify(self) -> list[str]:
         """Check the hash chain and the recipients' names. Returns a list of problems, empty
@@ -1282,8 +1365,9 @@ def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None
 
     Parameters
     ----------
-    path : path-like or None
-        The ledger; ``None`` for :func:`default_ledger_path`.
+    path : path-like, str or None
+        The ledger (a file, or a ``postgresql://`` URL); ``None`` for
+        :func:`default_ledger_path`.
     event : AccessEvent
 
     Returns
@@ -1291,9 +1375,11 @@ def log_access(path: str | os.PathLike | None, event: AccessEvent) -> str | None
     str or None
         ``None`` when recorded, else one line saying why the access was not recorded.
     """
-    where = Path(path).expanduser() if path is not None else default_ledger_path()
-    if not where.is_file():
-        return f"the access was not recorded: no ledger file at {where}"
+    where = path if path is not None else default_ledger_path()
+    if not is_server_url(where):
+        where = Path(where).expanduser()
+        if not where.is_file():
+            return f"the access was not recorded: no ledger file at {where}"
     try:
         # a read-only open first: an empty file or another application's database is refused
         # there, never initialised as a ledger by the writable open

@@ -138,8 +138,8 @@ class LeakReport:
                     f"p-value {d.p_value:.2e}: the probability that a copy not marked for this "
                     f"recipient scores this high is at most {d.p_value:.2e}.")
         text = ("NOT FOUND: no recipient's mark is present at the designed false-accusation "
-                f"rate {FALSE_ACCUSATION_RATE:g} (best p-value {d.p_value:.2e}).")
-        if d.decoded_number is not None and d.decoded_p_value <= FALSE_ACCUSATION_RATE:
+                f"rate {self.alpha:g} (best p-value {d.p_value:.2e}).")
+        if d.decoded_number is not None and d.decoded_p_value <= self.alpha:
             text += (f" The payload decodes to recipient number {d.decoded_number}, which this "
                      "ledger does not list: is it the right ledger?")
         return text

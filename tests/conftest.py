@@ -147,3 +147,61 @@ def write_dicom(path: Path, pixels, *, photometric: str = "MONOCHROME2",
     ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return Path(path)
+
+
+# -- ledger backends: every ledger-level test runs on SQLite and on a real PostgreSQL --------
+
+#: The ledger backends the ``ledger_url`` fixture runs a test on.
+LEDGER_BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of this machine's ``postgresql`` package, started for the session in
+    a temporary folder on a free loopback port and removed at the end (:mod:`pgserver`).
+    Skips the test when the server programs or psycopg are missing (fails it under CI, whose
+    ``.ci/run`` installs both)."""
+    import importlib.util
+
+    from pgserver import PostgresServer, server_bin_dir
+
+    bin_dir = server_bin_dir()
+    missing = []
+    if bin_dir is None:
+        missing.append("the PostgreSQL server (initdb, pg_ctl; Debian package postgresql)")
+    if importlib.util.find_spec("psycopg") is None:
+        missing.append("psycopg 3 (pip install 'leaktrace[postgresql]')")
+    if missing:
+        message = f"{' and '.join(missing)} not installed"
+        if running_in_ci():
+            pytest.fail(message + " [CI is set, so this fails instead of skipping]",
+                        pytrace=False)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - shown with the server's own log
+        server.stop()
+        detail = getattr(exc, "stderr", "") or ""
+        pytest.fail(f"could not start PostgreSQL from {bin_dir}: {exc}\n{detail}\n{server.log()}",
+                    pytrace=False)
+    yield server
+    server.stop()
+
+
+def new_ledger_location(backend: str, request, folder: Path, name: str = "l"):
+    """Where a fresh, empty ledger goes on ``backend``: ``folder/<name>.sqlite``, or a new
+    site of the session's PostgreSQL database (``...?site=t<random>``)."""
+    if backend == "sqlite":
+        return folder / f"{name}.sqlite"
+    import secrets
+
+    server = request.getfixturevalue("postgres_server")
+    return server.site_url(f"t{secrets.token_hex(6)}")
+
+
+@pytest.fixture(params=LEDGER_BACKENDS)
+def ledger_url(request, tmp_path):
+    """A fresh ledger location, once per backend (the test id says which): a SQLite path or a
+    ``postgresql://`` URL of its own site."""
+    return new_ledger_location(request.param, request, tmp_path)

@@ -5,23 +5,20 @@ separate write of readers, and the accesses ``detect``, ``trace``, ``ledger list
 import getpass
 import json
 import os
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import LEDGER_BACKENDS, new_ledger_location
 from forensics.ledger import AccessEvent, Ledger, log_access
+from pgserver import raw_sql
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _sql(path, *statements):
-    db = sqlite3.connect(path)
-    for s in statements:
-        db.execute(s)
-    db.commit()
-    db.close()
+# SQL run on a ledger's tables behind leaktrace's back, on either backend
+_sql = raw_sql
 
 
 def _log(path, n=5):
@@ -36,8 +33,8 @@ def _access_problems(path):
         return book.check_access().problems
 
 
-def test_access_rows_are_chained_and_verify(tmp_path):
-    path = tmp_path / "l.sqlite"
+def test_access_rows_are_chained_and_verify(ledger_url):
+    path = ledger_url
     _log(path)
     with Ledger(path, create=False) as book:
         rows = book.accesses()
@@ -50,15 +47,15 @@ def test_access_rows_are_chained_and_verify(tmp_path):
     assert check.ok and check.n_records == 5 and check.head_hash == rows[-1].record_hash
 
 
-def test_an_edited_access_row_is_named(tmp_path):
-    path = tmp_path / "l.sqlite"
+def test_an_edited_access_row_is_named(ledger_url):
+    path = ledger_url
     _log(path)
     _sql(path, "UPDATE access SET who = 'nobody' WHERE id = 3")
     assert _access_problems(path) == ["access 3: content does not match its hash (edited)"]
 
 
-def test_a_deleted_access_row_is_named(tmp_path):
-    path = tmp_path / "l.sqlite"
+def test_a_deleted_access_row_is_named(ledger_url):
+    path = ledger_url
     _log(path)
     _sql(path, "DELETE FROM access WHERE id = 2")
     [problem] = _access_problems(path)
@@ -66,28 +63,26 @@ def test_a_deleted_access_row_is_named(tmp_path):
     assert "access 2 deleted" in problem
 
 
-def test_an_inserted_access_row_is_named(tmp_path):
+def test_an_inserted_access_row_is_named(ledger_url):
     """A row slipped in between rows 2 and 3 with a valid hash of its own (row 3 renumbered 4):
     row 4's link still names row 2."""
     import hashlib
 
     from forensics.ledger import ACCESS_CONTENT_FIELDS
 
-    path = tmp_path / "l.sqlite"
+    path = ledger_url
     _log(path, 3)
-    db = sqlite3.connect(path)
-    prev = db.execute("SELECT record_hash FROM access WHERE id = 2").fetchone()[0]
+    with Ledger(path, create=False) as book:
+        prev = book.accesses()[1].record_hash
     content = dict(who="mallory", peer="", host="h", action="detect", what="{}",
                    outcome="not_found", detail="", created_utc="2026-01-01T00:00:00+00:00")
     body = json.dumps({k: content[k] for k in ACCESS_CONTENT_FIELDS}, sort_keys=True,
                       separators=(",", ":"))
     forged = hashlib.sha256((prev + body).encode()).hexdigest()
-    db.execute("UPDATE access SET id = 4 WHERE id = 3")
-    db.execute(f"INSERT INTO access(id, {', '.join(ACCESS_CONTENT_FIELDS)}, prev_hash, "
-               "record_hash) VALUES (3, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               [content[k] for k in ACCESS_CONTENT_FIELDS] + [prev, forged])
-    db.commit()
-    db.close()
+    values = ", ".join(f"'{v}'" for v in [content[k] for k in ACCESS_CONTENT_FIELDS] + [prev, forged])
+    _sql(path, "UPDATE access SET id = 4 WHERE id = 3",
+         f"INSERT INTO access(id, {', '.join(ACCESS_CONTENT_FIELDS)}, prev_hash, record_hash) "
+         f"VALUES (3, {values})")
     assert _access_problems(path) == [
         "access 4: does not follow the record before it (access 3): it was recorded right "
         "after access 2; access 3 now stands between them (inserted there, or moved: "
@@ -155,8 +150,7 @@ def marked(tmp_path_factory, dicom_films):
     return folder, Path(record["output_path"])
 
 
-@pytest.fixture
-def ledger_copy(marked, tmp_path):
+def _sqlite_copy(marked, tmp_path):
     """A copy of the module's ledger for one test, and the options that point at it."""
     import shutil
 
@@ -164,6 +158,24 @@ def ledger_copy(marked, tmp_path):
     shutil.copy(folder / "ledger.sqlite", tmp_path / "ledger.sqlite")
     site = ["--key", str(folder / "site.key"), "--ledger", str(tmp_path / "ledger.sqlite")]
     return tmp_path / "ledger.sqlite", site, copy
+
+
+@pytest.fixture(params=LEDGER_BACKENDS)
+def ledger_copy(request, marked, tmp_path, dicom_films):
+    """A ledger holding one export of the film for one test, on each backend: a copy of the
+    module's SQLite ledger, or a new PostgreSQL site the same export is made into (with the
+    module's key) through ``embed --ledger postgresql://...``."""
+    if request.param == "sqlite":
+        return _sqlite_copy(marked, tmp_path)
+    folder, _ = marked
+    url = new_ledger_location("postgresql", request, tmp_path)
+    site = ["--key", str(folder / "site.key"), "--ledger", url]
+    result = run("embed", dicom_films[FUJI], "--recipient", "Dr. Ana Alvarez", "--out",
+                 tmp_path / "out", *site, "--json")
+    assert result.exit_code == 0, result.output
+    [record] = json.loads(result.stdout)["exported"]
+    assert json.loads(result.stdout)["ledger"] == url  # as given: no password in it
+    return url, site, Path(record["output_path"])
 
 
 def test_detect_trace_list_and_export_record_who_looked(ledger_copy, tmp_path):
@@ -233,9 +245,10 @@ def test_ledger_verify_names_an_edited_access_row(ledger_copy):
 
 
 @pytest.fixture
-def read_only_ledger(ledger_copy):
-    """The ledger copy made read-only for this process: mode 0444 in a folder of mode 0555;
+def read_only_ledger(marked, tmp_path):
+    """A SQLite copy made read-only for this process: mode 0444 in a folder of mode 0555;
     for root, whom modes do not stop, the file is made immutable (chattr +i) instead."""
+    ledger_copy = _sqlite_copy(marked, tmp_path)
     path, site, copy = ledger_copy
     if os.geteuid() == 0:
         done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)

@@ -6,13 +6,12 @@ verifying, forged checkpoints refused, witness cosignatures, and the CLI's exit 
 import base64
 import hashlib
 import json
-import shutil
-import sqlite3
 
 import pytest
 
 # the real ledger and the raw-row helpers of the ledger's own tamper tests
 from test_ledger import CONTENT, _attacker_hash, _record, _rows, _sql, real_ledger  # noqa: F401
+from pgserver import copy_ledger, raw_connect
 from typer.testing import CliRunner
 
 from forensics import cli, merkle
@@ -42,10 +41,10 @@ def private_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def ledger_and_checkpoint(real_ledger, tmp_path):  # noqa: F811
-    """A copy of the real ledger and a checkpoint of it signed by site A (before any tampering)."""
-    path = tmp_path / "ledger.sqlite"
-    shutil.copy(real_ledger, path)
+def ledger_and_checkpoint(real_ledger, tmp_path, request):  # noqa: F811
+    """A copy of the real ledger (on each backend) and a checkpoint of it signed by site A
+    (before any tampering)."""
+    path = copy_ledger(real_ledger, tmp_path, request)
     with Ledger(path, create=False) as book:
         note, _ = sign_checkpoint(book, SITE_A)
     cp_file = tmp_path / "before.checkpoint"
@@ -68,7 +67,7 @@ def run(*args):
 
 def _independent_root(path, size=None):
     """RFC 6962 root over the raw rows' content, as the checkpoint module docstring describes."""
-    db = sqlite3.connect(path)
+    db = raw_connect(path)
     rows = list(_rows(db).values())[:size]
     db.close()
     leaves = [json.dumps({k: r[k] for k in CONTENT}, sort_keys=True,
@@ -104,7 +103,7 @@ def test_checkpoint_text_is_the_c2sp_format_with_the_ledgers_root(ledger_and_che
 def _rewrite_from(path, export_id, **changes):
     """Change export ``export_id`` and recompute its hash and every later one: a chain that
     verifies, from a writer who knows the (unkeyed) hash rule."""
-    db = sqlite3.connect(path)
+    db = raw_connect(path)
     rows = _rows(db)
     prev = rows[export_id]["prev_hash"]
     for i in sorted(r for r in rows if r >= export_id):
@@ -127,7 +126,7 @@ def _edit(path):
 
 
 def _edit_own_hash(path):
-    db = sqlite3.connect(path)
+    db = raw_connect(path)
     row = _rows(db)[3]
     row.update(recipient_number=2, recipient_name="Innocent Bob")
     db.execute("UPDATE exports SET recipient_number = 2, recipient_name = 'Innocent Bob', "
@@ -146,7 +145,7 @@ def _delete_renumber(path):
 
 
 def _insert(path):
-    db = sqlite3.connect(path)
+    db = raw_connect(path)
     rows = _rows(db)
     for i in (5, 4, 3):
         db.execute("UPDATE exports SET id = ? WHERE id = ?", (i + 1, i))
@@ -176,7 +175,7 @@ def _full_rewrite(path):
 def _truncate_and_refill(path):
     """The newest export deleted and a forged one appended in its place, correctly chained: the
     same number of records as the checkpoint."""
-    db = sqlite3.connect(path)
+    db = raw_connect(path)
     rows = _rows(db)
     db.execute("DELETE FROM exports WHERE id = 5")
     forged = dict(rows[5], recipient_number=2, recipient_name="Innocent Bob",
@@ -229,11 +228,11 @@ def test_every_tampering_is_caught_by_a_checkpoint_taken_before(kind, ledger_and
 def test_a_rewritten_ledger_re_signed_with_another_key_is_refused(ledger_and_checkpoint):
     """Mallory rewrites the history and signs a fresh checkpoint of it with a key of her own
     under site A's key name: with site A's public key it does not verify."""
-    path, _ = ledger_and_checkpoint
+    path, cp_file = ledger_and_checkpoint
     _full_rewrite(path)
     with Ledger(path, create=False) as book:
         forged, _ = sign_checkpoint(book, MALLORY)
-    forged_file = path.with_name("forged.checkpoint")
+    forged_file = cp_file.with_name("forged.checkpoint")
     forged_file.write_text(forged)
     chain, check = _check(path, forged_file)
     assert chain.ok  # the rewritten chain verifies, and the forged checkpoint matches it

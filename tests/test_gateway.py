@@ -538,3 +538,47 @@ def test_parallel_marking_workers_deliver_every_copy_traced(site, tmp_path):
     for ds in got:
         source = str(ds.SourceImageSequence[-1].ReferencedSOPInstanceUID)
         _assert_marked_and_traced(site, ds, DRY, source, tmp_path)
+
+
+def test_a_gateway_on_a_postgresql_ledger_records_concurrent_retrievals_in_one_chain(
+        site, tmp_path, postgres_server):
+    """A second gateway in front of the same Orthanc, its ledger a PostgreSQL site: every film
+    moved to Dr. Y at once (three associations, one marking at a time) is a marked copy
+    recorded as delivered, in one intact chain with its access log; the first is traced."""
+    import secrets
+
+    port = free_port()
+    text = site["config"].read_text().replace(f'listen = "127.0.0.1:{site["gw_port"]}"',
+                                              f'listen = "127.0.0.1:{port}"')
+    config = tmp_path / "gateway.toml"
+    config.write_text(text.replace(str(site["folder"] / "store"), str(tmp_path / "store")))
+    url = postgres_server.site_url(f"gw{secrets.token_hex(4)}")
+    gateway = Gateway(load_config(config), ledger_path=url, key=KEY)
+    gateway.start()
+    other = dict(site, gw_port=port, ledger=url)
+    station = site["stations"][DRY]
+    before = len(station.received)
+    results = {}
+    try:
+        def pull(name):
+            results[name] = _move(other, DRX, DRY, site["studies"][name][0])
+
+        threads = [threading.Thread(target=pull, args=(n,)) for n in FILMS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        gateway.stop()
+    assert all(r.Status == 0x0000 for r in results.values()), results
+    got = station.received[before:]
+    assert len(got) == len(FILMS)
+    with Ledger(url, create=False) as book:
+        check, access = book.check(), book.check_access()
+        assert check.ok and check.n_records == len(FILMS), check.problems
+        assert access.ok and access.n_records == len(FILMS)
+        assert sorted(d.sop_instance_uid for d in book.deliveries("delivered")) == sorted(
+            str(ds.SOPInstanceUID) for ds in got)
+    by_source = {ds.SourceImageSequence[-1].ReferencedSOPInstanceUID: ds for ds in got}
+    study, source_uid = site["studies"][FILMS[0]]
+    _assert_marked_and_traced(other, by_source[source_uid], DRY, source_uid, tmp_path)

@@ -3,9 +3,7 @@ ledger id, concurrent writers."""
 
 import hashlib
 import json
-import shutil
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,6 +13,8 @@ import unicodedata
 import pytest
 
 from forensics.ledger import Ledger, normalise_recipient
+from conftest import LEDGER_BACKENDS, new_ledger_location
+from pgserver import copy_ledger, raw_connect, raw_sql, rows_of
 from watermark.errors import LedgerError
 
 
@@ -33,16 +33,12 @@ def _record(book, tmp_path, name, n=0, fail=False, key_fingerprint="f" * 16):
                               key_fingerprint=key_fingerprint)
 
 
-def _sql(path, *statements):
-    db = sqlite3.connect(path)
-    for s in statements:
-        db.execute(s)
-    db.commit()
-    db.close()
+# SQL run on a ledger's tables behind leaktrace's back, on either backend
+_sql = raw_sql
 
 
-def test_recipients_are_numbered_and_unique(tmp_path):
-    with Ledger(tmp_path / "l.sqlite") as book:
+def test_recipients_are_numbered_and_unique(ledger_url, tmp_path):
+    with Ledger(ledger_url) as book:
         assert book.recipient_number("7", create=True) == 1
         assert book.recipient_number("4242", create=True) == 2
         assert book.recipient_number(" 7 ", create=True) == 1
@@ -52,8 +48,8 @@ def test_recipients_are_numbered_and_unique(tmp_path):
             book.recipient_number("", create=True)
 
 
-def test_record_export_registers_the_recipient_and_records_its_name(tmp_path):
-    with Ledger(tmp_path / "l.sqlite") as book:
+def test_record_export_registers_the_recipient_and_records_its_name(ledger_url, tmp_path):
+    with Ledger(ledger_url) as book:
         rec = _record(book, tmp_path, "Dr. Ana")
         assert (rec.recipient_number, rec.recipient_name, rec.payload) == (1, "Dr. Ana", "00000001")
         assert book.recipients() == {1: "Dr. Ana"}
@@ -61,8 +57,8 @@ def test_record_export_registers_the_recipient_and_records_its_name(tmp_path):
         assert book.export_by_output_uid("9.9") is None
 
 
-def test_failed_write_records_nothing_and_registers_no_recipient(tmp_path):
-    with Ledger(tmp_path / "l.sqlite") as book:
+def test_failed_write_records_nothing_and_registers_no_recipient(ledger_url, tmp_path):
+    with Ledger(ledger_url) as book:
         _record(book, tmp_path, "a")
         with pytest.raises(OSError):
             _record(book, tmp_path, "a", n=1, fail=True)
@@ -88,8 +84,8 @@ def test_names_are_nfc_and_control_characters_are_refused():
         normalise_recipient("x" * 1001)
 
 
-def test_nfc_and_nfd_spellings_are_one_recipient(tmp_path):
-    with Ledger(tmp_path / "l.sqlite") as book:
+def test_nfc_and_nfd_spellings_are_one_recipient(ledger_url, tmp_path):
+    with Ledger(ledger_url) as book:
         assert _record(book, tmp_path, "Jos\u00e9").recipient_number == 1
         assert _record(book, tmp_path, "Jose\u0301", n=1).recipient_number == 1
         assert book.recipient_number("Jose\u0301") == 1
@@ -163,8 +159,8 @@ def test_new_ledger_is_private_and_has_a_random_id(tmp_path):
      "created_utc, prev_hash, record_hash FROM exports WHERE id = 1", "export 10: does not follow"),
     ("UPDATE exports SET id = 100 WHERE id = 1", "export 2: does not follow"),
 ])
-def test_verify_names_the_tampered_record(tmp_path, tamper, expected):
-    path = tmp_path / "l.sqlite"
+def test_verify_names_the_tampered_record(ledger_url, tmp_path, tamper, expected):
+    path = ledger_url
     with Ledger(path) as book:
         for i in range(4):
             _record(book, tmp_path, "a" if i % 2 else "b", n=i)
@@ -175,8 +171,8 @@ def test_verify_names_the_tampered_record(tmp_path, tamper, expected):
     assert any(expected in p for p in problems), problems
 
 
-def test_verify_reports_a_renamed_or_swapped_recipient(tmp_path):
-    path = tmp_path / "l.sqlite"
+def test_verify_reports_a_renamed_or_swapped_recipient(ledger_url, tmp_path):
+    path = ledger_url
     with Ledger(path) as book:
         _record(book, tmp_path, "Innocent Bob")
         _record(book, tmp_path, "Mallory", n=1)
@@ -227,8 +223,8 @@ def test_schema_1_ledger_is_read_but_not_written(tmp_path):
         Ledger(path)
 
 
-def test_two_processes_write_at_once(tmp_path):
-    path = tmp_path / "l.sqlite"
+def test_two_processes_write_at_once(ledger_url, tmp_path):
+    path = ledger_url
     Ledger(path).close()
     script = textwrap.dedent(f"""
         import sys
@@ -269,19 +265,19 @@ def _attacker_hash(prev_hash, row):
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def _rows(db):
-    db.row_factory = sqlite3.Row
-    return {r["id"]: dict(r) for r in db.execute("SELECT * FROM exports ORDER BY id")}
+# {id: row} of the exports table, through a raw connection (sqlite3, or psycopg in a site)
+_rows = rows_of
 
 
-@pytest.fixture(scope="module")
-def real_ledger(tmp_path_factory, dicom_films):
-    """5 real exports (two small shared films) for 3 recipients; returns the ledger path."""
+@pytest.fixture(scope="module", params=LEDGER_BACKENDS)
+def real_ledger(request, tmp_path_factory, dicom_films):
+    """5 real exports (two small shared films) for 3 recipients, on each backend; returns the
+    ledger's path or URL."""
     from forensics.export import export_film
     from watermark.keys import SiteKey
 
     folder = tmp_path_factory.mktemp("real-ledger")
-    path = folder / "ledger.sqlite"
+    path = new_ledger_location(request.param, request, folder, "ledger")
     key = SiteKey(bytes(range(32)))
     with Ledger(path) as book:
         for i, recipient in enumerate(["Dr. Ana", "Innocent Bob", "Mallory", "Dr. Ana", "Carol"]):
@@ -294,10 +290,8 @@ def real_ledger(tmp_path_factory, dicom_films):
 
 
 @pytest.fixture
-def copy_of_ledger(real_ledger, tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    shutil.copy(real_ledger, path)
-    return path
+def copy_of_ledger(real_ledger, tmp_path, request):
+    return copy_ledger(real_ledger, tmp_path, request)
 
 
 def _problems(path, expect_head=None):
@@ -329,7 +323,7 @@ def test_edited_record_is_named(copy_of_ledger):
 
 def test_edited_record_with_its_hash_recomputed_is_named(copy_of_ledger):
     """The attacker also recomputes export 3's own hash: only the next record's link shows it."""
-    with sqlite3.connect(copy_of_ledger) as db:
+    with raw_connect(copy_of_ledger) as db:
         row = _rows(db)[3]
         row.update(recipient_number=2, recipient_name="Innocent Bob")
         db.execute("UPDATE exports SET recipient_number = 2, recipient_name = 'Innocent Bob', "
@@ -360,7 +354,7 @@ def test_deleted_record_with_renumbering_is_still_caught(copy_of_ledger):
 def test_inserted_record_is_named(copy_of_ledger):
     """A forged export for Innocent Bob slipped in after export 2, ids shifted to make room,
     its own hash and link computed correctly."""
-    with sqlite3.connect(copy_of_ledger) as db:
+    with raw_connect(copy_of_ledger) as db:
         rows = _rows(db)
         for i in (5, 4, 3):
             db.execute("UPDATE exports SET id = ? WHERE id = ?", (i + 1, i))
@@ -447,7 +441,7 @@ def test_export_table_has_every_record_its_hashes_and_no_key(copy_of_ledger, fmt
             assert _attacker_hash(row["prev_hash"], typed) == row["record_hash"]
 
 
-def test_csv_export_read_with_pandas_keeps_a_hash_sign_in_paths_and_names(tmp_path):
+def test_csv_export_read_with_pandas_keeps_a_hash_sign_in_paths_and_names(ledger_url, tmp_path):
     """The docs (hospital-it/ledger.md, reference/json.md) read the CSV with
     ``pandas.read_csv(path, comment="#")``: a "#" in an output path or a recipient name must
     stay data, not cut the row."""
@@ -457,7 +451,7 @@ def test_csv_export_read_with_pandas_keeps_a_hash_sign_in_paths_and_names(tmp_pa
 
     from forensics.ledger import export_table
 
-    with Ledger(tmp_path / "l.sqlite") as book:
+    with Ledger(ledger_url) as book:
         record = _record(book, tmp_path, "Dr. #1 (ward #4)")
         text, _ = export_table(book, "csv")
     table = pandas.read_csv(io.StringIO(text), comment="#", dtype=str)
@@ -521,12 +515,12 @@ def _record_with(book, tmp_path, fingerprint, n, *, new_key=False, name="a"):
                               key_fingerprint=fingerprint, new_key=new_key)
 
 
-def test_an_empty_ledger_accepts_any_key_and_then_only_its_own(tmp_path):
+def test_an_empty_ledger_accepts_any_key_and_then_only_its_own(ledger_url, tmp_path):
     from watermark.errors import KeyFileError, LedgerKeyError
     from watermark.keys import SiteKey
 
     first, second = SiteKey(bytes(range(32))), SiteKey(bytes(range(1, 33)), path=tmp_path / "k2")
-    with Ledger(tmp_path / "l.sqlite") as book:
+    with Ledger(ledger_url) as book:
         assert book.check_key(first) is False and book.check_key(second) is False
         assert book.key_usage() == {} and book.export_count() == 0
         _record_with(book, tmp_path, first.fingerprint, 0)
@@ -537,21 +531,21 @@ def test_an_empty_ledger_accepts_any_key_and_then_only_its_own(tmp_path):
         error = caught.value
         assert isinstance(error, KeyFileError) and isinstance(error, LedgerError)
         assert str(error).startswith(
-            f"the ledger at {tmp_path / 'l.sqlite'} has 2 exports made with key "
+            f"the ledger at {book.path} has 2 exports made with key "
             f"{first.fingerprint}; the key given ({tmp_path / 'k2'}) has fingerprint "
             f"{second.fingerprint}, which made none of them")
         assert "--new-key" in str(error) and "nothing was exported" in str(error)
         assert (error.ledger_path, error.key_fingerprint, error.key_path) == (
-            str(tmp_path / "l.sqlite"), second.fingerprint, str(tmp_path / "k2"))
+            str(book.path), second.fingerprint, str(tmp_path / "k2"))
         assert error.ledger_fingerprints == {first.fingerprint: 2}
         assert book.check_key(second, new_key=True) is True  # accepted on purpose, nothing written
         assert book.key_usage() == {first.fingerprint: 2}
 
 
-def test_record_export_refuses_an_unseen_key_before_writing_anything(tmp_path):
+def test_record_export_refuses_an_unseen_key_before_writing_anything(ledger_url, tmp_path):
     from watermark.errors import LedgerKeyError
 
-    with Ledger(tmp_path / "l.sqlite") as book:
+    with Ledger(ledger_url) as book:
         _record_with(book, tmp_path, "1" * 16, 0)
         with pytest.raises(LedgerKeyError, match=f"has fingerprint {'2' * 16}, which made none"):
             _record_with(book, tmp_path, "2" * 16, 1, name="Mallory")
@@ -584,10 +578,10 @@ class _InterruptAtCommit:
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["before-commit", "after-commit"])
-def test_ctrl_c_at_the_commit_keeps_file_and_record_together(tmp_path, after):
+def test_ctrl_c_at_the_commit_keeps_file_and_record_together(ledger_url, tmp_path, after):
     """Interrupted just before the COMMIT: no record and no file. Just after: both stay
     (the file was removed while its record stayed: QA found the record of a deleted copy)."""
-    with Ledger(tmp_path / "l.sqlite") as book:
+    with Ledger(ledger_url) as book:
         real = book._db
         book._db = _InterruptAtCommit(real, after)
         with pytest.raises(KeyboardInterrupt):
@@ -597,3 +591,61 @@ def test_ctrl_c_at_the_commit_keeps_file_and_record_together(tmp_path, after):
         assert [e.output_path for e in book.exports()] == ([str(out)] if after else [])
         assert out.exists() == after
         assert book.check().ok
+
+
+# -- many writers at once (issue 16, part 3) ------------------------------------------------
+
+WRITERS, EACH = 8, 100
+
+
+def _writer(location, tag: str, folder: str, start) -> None:
+    """One writer process: 100 exports for recipient ``tag`` through the record API, with a
+    cheap write_output (a 1-byte file), all of them started together by ``start``."""
+    from pathlib import Path
+
+    with Ledger(location) as book:
+        start.wait()
+        for i in range(EACH):
+            out = Path(folder) / f"{tag}-{i}"
+
+            def write(number, out=out, i=i):
+                out.write_bytes(b"x")
+                return {"output_path": str(out), "output_sop_uid": f"2.25.{number}.{i}",
+                        "output_sha256": "0" * 64, "payload": f"{number:08x}"}
+
+            book.record_export(write, recipient=tag, source_sop_uid="1.2.3",
+                               source_path="/src.dcm", source_sha256="cd" * 32,
+                               key_fingerprint="f" * 16)
+
+
+def test_eight_writers_lose_no_record_and_fork_no_chain(ledger_url, tmp_path):
+    """8 processes x 100 exports into one ledger at once: 800 records, one unbroken chain
+    (ids 1..800, each record chained to the one before it), every writer's records there."""
+    import multiprocessing
+
+    Ledger(ledger_url).close()
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(WRITERS)
+    tags = [f"writer {k}" for k in range(WRITERS)]
+    procs = [ctx.Process(target=_writer, args=(ledger_url, tag, str(tmp_path), start))
+             for tag in tags]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    with Ledger(ledger_url, create=False) as book:
+        check, records = book.check(), book.exports()
+        recipients = book.recipients()
+    assert check.ok, check.problems[:5]
+    assert check.n_records == len(records) == WRITERS * EACH
+    assert [r.id for r in records] == list(range(1, WRITERS * EACH + 1))
+    assert [r.prev_hash for r in records] == ["0" * 64] + [r.record_hash for r in records[:-1]]
+    assert len({r.record_hash for r in records}) == len(records)
+    assert sorted(recipients.values()) == sorted(tags)
+    per_writer = {}
+    for r in records:
+        per_writer.setdefault(r.recipient_name, set()).add(r.output_path)
+    assert {t: len(paths) for t, paths in per_writer.items()} == {t: EACH for t in tags}
+    # the writers' records interleave: they really wrote at the same time
+    assert sum(a.recipient_name != b.recipient_name for a, b in zip(records, records[1:])) > WRITERS

@@ -13,7 +13,8 @@ from watermark.errors import LeaktraceError
 from watermark.keys import key_path as key_path_of, load_key
 
 from ..export import site_key_for
-from ..ledger import Ledger, default_ledger_path
+from ..ledger import Ledger, default_ledger_path, ledger_exists
+from ..ledger_db import is_server_url, parse_postgres_url
 from .config import GatewayConfig
 from .node import Gateway, echo, prepare_store
 
@@ -44,18 +45,22 @@ def check(config: GatewayConfig, *, ledger_path, key_path) -> CheckResult:
         The key or the ledger cannot be used (a configuration error: exit 2).
     """
     out = CheckResult()
-    path = default_ledger_path() if ledger_path is None else Path(ledger_path)
-    if path.exists():
+    path = default_ledger_path() if ledger_path is None else ledger_path
+    if not is_server_url(path):
+        path = Path(path).expanduser()
+    if ledger_exists(path) or (not is_server_url(path) and path.exists()):  # a folder: refused
         with Ledger(path, create=False) as book:
             exports = book.last_export_id()
             key = _key_for(book, key_path)
             pending = len(book.deliveries("pending"))
             failed = len(book.deliveries("failed"))
-        out.lines.append(f"ledger: {path} ({exports} exports, {pending} deliveries pending, "
+            shown = book.path
+        out.lines.append(f"ledger: {shown} ({exports} exports, {pending} deliveries pending, "
                          f"{failed} failed)")
     else:
         key = _key_for(None, key_path)
-        out.lines.append(f"ledger: {path} (does not exist yet; created at the first export)")
+        shown = parse_postgres_url(path).display if is_server_url(path) else path
+        out.lines.append(f"ledger: {shown} (does not exist yet; created at the first export)")
     out.lines.append(f"key: fingerprint {key.fingerprint}" if key is not None else
                      f"key: {key_path_of(key_path)} does not exist yet; the gateway creates it "
                      "when it starts (the ledger has no exports)")
