@@ -44,6 +44,14 @@ Tables
     (same rule, fields :data:`ACCESS_CONTENT_FIELDS`; :meth:`Ledger.check_access`), so that
     checkpoints of the exports stay what they are. Added to an older ledger the first time it
     is opened for writing; readers cope with its absence (no accesses).
+``deidentifications``
+    per export made with ``embed --deidentify`` (:mod:`forensics.deidentify`): the export's
+    id, the PS3.15 options applied (JSON list) and the keyed mapping (JSON: the source's
+    Patient ID, Patient's Name, Study, Series and SOP Instance UIDs beside the copy's
+    pseudonyms and UIDs, and the date shift in days), written in the export's transaction, so
+    that an authorised investigator can map a de-identified copy back to its source study
+    (``leaktrace ledger reidentify``). Not part of the hash chain; added to an older ledger
+    the first time it is opened for writing.
 ``sources``
     per exported source film (by SHA-256), its keypoint features
     (:func:`forensics.register.film_features`), so that ``leaktrace trace`` can find the film
@@ -172,6 +180,12 @@ CREATE TABLE IF NOT EXISTS access (
     prev_hash   TEXT NOT NULL,
     record_hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deidentifications (
+    export_id   INTEGER PRIMARY KEY REFERENCES exports(id),
+    options     TEXT NOT NULL,
+    mapping     TEXT NOT NULL,
+    created_utc TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sources (
     source_sha256 TEXT PRIMARY KEY,
     features      BLOB NOT NULL,
@@ -266,7 +280,7 @@ class AccessEvent:
         AE title.
     action : str
         ``detect``, ``trace``, ``ledger list``, ``ledger export``, ``ledger audit``,
-        ``gateway transfer``.
+        ``ledger reidentify``, ``gateway transfer``.
     what : dict
         What was looked at, JSON-ready: ``{"leak_sha256": ...}``, ``{"export_ids": "1-40",
         "count": 40}``, or for a transfer the instance, study and export.
@@ -525,6 +539,12 @@ class Ledger:
                 start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS access")
                 db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
             self._has_access = True
+        self._has_deid = "deidentifications" in tables
+        if not self._has_deid and not self.read_only:
+            with self._write() as db:  # a ledger from before de-identification: add the table
+                start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS deidentifications")
+                db.execute(_SCHEMA[start:_SCHEMA.index(";", start)])
+            self._has_deid = True
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -600,7 +620,8 @@ class Ledger:
     def record_export(self, write_output: Callable[[int], dict], *, recipient: str,
                       source_sop_uid: str, source_path: str, source_sha256: str,
                       key_fingerprint: str, new_key: bool = False,
-                      delivery: PendingDelivery | None = None) -> ExportRecord:
+                      delivery: PendingDelivery | None = None,
+                      deidentification: dict | None = None) -> ExportRecord:
         """Register the recipient if new, write an output file for it and record it, all or
         nothing.
 
@@ -627,6 +648,10 @@ class Ledger:
             ``deliveries`` recorded in the same transaction as the export, so that no copy can
             be sent before both are committed (:meth:`delivery_of` finds it,
             :meth:`settle_delivery` closes it).
+        deidentification : dict or None
+            For a de-identified copy: ``{"options": [...], "mapping": {...}}``
+            (:class:`forensics.deidentify.DeidResult`), a row of ``deidentifications``
+            recorded in the same transaction.
 
         Returns
         -------
@@ -669,6 +694,11 @@ class Ledger:
                     self._insert_delivery(db, delivery, export_id=export_id,
                                           sop_instance_uid=written["output_sop_uid"],
                                           source_sop_uid=source_sop_uid, recipient_name=name)
+                if deidentification is not None:
+                    db.execute("INSERT INTO deidentifications VALUES (?, ?, ?, ?)",
+                               (export_id, json.dumps(list(deidentification["options"])),
+                                json.dumps(deidentification["mapping"], sort_keys=True),
+                                _utc_now()))
         except BaseException as exc:
             # written but not recorded: an untraceable copy, removed. A Ctrl-C can also land
             # just after the COMMIT, before the block is left: the row is then in the ledger
@@ -739,6 +769,35 @@ class Ledger:
         """Every export made from the source file with this SHA-256, oldest first."""
         return [ExportRecord(*row) for row in self._db.execute(
             self._select() + " WHERE e.source_sha256 = ? ORDER BY e.id", (source_sha256,))]
+
+    # -- de-identified copies ------------------------------------------------------------
+    def deidentification_of(self, export_id: int) -> dict | None:
+        """``{"export_id", "options", "mapping", "created_utc"}`` of a de-identified export,
+        or None (an export that was not de-identified, or a ledger from before)."""
+        if not self._has_deid:
+            return None
+        row = self._db.execute("SELECT export_id, options, mapping, created_utc FROM "
+                               "deidentifications WHERE export_id = ?", (export_id,)).fetchone()
+        return None if row is None else {"export_id": row[0], "options": json.loads(row[1]),
+                                         "mapping": json.loads(row[2]), "created_utc": row[3]}
+
+    def reidentify(self, value: str) -> list[dict]:
+        """The de-identified exports whose copy carries ``value`` (a pseudonymous Patient ID
+        or Name, or a Study, Series or SOP Instance UID of the copy), oldest first, each as
+        :meth:`deidentification_of` gives it plus ``recipient_name`` and ``output_sop_uid``."""
+        if not self._has_deid:
+            return []
+        value = value.strip()
+        found = []
+        for (export_id,) in self._db.execute("SELECT export_id FROM deidentifications "
+                                             "ORDER BY export_id"):
+            row = self.deidentification_of(export_id)
+            record = self.export(export_id)
+            copies = {pair[1] for pair in row["mapping"].values() if isinstance(pair, list)}
+            if value in copies or value == record.output_sop_uid:
+                found.append({**row, "recipient_name": record.recipient_name,
+                              "output_sop_uid": record.output_sop_uid})
+        return found
 
     # -- deliveries (what a DICOM node sent) ---------------------------------------------
     @staticmethod
