@@ -90,7 +90,10 @@ class CleanReport:
 
 def engine_available() -> str | None:
     """The OCR engine that would be used (``"rapidocr"``), or None when none is installed."""
-    return "rapidocr" if importlib.util.find_spec("rapidocr_onnxruntime") else None
+    try:
+        return "rapidocr" if importlib.util.find_spec("rapidocr_onnxruntime") else None
+    except (ImportError, ValueError):  # blocked (sys.modules entry None) or half-installed
+        return None
 
 
 @functools.cache

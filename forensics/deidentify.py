@@ -312,8 +312,17 @@ def deidentify_dataset(source: Dataset, *, key: SiteKey, options: Iterable[str] 
             elem.value = moved
 
     from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
-    references = {int(Tag(*t)) for t in
-                  dicom_anonymization_database_selector(TABLE_EDITION)["X_Z_U_STAR_TAGS"]}
+    categories = dicom_anonymization_database_selector(TABLE_EDITION)
+    references = {int(Tag(*t)) for t in categories["X_Z_U_STAR_TAGS"]}
+    # dates and times: the library writes 00010101 for Z and even for X, which dciodvfy
+    # rejects; here X removes them, Z empties them and D gives a valid dummy
+    date_action = {}
+    for category, tags in categories.items():
+        if category == "ALL_TAGS":
+            continue
+        how = (_remove if category.startswith("X") else _empty if category.startswith("Z")
+               else _dummy_date)
+        date_action |= {int(Tag(*t)): how for t in tags if len(t) == 2}
     for tag, action in actions.items():
         if len(tag) != 2:
             continue
@@ -328,7 +337,9 @@ def deidentify_dataset(source: Dataset, *, key: SiteKey, options: Iterable[str] 
             special[t] = keyed_uid
         elif shift is not None and _vr(t) in ("DA", "DT") and t != 0x00100030:
             # Patient's Birth Date keeps its basic action: a shifted one still gives the age
-            special[t] = lambda d, tg, basic=action: shifted(d, tg, basic)
+            special[t] = lambda d, tg, basic=date_action[t]: shifted(d, tg, basic)
+        elif _vr(t) in ("DA", "DT", "TM"):
+            special[t] = date_action[t]
     for t in kept:  # an option element missing from the library's edition of the table
         special.setdefault(t, keep_or_clean)
     ranged = [(tag, action) for tag, action in actions.items() if len(tag) == 4]
@@ -381,6 +392,24 @@ def _vr(tag: int) -> str:
         return dictionary_VR(tag)
     except KeyError:
         return ""
+
+
+def _remove(d: Dataset, tag) -> None:
+    if tag in d:
+        del d[tag]
+
+
+def _empty(d: Dataset, tag) -> None:
+    if tag in d:
+        d[tag].value = ""
+
+
+_DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000"}
+
+
+def _dummy_date(d: Dataset, tag) -> None:
+    if tag in d:
+        d[tag].value = _DUMMY.get(d[tag].VR, "")
 
 
 def _set_if_present(d: Dataset, tag, value: str) -> None:

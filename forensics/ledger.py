@@ -125,6 +125,9 @@ SCHEMA_VERSION = 2
 MAX_NAME_LENGTH = 1000
 _GENESIS = "0" * 64
 _LEDGER_TABLES = {"meta", "recipients", "exports"}
+#: Fields of a ``deidentifications`` mapping that hold [source value, the copy's value]
+_PSEUDONYM_FIELDS = ("patient_id", "patient_name", "study_uid", "series_uid", "sop_uid")
+
 #: States of a row of ``deliveries``
 DELIVERY_STATES = ("pending", "delivered", "failed")
 
@@ -793,7 +796,7 @@ class Ledger:
                                              "ORDER BY export_id"):
             row = self.deidentification_of(export_id)
             record = self.export(export_id)
-            copies = {pair[1] for pair in row["mapping"].values() if isinstance(pair, list)}
+            copies = {row["mapping"].get(f, ["", ""])[1] for f in _PSEUDONYM_FIELDS}
             if value in copies or value == record.output_sop_uid:
                 found.append({**row, "recipient_name": record.recipient_name,
                               "output_sop_uid": record.output_sop_uid})
