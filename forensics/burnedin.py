@@ -44,6 +44,7 @@ MARKERS = frozenset({
 _MARKER_MIN_SCORE = 0.8   # a marker is kept only when read with this confidence
 _OCR_MAX_SIDE = 1600      # larger films are read at a reduced scale (block means)
 _HEADER_MIN_LEN = 3       # header values shorter than this are not matched in pixels
+_MAX_LINE_FRACTION = 0.1  # a text line is at most this share of the film's shorter side thick
 
 
 class OcrUnavailableError(RuntimeError):
@@ -189,27 +190,51 @@ def _display(film: Film) -> tuple[np.ndarray, float]:
 
 
 def _blank(pixels: np.ndarray, box: TextBox, fill) -> None:
-    h = box.rows[1] - box.rows[0]
-    margin = int(round(0.2 * h)) + 2
+    thickness = min(box.rows[1] - box.rows[0], box.cols[1] - box.cols[0])  # of the text line
+    margin = int(round(0.2 * thickness)) + 2
     r0, r1 = max(0, box.rows[0] - margin), min(pixels.shape[0], box.rows[1] + margin)
     c0, c1 = max(0, box.cols[0] - margin), min(pixels.shape[1], box.cols[1] + margin)
     pixels[r0:r1, c0:c1] = fill
 
 
-def _decide(boxes: list[TextBox], identifying: list[str]) -> list[TextBox]:
+def _is_text_line(box: TextBox, shape: tuple[int, int]) -> bool:
+    """Whether a box can be a line of text: its shorter side at most a tenth of the film's
+    shorter side (burned-in labels and markers are far smaller; the detector also outlines
+    lung fields and collimation edges, which have no text in them)."""
+    thickness = min(box.rows[1] - box.rows[0], box.cols[1] - box.cols[0])
+    return thickness <= _MAX_LINE_FRACTION * min(shape)
+
+
+def _overlap(a: TextBox, b: TextBox) -> float:
+    """Share of ``a``'s area that ``b`` covers."""
+    rows = max(0, min(a.rows[1], b.rows[1]) - max(a.rows[0], b.rows[0]))
+    cols = max(0, min(a.cols[1], b.cols[1]) - max(a.cols[0], b.cols[0]))
+    area = max(1, (a.rows[1] - a.rows[0]) * (a.cols[1] - a.cols[0]))
+    return rows * cols / area
+
+
+def _decide(boxes: list[TextBox], identifying: list[str], shape: tuple[int, int]
+            ) -> list[TextBox]:
+    """Keep markers read with confidence, drop what is no line of text, and drop the
+    readings of a kept marker's box from the other orientation (the upright 'PA' read as
+    'A' when the film is turned), unless they match the header."""
     decided = []
     for b in boxes:
         match = matches_header(b.text, identifying)
+        if not match and not _is_text_line(b, shape):
+            continue
         kept = not match and _normal(b.text) in MARKERS and b.score >= _MARKER_MIN_SCORE
         decided.append(TextBox(b.text, b.score, b.rows, b.cols, kept, match))
-    return decided
+    markers = [b for b in decided if b.kept]
+    return [b for b in decided if b.kept or b.header_match
+            or not any(_overlap(b, m) > 0.5 for m in markers)]
 
 
 def clean_pixels(film: Film, identifying: list[str]) -> CleanReport:
     """The film's stored values with its burned-in text blanked.
 
     Every text box found (:func:`read_text`) is set, with a margin of a fifth of its height
-    and 2 px, to the stored value the display shows darkest, unless it reads as a marker
+    and 2 px (the line's, upright or turned), to the stored value the display shows darkest, unless it reads as a marker
     (:data:`MARKERS`, confidence >= 0.8) and matches no header value. The cleaned film is
     read again (twice at most); text found then is blanked too. Header values still read in
     the cleaned pixels are returned in ``residual``: the caller must refuse the export then.
@@ -238,7 +263,7 @@ def clean_pixels(film: Film, identifying: list[str]) -> CleanReport:
     residual: tuple[str, ...] = ()
     for _ in range(3):  # the first reading and up to two re-readings of the cleaned film
         image, scale = _display(current)
-        found = _decide(read_text(image, scale=scale), identifying)
+        found = _decide(read_text(image, scale=scale), identifying, pixels.shape)
         kept_before = {(b.rows, b.cols) for b in all_boxes if b.kept}
         new = [b for b in found if not (b.kept and (b.rows, b.cols) in kept_before)
                and not _inside_blanked(b, all_boxes)]
@@ -254,7 +279,8 @@ def clean_pixels(film: Film, identifying: list[str]) -> CleanReport:
         current = _with_pixels(film, pixels)
     else:
         image, scale = _display(current)
-        left = [b for b in _decide(read_text(image, scale=scale), identifying) if b.header_match]
+        left = [b for b in _decide(read_text(image, scale=scale), identifying, pixels.shape)
+                if b.header_match]
         residual = tuple(sorted({b.header_match for b in left}))
     return CleanReport(pixels, tuple(all_boxes), "rapidocr", residual)
 

@@ -322,7 +322,7 @@ def test_an_unknown_option_or_an_option_without_deidentify_is_a_bad_argument(
 LABELS = [
     ("DOE^JOHN", "DejaVuSans.ttf", 34, (0.04, 0.04), 255, False),
     ("MRN 884422", "DejaVuSansMono.ttf", 26, (0.55, 0.05), 230, False),
-    ("12.03.2024", "DejaVuSerif.ttf", 24, (0.05, 0.90), 200, False),
+    ("12.03.2024", "DejaVuSerif.ttf", 24, (0.05, 0.14), 170, False),
     ("ST ELSEWHERE", "DejaVuSans-Bold.ttf", 28, (0.90, 0.30), 255, True),
 ]
 MARKERS = [("L", (0.80, 0.62)), ("PA", (0.70, 0.80))]
