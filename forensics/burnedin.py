@@ -44,7 +44,8 @@ MARKERS = frozenset({
 _MARKER_MIN_SCORE = 0.8   # a marker is kept only when read with this confidence
 _OCR_MAX_SIDE = 1600      # larger films are read at a reduced scale (block means)
 _HEADER_MIN_LEN = 3       # header values shorter than this are not matched in pixels
-_MAX_LINE_FRACTION = 0.1  # a text line is at most this share of the film's shorter side thick
+_MAX_LINE_FRACTION = 0.08   # a text line is at most this share of the film's shorter side thick
+_UNREAD_MAX_FRACTION = 0.03  # ... and at most this, when nothing Latin was read in it
 
 
 class OcrUnavailableError(RuntimeError):
@@ -198,11 +199,20 @@ def _blank(pixels: np.ndarray, box: TextBox, fill) -> None:
 
 
 def _is_text_line(box: TextBox, shape: tuple[int, int]) -> bool:
-    """Whether a box can be a line of text: its shorter side at most a tenth of the film's
-    shorter side (burned-in labels and markers are far smaller; the detector also outlines
-    lung fields and collimation edges, which have no text in them)."""
+    """Whether a box can be a line of burned-in text.
+
+    Its shorter side must be at most :data:`_MAX_LINE_FRACTION` of the film's shorter side
+    (labels and markers are far smaller; the detector also outlines lung fields, bowel gas and
+    collimation edges). A box whose reading has no Latin letter or digit, or a confidence
+    below 0.5, counts only when it is thin too (:data:`_UNREAD_MAX_FRACTION`): on a chest
+    film the large unreadable boxes were anatomy, and blanking them hides it from the reader.
+    """
     thickness = min(box.rows[1] - box.rows[0], box.cols[1] - box.cols[0])
-    return thickness <= _MAX_LINE_FRACTION * min(shape)
+    short = min(shape)
+    if thickness > _MAX_LINE_FRACTION * short:
+        return False
+    readable = box.score >= 0.5 and re.search(r"[A-Za-z0-9]", box.text) is not None
+    return readable or thickness <= _UNREAD_MAX_FRACTION * short
 
 
 def _overlap(a: TextBox, b: TextBox) -> float:
