@@ -90,6 +90,9 @@ ENCODINGS: dict[str, Encoding] = dict([
     ("dcmtk_jpeg_extended_q80", dcmtk_jpeg_extended(80)),
     _e("dcmtk_jpeg_lossless", ["dcmcjpeg", "+el"], uid.JPEGLossless, True, 16, "dcmtk"),
     _e("dcmtk_jpeg_lossless_sv1", ["dcmcjpeg", "+e1"], uid.JPEGLosslessSV1, True, 16, "dcmtk"),
+    # one frame in many fragments of at most 16 KB (PS3.5 A.4), as some archives write them
+    _e("dcmtk_jpeg_lossless_fragments", ["dcmcjpeg", "+el", "+fs", "16"], uid.JPEGLossless, True,
+       16, "dcmtk"),
     _e("dcmtk_jpegls_lossless", ["dcmcjpls", "+el"], uid.JPEGLSLossless, True, 16, "dcmtk"),
     _e("dcmtk_jpegls_near2", ["dcmcjpls", "+en"], uid.JPEGLSNearLossless, False, 16, "dcmtk"),
     _e("dcmtk_rle", ["dcmcrle"], uid.RLELossless, True, 16, "dcmtk"),

@@ -95,6 +95,21 @@ def test_same_key_and_payload_give_the_same_mark(film_png):
     assert not np.allclose(a, c)
 
 
+def test_the_strength_model_is_public_only_the_tiles_are_keyed(film_png):
+    """mark_residual is residual_from_tiles with the keyed tiles (what benchmarks/attacks.py
+    drives with an adversary's estimate): the same mark, and the opposite tiles give the
+    opposite mark at the same strength."""
+    c = payload.encode(7, KEY)
+    layout = dwt._layout(KEY)
+    tiles = {lv: layout.signs[lv] * c[layout.bits[lv]] for lv in dwt.LEVELS}
+    mark = dwt.mark_residual(film_png, c, KEY)
+    assert np.array_equal(dwt.residual_from_tiles(film_png, tiles), mark)
+    opposite = dwt.residual_from_tiles(film_png, {lv: -t for lv, t in tiles.items()})
+    assert np.allclose(opposite, -mark) and np.std(mark) > 0.3
+    with pytest.raises(ValueError, match=r"tiles\[2\] must have shape \(3, 32, 32\)"):
+        dwt.residual_from_tiles(film_png, {2: tiles[2][:, :16], 3: tiles[3]})
+
+
 @pytest.mark.parametrize("value", [0.0, 255.0, 128.0])
 def test_flat_images_carry_no_mark(value):
     flat = np.full((300, 400), value)

@@ -87,6 +87,7 @@ __all__ = [
     "MIN_DETECT_EDGE",
     "working_shape",
     "mark_residual",
+    "residual_from_tiles",
     "embed",
     "soft_bits",
     "folded_subbands",
@@ -560,11 +561,50 @@ def mark_residual(image: np.ndarray, codeword, key: SiteKey, *, display: np.ndar
         Wrong codeword, a `dtype` other than float64 or float32, a negative strength, or an
         image smaller than ``MIN_EMBED_EDGE`` on a side.
     """
+    c = _check_codeword(codeword)
+    layout = _layout(key)
+    tiles = {level: (layout.signs[level] * c[layout.bits[level]]) for level in LEVELS}
+    return residual_from_tiles(image, tiles, display=display, quantum=quantum,
+                               strength=strength, dtype=dtype)
+
+
+def residual_from_tiles(image: np.ndarray, tiles: dict, *, display: np.ndarray | None = None,
+                        quantum: float | None = None, strength: float = 1.0,
+                        dtype: type | np.dtype = np.float64) -> np.ndarray:
+    """The additive mark that repeats ``tiles`` over ``image``, with the strength model of
+    :func:`mark_residual` (which is this function with the keyed tiles of a codeword).
+
+    The strength model is public; only the tiles are secret. Benchmarks of attacks without
+    the key (``benchmarks/attacks.py``) call this with tiles an adversary estimated.
+
+    Parameters
+    ----------
+    image, display, quantum, strength, dtype
+        As in :func:`mark_residual`.
+    tiles : dict
+        ``{level: (3, t, t) array}`` for each level of :data:`LEVELS`, ``t = TILE >> level``:
+        the value (normally +1/-1) each tile position of the H, V and D subbands carries.
+
+    Returns
+    -------
+    (rows, columns) array of `dtype`
+        As in :func:`mark_residual`.
+
+    Raises
+    ------
+    ValueError
+        As in :func:`mark_residual`, and tiles of the wrong shape.
+    """
     dtype = np.dtype(dtype)
     if dtype not in (np.float64, np.float32):
         raise ValueError(f"dtype is {dtype}; float64 or float32 is required")
     if not strength >= 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
+    for level in LEVELS:
+        t = TILE >> level
+        if np.shape(tiles.get(level)) != (3, t, t):
+            raise ValueError(f"tiles[{level}] must have shape (3, {t}, {t}), "
+                             f"got {np.shape(tiles.get(level))}")
     image = np.asarray(image, dtype=dtype)
     if image.ndim != 2 or min(image.shape) < MIN_EMBED_EDGE:
         raise ValueError(f"image must be 2-D and at least {MIN_EMBED_EDGE} px on each side, "
@@ -572,8 +612,6 @@ def mark_residual(image: np.ndarray, codeword, key: SiteKey, *, display: np.ndar
     display = image if display is None else np.asarray(display, dtype=dtype)
     if display.shape != image.shape:
         raise ValueError(f"display shape {display.shape} differs from image shape {image.shape}")
-    c = _check_codeword(codeword)
-    layout = _layout(key)
     wshape = working_shape(image.shape)
     work = _resample(image, wshape, dtype)
     coeffs = pywt.wavedec2(work, WAVELET, mode=MODE, level=N_LEVELS)
@@ -589,7 +627,7 @@ def mark_residual(image: np.ndarray, codeword, key: SiteKey, *, display: np.ndar
             continue
         marked, patterns[level] = [], []
         for o, band in enumerate(bands):
-            tile = (layout.signs[level][o] * c[layout.bits[level][o]]).astype(dtype)
+            tile = np.asarray(tiles[level][o], dtype=dtype)
             patterns[level].append(_tiled(tile, band.shape))
             marked.append(gains[level].astype(dtype) * patterns[level][-1])
         mark.append(tuple(marked))
