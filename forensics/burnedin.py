@@ -18,6 +18,7 @@ Du et al., "PP-OCR: A Practical Ultra Lightweight OCR System", arXiv:2009.09941 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import importlib.util
@@ -302,7 +303,7 @@ def _inside_blanked(box: TextBox, boxes: list[TextBox]) -> bool:
 
 
 def _with_pixels(film: Film, pixels: np.ndarray) -> Film:
-    import dataclasses
+    """``film`` showing ``pixels`` (a read-only view) instead of its own."""
     view = pixels.view()
     view.flags.writeable = False
     return dataclasses.replace(film, pixels=view)

@@ -36,7 +36,6 @@ import copy
 import dataclasses
 import datetime as _dt
 import hashlib
-import hmac
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
