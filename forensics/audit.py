@@ -82,6 +82,7 @@ EVENTS = {
     "detect": ("110112", "Query", "E"),
     "trace": ("110112", "Query", "E"),
     "ledger list": ("110112", "Query", "E"),
+    "ledger reidentify": ("110112", "Query", "E"),
     "ledger export": ("110106", "Export", "R"),
     "ledger audit": ("110106", "Export", "R"),
     "gateway transfer": ("110104", "DICOM Instances Transferred", "R"),

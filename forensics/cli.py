@@ -82,6 +82,7 @@ from .export import (ExportOutcome, already_exported, collect_sources, export_ma
 from watermark._files import atomic_write
 from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, export_table, ledger_exists,
                      log_access, normalise_recipient)
+from .deidentify import check_options, precheck
 from .trace import detect_leak, trace_leak
 
 INTERRUPTED_PREFIX = "interrupted:"
@@ -208,6 +209,8 @@ def embed(
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object with every outcome on stdout.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes marking files in parallel (0: one per CPU core). This process still writes every output and records it in the ledger.")] = 1,
     new_key: Annotated[bool, typer.Option("--new-key", metavar="", help="Change the site key on purpose: export with a key the ledger's earlier exports were not made with (created if its file does not exist). Without it such a key, or a missing key file beside a ledger that holds exports, is refused (exit 2).")] = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", metavar="", help="De-identify each copy (DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile) before it is marked: keyed pseudonyms and UIDs per recipient, private elements removed; the ledger keeps the mapping (leaktrace ledger reidentify). A film whose (0028,0301) Burned In Annotation is YES or missing is refused (exit 2) unless --deid-option clean-pixel-data is given.")] = False,
+    deid_option: Annotated[Optional[list[str]], typer.Option("--deid-option", metavar="NAME", help="A PS3.15 option for --deidentify (repeatable): retain-longitudinal-modified-dates, retain-patient-characteristics, retain-device-identity, retain-institution-identity, clean-descriptors, clean-pixel-data (burned-in text found by offline OCR and blanked; needs the 'ocr' extra).")] = None,
 ) -> None:
     """Mark films for a recipient, write the marked copies and record them in the ledger.
 
@@ -234,6 +237,13 @@ def embed(
         raise fatal(f"bad arguments: --out {out}: exists and is not a folder")
     if workers < 0:
         raise fatal(f"bad arguments: --workers {workers}: must be 0 (one per CPU core) or more")
+    deid_options = tuple(deid_option or ())
+    if deid_options and not deidentify:
+        raise fatal("bad arguments: --deid-option is an option of --deidentify; give both")
+    try:
+        deid_options = check_options(deid_options)
+    except LeaktraceError as exc:
+        raise fatal(f"bad arguments: {exc}") from None
     try:
         path = key_path(key)
         # an unreadable key file stops the command before a new ledger is created
@@ -280,6 +290,12 @@ def embed(
                 else:
                     to_do.append(pair)
             pairs = to_do
+        if deidentify:  # fail closed before anything is read and marked
+            try:
+                for source, _ in pairs:
+                    precheck(source, deid_options)
+            except LeaktraceError as exc:
+                raise fatal(str(exc)) from None
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -301,7 +317,8 @@ def embed(
                 task = bar.add_task("marking", total=len(pairs))
                 outcomes = export_many(pairs, recipient=name, ledger=book, key=site_key,
                                        overwrite=overwrite, progress=advance, workers=workers,
-                                       new_key=new_key)
+                                       new_key=new_key, deidentify=deidentify,
+                                       deid_options=deid_options)
         except KeyboardInterrupt:
             # the ledger says which files were exported: one recorded just before Ctrl-C may
             # not have been reported yet (its features for `trace` were being computed)
@@ -321,6 +338,8 @@ def embed(
               + (f"; {len(skipped)} already exported, skipped" if skip_existing else ""))
     if as_json:
         extra = {"skipped": [r.as_dict() for r in skipped]} if skip_existing else {}
+        if deidentify:
+            extra |= {"deidentified": True, "deid_options": list(deid_options)}
         _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed, **extra)
     if failed or not (outcomes or skipped):
         raise typer.Exit(1)
@@ -702,6 +721,52 @@ def _verifier(value: str | None):
                                   "signer's with --public-key (printed by `ledger checkpoint`)")
         value = str(default)
     return read_verifier(value)
+
+
+@ledger_app.command("reidentify")
+def ledger_reidentify(
+    value: Annotated[str, typer.Argument(help="A de-identified copy's pseudonymous Patient ID or Name, or its Study, Series or SOP Instance UID.")],
+    ledger: LedgerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="JSON on stdout.")] = False,
+    operator: OperatorOpt = None,
+) -> None:
+    """Map a de-identified copy's pseudonym or UID back to its source study (opened read-only).
+
+    Prints, for each de-identified export whose copy carries VALUE, the recipient, the
+    options and the source's Patient ID, Patient's Name and Study, Series and SOP Instance
+    UIDs beside the copy's. For authorised investigators: the lookup is recorded in the
+    access log (who, which exports).
+
+    Exit codes: 0 found, 1 no de-identified export carries VALUE, 2 the ledger cannot be read.
+    """
+    try:
+        who = operator_name(operator)
+        with Ledger(ledger, create=False) as book:
+            found = book.reidentify(value)
+            path = book.path
+    except LeaktraceError as exc:
+        if as_json:
+            print(json.dumps({"value": value, "found": [], "error": str(exc)}))
+        raise _fail(str(exc)) from None
+    recorded = _record_access(ledger, AccessEvent(
+        who, "ledger reidentify", {"export_ids": id_ranges(f["export_id"] for f in found), "count": len(found)},
+        "listed" if found else "not_found", ""))
+    if as_json:
+        print(json.dumps({"value": value, "ledger": str(path), "found": found,
+                          "access_recorded": recorded}))
+    else:
+        for f in found:
+            m = f["mapping"]
+            print(f"export {f['export_id']} for {f['recipient_name']!r} "
+                  f"(options: {', '.join(f['options']) or 'none'})")
+            for field in ("patient_id", "patient_name", "study_uid", "series_uid", "sop_uid"):
+                print(f"  {field}: {m[field][1]} <- {m[field][0]}")
+            if m.get("date_shift_days") is not None:
+                print(f"  dates shifted back by {m['date_shift_days']} days")
+        if not found:
+            err.print(f"no de-identified export in {escape(str(path))} carries {escape(value)!r}")
+    if not found:
+        raise typer.Exit(1)
 
 
 @ledger_app.command("verify")

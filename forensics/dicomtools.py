@@ -204,7 +204,8 @@ def dciodvfy_errors(path: str | os.PathLike) -> set[str]:
     if shutil.which("dciodvfy") is None:
         raise ToolMissingError("dciodvfy is not on PATH: install the 'dicom3tools' package "
                                "(Debian: apt install dicom3tools)")
-    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                          errors="replace")  # values it quotes may be in any character set
     return {re.sub(r"<[^>]*>|\[\d+\]", "", line).strip()
             for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")}
 

@@ -44,6 +44,7 @@ from watermark.errors import (CapacityError, InvalidInputError, LeaktraceError, 
                               LedgerKeyError)
 from watermark.keys import SiteKey, create_key, key_path, load_key
 
+from .deidentify import DeidentifiedFilm, deidentify_film, mapping_key
 from .ledger import ExportRecord, Ledger, PendingDelivery, _key_usage_text, normalise_recipient
 from .register import FilmFeatures, film_features
 
@@ -218,7 +219,8 @@ def site_key_for(ledger: Ledger, path: str | os.PathLike | None = None, *,
 def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipient: str,
                 ledger: Ledger, key: SiteKey, overwrite: bool = False,
                 strength: float = 1.0, new_key: bool = False,
-                delivery: PendingDelivery | None = None) -> ExportRecord:
+                delivery: PendingDelivery | None = None, deidentify: bool = False,
+                deid_options: Iterable[str] = ()) -> ExportRecord:
     """Mark one film for ``recipient``, write it to ``output`` and record it in the ledger.
 
     The recipient is registered (if new) in the same ledger transaction as the export, so a
@@ -245,6 +247,12 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
     new_key : bool
         Accept a key the ledger's exports were not made with (a deliberate change of site
         key; the ledger then holds two key fingerprints).
+    deidentify : bool
+        Write a de-identified copy (:func:`forensics.deidentify.deidentify_film`, PS3.15
+        Annex E) with ``deid_options``: the header is de-identified and the pixels cleaned
+        first, the cleaned pixels are then marked, and the export is recorded with its
+        options and keyed mapping (:meth:`Ledger.deidentification_of`). The mapping key is
+        per recipient (:func:`forensics.deidentify.mapping_key`).
 
     Returns
     -------
@@ -259,6 +267,8 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         Any problem with the input, the output or the ledger; the message names the file.
         Nothing is written or recorded then. A source that is itself a leaktrace-marked copy
         is refused (:class:`InvalidInputError`): marking it again would carry two marks.
+        A de-identified export whose pixels may show identity is refused
+        (:class:`forensics.deidentify.DeidRefusedError`).
     """
     source, output = Path(source), Path(output)
     ledger.check_key(key, new_key=new_key)
@@ -271,17 +281,25 @@ def export_film(source: str | os.PathLike, output: str | os.PathLike, *, recipie
         raise LedgerError(f"{ledger.path}: the ledger has no ledger_id; it cannot record exports")
     mark_key = key.scoped(ledger.ledger_id)
     source_sha256 = sha256_file(source)
+    # order: de-identify and clean the pixels, then mark the cleaned pixels, then record
+    deid: DeidentifiedFilm | None = None
+    if deidentify:
+        deid = deidentify_film(film, key=mapping_key(key, ledger.ledger_id, name),
+                               options=deid_options)
+    to_mark = deid.film if deid is not None else film
 
     def write(number: int) -> dict:
-        marked = mark_film(film, number, mark_key, strength=strength)
+        marked = mark_film(to_mark, number, mark_key, strength=strength)
         coded = payload.encode(number, mark_key)
-        return _written(write_derived(film, marked, output, description=DERIVATION_DESCRIPTION), coded)
+        return _written(write_derived(to_mark, marked, output,
+                                      description=DERIVATION_DESCRIPTION), coded)
 
     record = ledger.record_export(
         write, recipient=name,
         source_sop_uid=str(film.dataset.get("SOPInstanceUID", "")),
         source_path=str(source.resolve()), source_sha256=source_sha256,
         key_fingerprint=key.fingerprint, new_key=new_key, delivery=delivery,
+        deidentification=deid.ledger_entry() if deid is not None else None,
     )
     _keep_features(ledger, source_sha256, lambda: _features(film))
     return record
@@ -359,7 +377,8 @@ def collect_sources(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLi
 def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: Ledger,
                 key: SiteKey, overwrite: bool = False,
                 progress: Callable[[ExportOutcome], None] | None = None,
-                workers: int = 1, new_key: bool = False) -> list[ExportOutcome]:
+                workers: int = 1, new_key: bool = False, deidentify: bool = False,
+                deid_options: Iterable[str] = ()) -> list[ExportOutcome]:
     """Export every (source, output) pair, carrying on after failures.
 
     A failure of one file (any leaktrace error, an OS error, an unexpected ``ValueError`` or
@@ -384,6 +403,9 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
         elsewhere.
     new_key : bool
         Accept a key the ledger's exports were not made with (:meth:`Ledger.check_key`).
+    deidentify, deid_options
+        As for :func:`export_film`. De-identified exports run in this process, one at a
+        time (``workers`` is not used for them).
 
     Returns one :class:`ExportOutcome` per pair, in order. ``progress`` is called after each.
 
@@ -400,7 +422,7 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
     ledger.check_key(key, new_key=new_key)
     pairs = [(Path(s), Path(o)) for s, o in pairs]
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(pairs) > 1:
+    if workers > 1 and len(pairs) > 1 and not deidentify:
         return _export_parallel(pairs, recipient=recipient, ledger=ledger, key=key,
                                 overwrite=overwrite, progress=progress,
                                 workers=min(workers, len(pairs)), new_key=new_key)
@@ -411,7 +433,8 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
             _check_not_written(source, output, written)
             output.parent.mkdir(parents=True, exist_ok=True)
             return export_film(source, output, recipient=recipient, ledger=ledger, key=key,
-                               overwrite=overwrite, new_key=new_key)
+                               overwrite=overwrite, new_key=new_key, deidentify=deidentify,
+                               deid_options=deid_options)
 
         outcomes.append(_settle(source, output, run, written, progress))
     return outcomes

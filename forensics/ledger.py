@@ -47,6 +47,14 @@ Tables
     (same rule, fields :data:`ACCESS_CONTENT_FIELDS`; :meth:`Ledger.check_access`), so that
     checkpoints of the exports stay what they are. Added to an older ledger the first time it
     is opened for writing; readers cope with its absence (no accesses).
+``deidentifications``
+    per export made with ``embed --deidentify`` (:mod:`forensics.deidentify`): the export's
+    id, the PS3.15 options applied (JSON list) and the keyed mapping (JSON: the source's
+    Patient ID, Patient's Name, Study, Series and SOP Instance UIDs beside the copy's
+    pseudonyms and UIDs, and the date shift in days), written in the export's transaction, so
+    that an authorised investigator can map a de-identified copy back to its source study
+    (``leaktrace ledger reidentify``). Not part of the hash chain; added to an older ledger
+    the first time it is opened for writing.
 ``sources``
     per exported source film (by SHA-256), its keypoint features
     (:func:`forensics.register.film_features`), so that ``leaktrace trace`` can find the film
@@ -127,6 +135,9 @@ SCHEMA_VERSION = 2
 MAX_NAME_LENGTH = 1000
 _GENESIS = "0" * 64
 _LEDGER_TABLES = {"meta", "recipients", "exports"}
+#: Fields of a ``deidentifications`` mapping that hold [source value, the copy's value]
+_PSEUDONYM_FIELDS = ("patient_id", "patient_name", "study_uid", "series_uid", "sop_uid")
+
 #: States of a row of ``deliveries``
 DELIVERY_STATES = ("pending", "delivered", "failed")
 
@@ -217,7 +228,7 @@ class AccessEvent:
         AE title.
     action : str
         ``detect``, ``trace``, ``ledger list``, ``ledger export``, ``ledger audit``,
-        ``gateway transfer``.
+        ``ledger reidentify``, ``gateway transfer``.
     what : dict
         What was looked at, JSON-ready: ``{"leak_sha256": ...}``, ``{"export_ids": "1-40",
         "count": 40}``, or for a transfer the instance, study and export.
@@ -518,24 +529,17 @@ class Ledger:
                 "ledger verify) but records no new exports: give a new ledger with --ledger "
                 f"or {LEDGER_ENV}"
             )
-        self._has_sources = "sources" in tables
-        if not self._has_sources and not self.read_only:
-            with self._write() as db:  # a ledger from before source features: add the table
-                for statement in create_statements(self.dialect, "sources"):
-                    db.execute(statement)
-            self._has_sources = True
-        self._has_deliveries = "deliveries" in tables
-        if not self._has_deliveries and not self.read_only:
-            with self._write() as db:  # a ledger from before the gateway: add the table
-                for statement in create_statements(self.dialect, "deliveries"):
-                    db.execute(statement)
-            self._has_deliveries = True
-        self._has_access = "access" in tables
-        if not self._has_access and not self.read_only:
-            with self._write() as db:  # a ledger from before the access log: add the table
-                for statement in create_statements(self.dialect, "access"):
-                    db.execute(statement)
-            self._has_access = True
+        # tables added since schema 2 (source features, the gateway's deliveries, the access
+        # log, de-identification): created in an older ledger on its first writable open
+        for table, attribute in (("sources", "_has_sources"), ("deliveries", "_has_deliveries"),
+                                 ("access", "_has_access"), ("deidentifications", "_has_deid")):
+            present = table in tables
+            if not present and not self.read_only:
+                with self._write() as db:
+                    for statement in create_statements(self.dialect, table):
+                        db.execute(statement)
+                present = True
+            setattr(self, attribute, present)
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -617,7 +621,8 @@ class Ledger:
     def record_export(self, write_output: Callable[[int], dict], *, recipient: str,
                       source_sop_uid: str, source_path: str, source_sha256: str,
                       key_fingerprint: str, new_key: bool = False,
-                      delivery: PendingDelivery | None = None) -> ExportRecord:
+                      delivery: PendingDelivery | None = None,
+                      deidentification: dict | None = None) -> ExportRecord:
         """Register the recipient if new, write an output file for it and record it, all or
         nothing.
 
@@ -644,6 +649,10 @@ class Ledger:
             ``deliveries`` recorded in the same transaction as the export, so that no copy can
             be sent before both are committed (:meth:`delivery_of` finds it,
             :meth:`settle_delivery` closes it).
+        deidentification : dict or None
+            For a de-identified copy: ``{"options": [...], "mapping": {...}}``
+            (:class:`forensics.deidentify.DeidResult`), a row of ``deidentifications``
+            recorded in the same transaction.
 
         Returns
         -------
@@ -686,6 +695,11 @@ class Ledger:
                     self._insert_delivery(db, delivery, export_id=export_id,
                                           sop_instance_uid=written["output_sop_uid"],
                                           source_sop_uid=source_sop_uid, recipient_name=name)
+                if deidentification is not None:
+                    db.execute("INSERT INTO deidentifications VALUES (?, ?, ?, ?)",
+                               (export_id, json.dumps(list(deidentification["options"])),
+                                json.dumps(deidentification["mapping"], sort_keys=True),
+                                _utc_now()))
         except BaseException as exc:
             # written but not recorded: an untraceable copy, removed. A Ctrl-C can also land
             # just after the COMMIT, before the block is left: the row is then in the ledger
@@ -756,6 +770,35 @@ class Ledger:
         """Every export made from the source file with this SHA-256, oldest first."""
         return [ExportRecord(*row) for row in self._db.execute(
             self._select() + " WHERE e.source_sha256 = ? ORDER BY e.id", (source_sha256,))]
+
+    # -- de-identified copies ------------------------------------------------------------
+    def deidentification_of(self, export_id: int) -> dict | None:
+        """``{"export_id", "options", "mapping", "created_utc"}`` of a de-identified export,
+        or None (an export that was not de-identified, or a ledger from before)."""
+        if not self._has_deid:
+            return None
+        row = self._db.execute("SELECT export_id, options, mapping, created_utc FROM "
+                               "deidentifications WHERE export_id = ?", (export_id,)).fetchone()
+        return None if row is None else {"export_id": row[0], "options": json.loads(row[1]),
+                                         "mapping": json.loads(row[2]), "created_utc": row[3]}
+
+    def reidentify(self, value: str) -> list[dict]:
+        """The de-identified exports whose copy carries ``value`` (a pseudonymous Patient ID
+        or Name, or a Study, Series or SOP Instance UID of the copy), oldest first, each as
+        :meth:`deidentification_of` gives it plus ``recipient_name`` and ``output_sop_uid``."""
+        if not self._has_deid:
+            return []
+        value = value.strip()
+        found = []
+        for (export_id,) in self._db.execute("SELECT export_id FROM deidentifications "
+                                             "ORDER BY export_id"):
+            row = self.deidentification_of(export_id)
+            record = self.export(export_id)
+            copies = {row["mapping"].get(f, ["", ""])[1] for f in _PSEUDONYM_FIELDS}
+            if value in copies or value == record.output_sop_uid:
+                found.append({**row, "recipient_name": record.recipient_name,
+                              "output_sop_uid": record.output_sop_uid})
+        return found
 
     # -- deliveries (what a DICOM node sent) ---------------------------------------------
     @staticmethod
@@ -1044,7 +1087,8 @@ class Ledger:
         from .ledger_schema import TABLE_NAMES
 
         present = {"deliveries": source._has_deliveries, "access": source._has_access,
-                   "sources": source._has_sources}
+                   "sources": source._has_sources,
+                   "deidentifications": source._has_deid}
         copied = {}
         with self._write() as db:
             if any(db.execute(f"SELECT EXISTS(SELECT 1 FROM {t})").fetchone()[0]
@@ -1052,7 +1096,8 @@ class Ledger:
                 raise LedgerError(f"{self.path}: not an empty ledger; a ledger is migrated into "
                                   "a new file or site only")
             db.execute("DELETE FROM meta")
-            for table in ("meta", "recipients", "exports", "deliveries", "access", "sources"):
+            for table in ("meta", "recipients", "exports", "deliveries", "access", "sources",
+                          "deidentifications"):
                 if not present.get(table, True):
                     copied[table] = 0
                     continue

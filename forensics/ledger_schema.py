@@ -88,6 +88,11 @@ TABLES: tuple[Table, ...] = (
         _c("action", "text"), _c("what", "text"), _c("outcome", "text"), _c("detail", "text"),
         _c("created_utc", "text"), _c("prev_hash", "text"), _c("record_hash", "text"),
     )),
+    # one row per de-identified export (forensics.deidentify): its options and keyed mapping
+    Table("deidentifications", (
+        _c("export_id", "key", "REFERENCES exports(id)"), _c("options", "text"),
+        _c("mapping", "text"), _c("created_utc", "text"),
+    )),
     Table("sources", (_c("source_sha256", "text", "PRIMARY KEY"), _c("features", "blob"),
                       _c("created_utc", "text"))),
 )

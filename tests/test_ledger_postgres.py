@@ -182,7 +182,7 @@ def test_migrate_a_sqlite_ledger_to_a_site_keeps_its_identity_chain_and_checkpoi
     doc = json.loads(result.stdout)
     assert doc["ok"] and doc["to"] == site and doc["ledger_id"] == before["ledger_id"]
     assert doc["copied"] == {"recipients": 3, "exports": 4, "deliveries": 1, "access": 1,
-                             "sources": 1}
+                             "sources": 1, "deidentifications": 0}
     assert doc["head_hash"] == before["head"] and doc["n_records"] == 4
     with Ledger(site) as book:
         assert book.ledger_id == before["ledger_id"]
