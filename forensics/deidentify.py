@@ -568,8 +568,14 @@ def precheck(path, options: Iterable[str]) -> None:
 
 def _no_engine(path) -> DeidRefusedError:
     return DeidRefusedError(f"{path}: --deid-option clean-pixel-data needs an OCR engine to "
-                            "find burned-in text, and none is installed (pip install "
-                            "'leaktrace[ocr]'); nothing was exported")
+                            f"find burned-in text, and none is installed ({OCR_INSTALL}); "
+                            "nothing was exported")
+
+
+#: How to install the OCR engine of ``clean-pixel-data`` (RapidOCR declares the GUI build of
+#: OpenCV, so it goes in without its dependencies, which the ``ocr`` extra brings).
+OCR_INSTALL = ("pip install 'leaktrace[ocr]' && pip install --no-deps "
+               "'rapidocr-onnxruntime==1.4.4'")
 
 
 def _burned_in(path, burned: str) -> DeidRefusedError:

@@ -582,3 +582,111 @@ def test_a_gateway_on_a_postgresql_ledger_records_concurrent_retrievals_in_one_c
     by_source = {ds.SourceImageSequence[-1].ReferencedSOPInstanceUID: ds for ds in got}
     study, source_uid = site["studies"][FILMS[0]]
     _assert_marked_and_traced(other, by_source[source_uid], DRY, source_uid, tmp_path)
+
+
+def test_a_de_identifying_recipient_gets_de_identified_marked_copies_and_no_query_answers(
+        site, tmp_path, dicom_films):
+    """A second gateway, whose config adds two recipients with ``deidentify = true``: one
+    with clean-pixel-data gets a copy with no patient identity from the source, recorded with
+    its de-identification and traced to it; one without clean-pixel-data is refused the films
+    whose Burned In Annotation is missing (fail closed: nothing sent, nothing recorded); a
+    C-FIND from a de-identifying recipient is refused (the PACS's answers carry identities)."""
+    from forensics.burnedin import engine_available
+
+    if engine_available() is None:
+        message = "RapidOCR is not installed (the ocr extra; see .ci/run)"
+        if running_in_ci():
+            pytest.fail(message + " [CI is set, so this fails instead of skipping]", pytrace=False)
+        pytest.skip(message)
+    port, teach_port, plain_port = free_port(), free_port(), free_port()
+    text = site["config"].read_text().replace(f'listen = "127.0.0.1:{site["gw_port"]}"',
+                                              f'listen = "127.0.0.1:{port}"')
+    text = text.replace(str(site["folder"] / "store"), str(tmp_path / "store"))
+    text += (f'[[recipients]]\nae_title = "TEACH"\naddress = "127.0.0.1:{teach_port}"\n'
+             'name = "Teaching file"\ndeidentify = true\ndeid_options = ["clean-pixel-data"]\n'
+             f'[[recipients]]\nae_title = "NOCLEAN"\naddress = "127.0.0.1:{plain_port}"\n'
+             'name = "No pixel cleaning"\ndeidentify = true\n')
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    ledger = tmp_path / "ledger.sqlite"
+    teach, noclean = Workstation("TEACH", teach_port), Workstation("NOCLEAN", plain_port)
+    gateway = Gateway(load_config(config), ledger_path=ledger, key=KEY)
+    gateway.start()
+    other = dict(site, gw_port=port, ledger=ledger)
+    name = "nih_cxr14_dx_8bit_1024px_nccid.dcm"
+    study, source_uid = site["studies"][name]
+    try:
+        assoc = _associate(other, "TEACH", [sc.StudyRootQueryRetrieveInformationModelFind])
+        answers = list(assoc.send_c_find(_study_query(),
+                                         sc.StudyRootQueryRetrieveInformationModelFind))
+        assoc.release()
+        assert [s.Status for s, _ in answers] == [0x0124]
+        assert all(identifier is None for _, identifier in answers)
+
+        moved = _move(other, DRX, "TEACH", study)
+        refused = _move(other, DRX, "NOCLEAN", study)
+    finally:
+        gateway.stop()
+        teach.stop()
+        noclean.stop()
+    assert moved.Status == 0x0000 and moved.NumberOfCompletedSuboperations == 1
+    [ds] = teach.received
+    source = pydicom.dcmread(dicom_films[name], stop_before_pixels=True)
+    assert ds.PatientIdentityRemoved == "YES"
+    assert "113100" in {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "AccessionNumber"):
+        value = str(source.get(keyword, "") or "")
+        if value:
+            assert str(ds.get(keyword, "") or "") != value, keyword
+    assert source_uid.encode() not in ds.PixelData and str(ds.SOPInstanceUID) != source_uid
+    with Ledger(ledger, create=False) as book:
+        [export] = book.exports()
+        assert export.recipient_name == "Teaching file"
+        assert book.deidentification_of(export.id)["options"] == ["clean-pixel-data"]
+        assert [d.status for d in book.deliveries()] == ["delivered"]
+    copy = tmp_path / "teach.dcm"
+    ds.save_as(copy, enforce_file_format=True)
+    with Ledger(ledger, create=False) as book:
+        report = detect_leak(copy, ledger=book, key=KEY)
+    assert report.decision == "traced" and report.recipient == "Teaching file"
+
+    assert noclean.received == []
+    assert refused.get("NumberOfFailedSuboperations", 0) == 1, refused
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ('deid_options = ["clean-pixel-data"]\n', r"recipients\[1\]\.deid_options: given without "
+                                               r"deidentify = true"),
+    ('deidentify = "yes"\n', r"recipients\[1\]\.deidentify: must be true or false"),
+    ('deidentify = true\ndeid_options = ["blur-faces"]\n',
+     r"recipients\[1\]\.deid_options: unknown 'blur-faces'; known: retain-longitudinal"),
+    ('deidentify = true\ndeid_options = "clean-pixel-data"\n',
+     r"recipients\[1\]\.deid_options: must be a list of option names"),
+])
+def test_de_identification_settings_are_checked_with_the_config(tmp_path, extra, problem):
+    from forensics.gateway.config import ConfigError
+
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nae_title = "LEAKTRACE"\nlisten = "127.0.0.1:11112"\n'
+                      '[pacs]\nae_title = "ORTHANC"\naddress = "127.0.0.1:4242"\n'
+                      '[[recipients]]\nae_title = "TEACH"\naddress = "127.0.0.1:11113"\n'
+                      'name = "Teaching file"\n' + extra)
+    with pytest.raises(ConfigError, match=rf"gateway\.toml: {problem}"):
+        load_config(config)
+
+
+def test_clean_pixel_data_without_an_ocr_engine_stops_the_gateway_at_its_config(
+        tmp_path, monkeypatch):
+    from forensics import burnedin
+    from forensics.gateway.config import ConfigError
+
+    monkeypatch.setattr(burnedin, "engine_available", lambda: None)
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nae_title = "LEAKTRACE"\nlisten = "127.0.0.1:11112"\n'
+                      '[pacs]\nae_title = "ORTHANC"\naddress = "127.0.0.1:4242"\n'
+                      '[[recipients]]\nae_title = "TEACH"\naddress = "127.0.0.1:11113"\n'
+                      'name = "Teaching file"\ndeidentify = true\n'
+                      'deid_options = ["clean-pixel-data"]\n')
+    with pytest.raises(ConfigError, match=r"clean-pixel-data needs an OCR engine .*--no-deps "
+                                          r"'rapidocr-onnxruntime"):
+        load_config(config)

@@ -22,10 +22,21 @@
     ae_title = "VIEWER_2"
     name = "Reading room 2"
 
+    [[recipients]]                  # gets de-identified copies (PS3.15 Annex E), as embed
+    ae_title = "TEACHING"           # --deidentify --deid-option ... does
+    address = "10.0.0.7:104"
+    name = "Teaching file, University X"
+    deidentify = true
+    deid_options = ["clean-pixel-data", "retain-patient-characteristics"]
+
 AE titles follow DICOM PS3.5 section 6.2 (VR AE): 1 to 16 characters of the default
 character repertoire, no backslash or control characters, not only spaces; leading and
 trailing spaces are not significant. A recipient's ``name`` is the name recorded in the ledger
-for every copy marked for it (the same as ``embed --recipient``).
+for every copy marked for it (the same as ``embed --recipient``). A recipient with
+``deidentify = true`` gets every copy de-identified before it is marked, with the
+``deid_options`` named as ``embed --deid-option`` names them; its C-FIND queries are refused
+(the PACS's answers carry the identities the copies no longer have), so it receives what
+the PACS routes to it or what it retrieves by UID.
 """
 
 from __future__ import annotations
@@ -71,6 +82,8 @@ class Recipient(Node):
     """A party the gateway marks copies for; ``name`` is the ledger's recipient name."""
 
     name: str = ""
+    deidentify: bool = False
+    deid_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,8 +186,11 @@ def parse_config(doc: dict, *, path: Path = Path("gateway.toml")) -> GatewayConf
         where = f"recipients[{i}]"
         if not isinstance(item, dict):
             raise fail(where, "must be a table with ae_title, address and name")
-        for unknown in sorted(set(item) - {"ae_title", "address", "name"}):
-            raise fail(f"{where}.{unknown}", "unknown key (known: address, ae_title, name)")
+        allowed = {"ae_title", "address", "name", "deidentify", "deid_options"}
+        for unknown in sorted(set(item) - allowed):
+            raise fail(f"{where}.{unknown}", "unknown key (known: "
+                                             + ", ".join(sorted(allowed)) + ")")
+        deidentify, deid_options = _deid(item, where, fail)
         title = _ae_title(text(item, where, "ae_title"), fail, f"{where}.ae_title")
         raw_name = text(item, where, "name")
         try:
@@ -193,7 +209,8 @@ def parse_config(doc: dict, *, path: Path = Path("gateway.toml")) -> GatewayConf
         # no address: a workstation that only queries and retrieves with C-GET (it listens
         # for nothing, so it cannot be a C-MOVE destination or a route)
         where_to = node(item, where) if "address" in item else ("", 0)
-        recipients.append(Recipient(title, *where_to, name=name))
+        recipients.append(Recipient(title, *where_to, name=name, deidentify=deidentify,
+                                    deid_options=deid_options))
     if pacs.ae_title == ae_title:
         raise fail("pacs.ae_title", "the PACS and the gateway need different AE titles")
     passed = gw.get("pass_unmarked", [])
@@ -206,6 +223,30 @@ def parse_config(doc: dict, *, path: Path = Path("gateway.toml")) -> GatewayConf
                          store=Path(store).expanduser() if store else default_store(),
                          pass_unmarked=frozenset(m.strip().upper() for m in passed),
                          log=Path(log).expanduser() if log else None)
+
+
+def _deid(item: dict, where: str, fail) -> tuple[bool, tuple[str, ...]]:
+    """A recipient's ``deidentify`` (bool) and ``deid_options`` (list of option names)."""
+    from ..burnedin import engine_available
+    from ..deidentify import OCR_INSTALL, check_options
+
+    deidentify = item.get("deidentify", False)
+    if not isinstance(deidentify, bool):
+        raise fail(f"{where}.deidentify", "must be true or false")
+    options = item.get("deid_options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise fail(f"{where}.deid_options", 'must be a list of option names, e.g. '
+                                            '["clean-pixel-data"]')
+    if options and not deidentify:
+        raise fail(f"{where}.deid_options", "given without deidentify = true")
+    try:
+        options = check_options(options)
+    except LeaktraceError as exc:
+        raise fail(f"{where}.deid_options", str(exc).replace("--deid-option ", "")) from None
+    if "clean-pixel-data" in options and engine_available() is None:
+        raise fail(f"{where}.deid_options", "clean-pixel-data needs an OCR engine to find "
+                                            f"burned-in text, and none is installed ({OCR_INSTALL})")
+    return deidentify, options
 
 
 def _ae_title(value: str, fail, where: str) -> str:

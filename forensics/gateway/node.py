@@ -304,9 +304,11 @@ class Gateway:
         output = self.spool / f"{uuid.uuid4().hex}.dcm"
         try:
             with Ledger(self.ledger_path) as book:
-                if self._pool is None:
+                if self._pool is None or recipient.deidentify:  # de-identified in-thread
                     record = export_film(source, output, recipient=recipient.name,
-                                         ledger=book, key=self.key, delivery=delivery)
+                                         ledger=book, key=self.key, delivery=delivery,
+                                         deidentify=recipient.deidentify,
+                                         deid_options=recipient.deid_options)
                 else:
                     record = export_film_in_pool(self._pool, source, output,
                                                  recipient=recipient.name, ledger=book,
@@ -370,7 +372,13 @@ class Gateway:
     def _on_find(self, event) -> Iterator:
         model = event.context.abstract_syntax
         caller = event.assoc.requestor.ae_title.strip()
-        if self.config.recipient(caller) is None:
+        asking = self.config.recipient(caller)
+        if asking is None:
+            yield _NOT_AUTHORIZED, None
+            return
+        if asking.deidentify:  # the PACS's answers name the patients its copies do not
+            log.warning("C-FIND from %s refused: it receives de-identified copies, and the "
+                        "PACS's answers carry the identities", caller)
             yield _NOT_AUTHORIZED, None
             return
         ae = AE(ae_title=self.config.ae_title)
