@@ -6,13 +6,15 @@ For each shared DICOM film: the time of the header's de-identification
 ``embed`` of the film without and with ``--deidentify --deid-option clean-pixel-data``; then
 the de-identified copy's display goes through a few leak pipelines of
 :data:`forensics.leaks.PIPELINES` (a viewer's PNG and JPEG export, a screenshot sent through
-a messenger) and is traced against the ledger (:func:`forensics.trace.trace_array`).
+a messenger; ``--pipelines main`` takes every pipeline of the robustness benchmark that is
+not a stretch one and starts from the display) and is traced against the ledger
+(:func:`forensics.trace.trace_array`) and detected blind (:func:`watermark.detect.detect`).
 
 Prints one line per film and writes ``deidentify.json`` to ``--out``.
 
 Usage::
 
-    python benchmarks/deidentify.py [--films DIR] [--out DIR]
+    python benchmarks/deidentify.py [--films DIR] [--out DIR] [--pipelines main | NAME ...]
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import numpy as np
 
 from common import film_data_dir, run_description
 from forensics import burnedin, leaks
+from forensics.bench import bench_pipelines
 from forensics.deidentify import deidentify_dataset, identifying_values, mapping_key
 from forensics.export import export_film
 from forensics.ledger import Ledger
 from forensics.trace import trace_array
+from watermark.detect import detect
 from watermark.dicomio import read_film
 from watermark.display import render
 from watermark.keys import SiteKey
@@ -50,7 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=Path, default=film_data_dir() / "dicom")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "reported")
+    parser.add_argument("--pipelines", nargs="*", default=list(PIPELINES),
+                        help="pipeline names, or 'main': every non-stretch display pipeline")
     args = parser.parse_args(argv)
+    if args.pipelines == ["main"]:
+        args.pipelines = [n for n, p in bench_pipelines().items() if n in leaks.PIPELINES
+                          and not (p.stretch or p.stored_side or p.sweep_only)]
+    unknown = sorted(set(args.pipelines) - set(leaks.PIPELINES))
+    if unknown:
+        print(f"unknown pipeline(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
     if burnedin.engine_available() is None:
         print("RapidOCR is not installed: pip install 'leaktrace[ocr]'", file=sys.stderr)
         return 2
@@ -78,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 shown = render(read_film(work / f"deid_{path.name}"))
                 traced = {}
-                for name in PIPELINES:
+                names = book.recipients()
+                for name in args.pipelines:
                     leak = leaks.apply(shown, leaks.PIPELINES[name], np.random.default_rng(1))
                     out = trace_array(leak, ledger=book, key=KEY).as_dict()
+                    blind = detect(leak, KEY.scoped(book.ledger_id), list(names))
                     traced[name] = {"decision": out["decision"], "recipient": out.get("recipient"),
-                                    "p_value": out.get("p_value")}
+                                    "p_value": out.get("p_value"),
+                                    "blind": [names[n] for n in blind.recipient_numbers],
+                                    "blind_p_value": blind.p_value}
                 row = {"film": path.name, "pixels": int(film.pixels.size),
                        "header_s": round(header_s, 4), "ocr_clean_s": round(ocr_s, 2),
                        "text_boxes_blanked": sum(1 for b in report.boxes if not b.kept),
@@ -96,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"({row['text_boxes_blanked']} boxes blanked, markers kept "
                       f"{row['markers_kept']}), embed {plain_s:.1f} s -> {deid_s:.1f} s "
                       f"de-identified; traced to the recipient on {sum(t['recipient'] == 'bench' for t in traced.values())}"
-                      f"/{len(traced)} pipelines" + ("" if ok else f" {traced}"))
+                      f"/{len(traced)} pipelines, blind on "
+                      f"{sum(t['blind'] == ['bench'] for t in traced.values())}"
+                      f"/{len(traced)}" + ("" if ok else f" {traced}"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "deidentify.json").write_text(json.dumps(
-        {"run": run_description(), "pipelines": list(PIPELINES), "films": rows}, indent=1))
+        {"run": run_description(), "pipelines": list(args.pipelines), "films": rows}, indent=1))
     return 0
 
 
