@@ -147,6 +147,24 @@ def mapping_key(key: SiteKey, ledger_id: str, recipient: str) -> SiteKey:
     return key.scoped(f"deid/{ledger_id}/{recipient}")
 
 
+#: UIDs that name what an object is, never whom it is about (SOP Class UID, Referenced SOP
+#: Class UID, Transfer Syntax UID...): kept as they are, whatever the table's action (a
+#: replaced one would make the reference point at no SOP class at all).
+_CLASS_UIDS = frozenset({0x00080016, 0x00081150, 0x00020002, 0x00020010, 0x0008010C,
+                         0x00041510, 0x00041512})
+
+
+# dicom-anonymizer's actions that may replace (D): on a sequence they replace what is inside
+# with random values, Referenced SOP Class and Instance UIDs included; leaktrace applies the
+# table to the items instead, so the references keep their class and get keyed UIDs.
+def _replacing() -> frozenset:
+    from dicomanonymizer import simpledicomanonymizer as sda
+
+    return frozenset({sda.replace, sda.delete_or_replace, sda.empty_or_replace,
+                      sda.delete_or_empty_or_replace, sda.replace_UID,
+                      sda.delete_or_empty_or_replace_UID})
+
+
 def pseudonym_uid(key: SiteKey, uid: str) -> str:
     """A UID for ``uid`` under ``key``: ``2.25.`` and 128 bits of HMAC-SHA256, in decimal
     (PS3.5 B.2, at most 44 characters)."""
@@ -165,9 +183,10 @@ def _date_shift(key: SiteKey, patient: str) -> int:
         % _MAX_SHIFT_DAYS
 
 
-def identifying_values(ds: Dataset) -> list[str]:
+def identifying_values(ds: Dataset, *, exclude: frozenset = frozenset()) -> list[str]:
     """The header's identifying text values (names, IDs, dates, institution...), for the
-    cross-check of burned-in text and of cleaned descriptors.
+    cross-check of burned-in text and of cleaned descriptors; ``exclude``: tags (ints) whose
+    own values are left out (the elements being cleaned).
 
     Each element of Table E.1-1 with a text or date VR and a non-empty value, at any depth,
     plus the components of person names. Values shorter than 2 characters are left out.
@@ -181,7 +200,8 @@ def identifying_values(ds: Dataset) -> list[str]:
                 for item in elem.value:
                     walk(item)
                 continue
-            if int(elem.tag) not in table or elem.VR not in _TEXT_VRS or elem.value is None:
+            if (int(elem.tag) not in table or int(elem.tag) in exclude
+                    or elem.VR not in _TEXT_VRS or elem.value is None):
                 continue
             items = list(elem.value) if isinstance(elem.value, (list, tuple, MultiValue)) \
                 else [elem.value]
@@ -270,7 +290,6 @@ def deidentify_dataset(source: Dataset, *, key: SiteKey, options: Iterable[str] 
     actions = _table()
     from dicomanonymizer import simpledicomanonymizer as sda
 
-    identifying = identifying_values(source)
     patient = str(source.get("PatientID", "") or "").strip() or \
         str(source.get("PatientName", "") or "").strip()
     pseudonym = _pseudonym(key, patient)
@@ -281,6 +300,9 @@ def deidentify_dataset(source: Dataset, *, key: SiteKey, options: Iterable[str] 
     for option in options:
         for tag, how in _OPTION_KEEPS.get(option, ()):
             kept[tag] = "C" if "C" in (how, kept.get(tag)) else "K"
+    # what a cleaned element must not contain: the identifying values of the OTHER elements
+    # (an element's own text is not taken out of itself, or every descriptor ends up empty)
+    identifying = identifying_values(source, exclude=frozenset(kept))
 
     def keep_or_clean(d: Dataset, tag) -> None:
         elem = d.get(tag)
@@ -344,16 +366,19 @@ def deidentify_dataset(source: Dataset, *, key: SiteKey, options: Iterable[str] 
     ranged = [(tag, action) for tag, action in actions.items() if len(tag) == 4]
     single = {int(Tag(*tag)): action for tag, action in actions.items() if len(tag) == 2}
     safe = set(safe_private)
+    replacing = _replacing()
 
     def apply(d: Dataset) -> None:
         _drop_private(d, safe)
         for elem in list(d):
             t = int(elem.tag)
-            if t == 0x7FE00010:
+            if t == 0x7FE00010 or t in _CLASS_UIDS:
                 continue
             tag = (elem.tag.group, elem.tag.element)
             if t in special:
                 special[t](d, tag)
+            elif t in single and elem.VR == "SQ" and single[t] in replacing:
+                pass  # its items get the table's actions one by one, below (keyed UIDs)
             elif t in single:
                 single[t](d, tag)
             else:

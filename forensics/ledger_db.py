@@ -27,6 +27,7 @@ site's schema name (``hashtextextended``): the same queue, held until ``COMMIT``
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -46,9 +47,23 @@ _SCHEMES = ("postgresql", "postgres")
 
 
 def is_server_url(value) -> bool:
-    """Whether ``value`` (a str or path) names a PostgreSQL ledger rather than a file."""
+    """Whether ``value`` (a str or path) names a PostgreSQL ledger rather than a file.
+
+    Raises
+    ------
+    LedgerError
+        ``value`` has another URL scheme (``postgresq://``, ``mysql://``, ``file://``...): it
+        is refused rather than taken as a file path, which would record exports in a stray
+        file named like the URL.
+    """
     text = str(value)
-    return any(text.startswith(f"{s}://") for s in _SCHEMES)
+    if any(text.startswith(f"{s}://") for s in _SCHEMES):
+        return True
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", text)  # not a drive letter, C:/
+    if scheme:
+        raise LedgerError(f"{text}: unsupported ledger URL scheme '{scheme.group(1)}'; a ledger "
+                          "is a file path or postgresql://user@host:port/db?site=NAME")
+    return False
 
 
 @dataclass(frozen=True)
@@ -165,11 +180,24 @@ class PostgresConnection:
 
     # -- the sqlite3-like calls ------------------------------------------------------------
     def execute(self, sql: str, params=()):
-        return self._conn.execute(sql.replace("?", "%s"), tuple(params))
+        with self._connection_kept():
+            return self._conn.execute(sql.replace("?", "%s"), tuple(params))
 
     def executemany(self, sql: str, rows) -> None:
-        with self._conn.cursor() as cur:
+        with self._connection_kept(), self._conn.cursor() as cur:
             cur.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+
+    @contextlib.contextmanager
+    def _connection_kept(self):
+        """A lost connection (the server stopped or restarted, the network dropped) becomes
+        one :class:`LedgerError` naming the database; what was committed before is kept."""
+        psycopg = _psycopg()
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            raise LedgerError(f"{self.location.display}: lost the connection to the ledger's "
+                              f"database ({_first_line(exc)}); every export committed before "
+                              "is kept") from None
 
     @property
     def in_transaction(self) -> bool:

@@ -135,6 +135,35 @@ def test_options_keep_what_they_name_and_are_coded(dicom_films):
     assert plain.get("PatientSex", "") == ""
 
 
+def test_clean_descriptors_keeps_a_descriptor_less_the_other_elements_identities(dicom_films):
+    """clean-descriptors takes the header's identifying values out of a descriptor, not the
+    descriptor's own text (QA: every descriptor came out empty)."""
+    source = pydicom.dcmread(dicom_films["veterinary_canine_thorax_dx_mono1_8bit.dcm"])
+    source.PatientName, source.PatientID = "Doe^Johnathan", "MRN884422"
+    source.StudyDescription = "Thorax, Johnathan Doe, MRN884422"
+    out = deidentify_dataset(source, key=KEY, options=["clean-descriptors"],
+                             pixels_clean=True).dataset
+    assert out.SeriesDescription == source.SeriesDescription == "CHEST"
+    assert out.AcquisitionDeviceProcessingDescription == "CANINE LATERAL THORAX 0-15cm"
+    assert out.StudyDescription.startswith("Thorax")
+    for gone in ("Johnathan", "Doe", "MRN884422"):
+        assert gone not in out.StudyDescription
+
+
+def test_references_keep_their_sop_class_and_get_keyed_instance_uids(dicom_films):
+    """A Referenced SOP Class UID names a kind of object, not a patient: kept (QA: the
+    table's action on the sequence replaced it with a random 2.25 UID at every export); the
+    Referenced SOP Instance UID gets the recipient's keyed UID, the same at every export."""
+    source = pydicom.dcmread(dicom_films["veterinary_canine_thorax_dx_mono1_8bit.dcm"])
+    [ref] = source.ReferencedPerformedProcedureStepSequence
+    outs = [deidentify_dataset(source, key=KEY, options=(), pixels_clean=True).dataset
+            for _ in range(2)]
+    got = [o.ReferencedPerformedProcedureStepSequence[0] for o in outs]
+    assert all(g.ReferencedSOPClassUID == ref.ReferencedSOPClassUID for g in got)
+    assert got[0].ReferencedSOPInstanceUID == got[1].ReferencedSOPInstanceUID
+    assert got[0].ReferencedSOPInstanceUID != ref.ReferencedSOPInstanceUID
+
+
 # -- films made here: character sets, sequences, private elements ---------------------------
 
 NAMES = {"ISO_IR 100": "Müller^Jürgen", "ISO_IR 144": "Иванов^Иван",

@@ -254,3 +254,32 @@ def test_ledger_exists_and_the_tables_are_the_shared_definition(site, tmp_path):
             cur = db.execute(f"SELECT * FROM {table.name} WHERE 1 = 0")
             assert [d[0] for d in cur.description] == [c.name for c in table.columns], table.name
         db.close()
+
+
+def test_a_lost_connection_is_one_ledger_error_and_keeps_what_was_committed(site, tmp_path):
+    """The server ends the ledger's session (as a restart or a dropped network does): the
+    next call is one LedgerError naming the database (QA: a psycopg traceback out of embed),
+    and what was committed before is all there after reconnecting."""
+    with Ledger(site) as book:
+        _record(book, tmp_path, "Ana", n=1)
+        raw_sql(site, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE pid <> pg_backend_pid() AND application_name = '' "
+                      "AND datname = current_database()")
+        with pytest.raises(LedgerError, match=r"lost the connection to the ledger's database"):
+            book.exports()  # a read, as embed's key check makes before marking
+        with pytest.raises(LedgerError, match=r"could not record the export|lost the connection"):
+            _record(book, tmp_path, "Ana", n=2)
+    with Ledger(site, create=False) as book:
+        check = book.check()
+        assert check.ok and check.n_records == 1
+
+
+@pytest.mark.parametrize("url", ["postgresq://u@127.0.0.1:5432/db?site=north",
+                                 "mysql://u@h/db", "file:///tmp/ledger.sqlite"])
+def test_another_url_scheme_is_refused_not_taken_for_a_file(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LedgerError, match=r"unsupported ledger URL scheme '(postgresq|mysql|file)'"):
+        Ledger(url)
+    done = CliRunner().invoke(cli.app, ["ledger", "list", "--ledger", url, "--json"])
+    assert done.exit_code == 2 and "unsupported ledger URL scheme" in done.output
+    assert list(tmp_path.iterdir()) == []  # no stray folder named like the URL
