@@ -259,8 +259,12 @@ def embed(
             else:
                 created = False
             changed = book.check_key(site_key, new_key=new_key)
+            problem = book.write_problem()
         except LeaktraceError as exc:
             raise fatal(str(exc)) from None
+        if problem:  # before any file is read and marked, not once per file after
+            raise fatal(f"{book.path}: cannot record exports in this ledger ({problem}); "
+                        "nothing was exported")
         if created:
             err.print(f"created a new site key at {escape(str(path))} (fingerprint "
                       f"{site_key.fingerprint}); keep it safe and private, and back it up "

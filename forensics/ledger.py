@@ -567,6 +567,29 @@ class Ledger:
                 self._db.execute("ROLLBACK")
             raise
 
+    def write_problem(self) -> str | None:
+        """Why no export could be recorded in this ledger, or None when it can be: checked
+        before any film is read and marked (``embed``), not once per file after.
+
+        A SQLite ledger needs its file and its folder (the rollback journal) writable; a
+        PostgreSQL site needs INSERT on its tables for this role and a database that is not
+        read-only (a hot standby, ``default_transaction_read_only``).
+        """
+        if self.read_only:
+            return "opened read-only"
+        if self.dialect == "postgresql":
+            inserts, read_only = self._db.execute(
+                "SELECT has_table_privilege('exports', 'INSERT') AND "
+                "has_table_privilege('recipients', 'INSERT'), "
+                "current_setting('transaction_read_only')").fetchone()
+            if read_only == "on":
+                return "the database accepts no writes (read-only transactions)"
+            return None if inserts else "this database role may not insert into its tables"
+        for where in (self.path, self.path.parent):
+            if not os.access(where, os.W_OK):
+                return f"{where} is not writable"
+        return None
+
     # -- recipients ---------------------------------------------------------------------
     def recipient_number(self, name: str, *, create: bool = False) -> int | None:
         """The number of the recipient called ``name``; with ``create``, register it if new.

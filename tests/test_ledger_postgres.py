@@ -123,7 +123,19 @@ def test_a_role_that_may_only_read_can_query_and_is_told_the_access_was_not_reco
     raw_sql(site, f"GRANT INSERT ON {schema}.access TO investigator")
     assert log_access(reader, AccessEvent("Insp. Lestrade", "ledger list", {}, "listed")) is None
     with Ledger(reader) as book, pytest.raises(LedgerError, match="permission denied"):
+        assert book.write_problem() == "this database role may not insert into its tables"
         _record(book, tmp_path, "Mallory")
+    with Ledger(site) as book:
+        assert book.write_problem() is None
+    # embed as that role: exit 2 before any film is read and marked (QA: it marked every file,
+    # then failed each with exit 1)
+    film = Path(__file__).parent  # never reached: the ledger check comes first
+    done = CliRunner().invoke(cli.app, ["embed", str(film), "--recipient", "Mallory", "--out",
+                                        str(tmp_path / "out"), "--ledger", reader, "--key",
+                                        str(tmp_path / "k.key"), "--new-key", "--json"])
+    assert done.exit_code == 2, done.output
+    assert "may not insert into its tables" in json.loads(done.stdout)["error"]
+    assert not (tmp_path / "out").exists()
     with Ledger(site, create=False) as book:
         assert [a.who for a in book.accesses()] == ["Insp. Lestrade"] and book.export_count() == 1
 
