@@ -132,11 +132,12 @@ app.add_typer(ledger_app, name="ledger")
 # soft_wrap: long messages stay on one line in pipes and logs (rich would wrap at 80 columns)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# "\\[" escapes Rich markup, which took "[postgresql]" for a style tag and printed nothing.
 # a str, not a Path: a PostgreSQL URL would lose the second slash of "postgresql://" in a Path
 LedgerOpt = Annotated[Optional[str], typer.Option(
     "--ledger", metavar="PATH|URL",
     help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME "
-         "(needs leaktrace[postgresql]). Default: $LEAKTRACE_LEDGER, else "
+         "(needs leaktrace\\[postgresql]). Default: $LEAKTRACE_LEDGER, else "
          "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
 KeyOpt = Annotated[Optional[Path], typer.Option(
     "--key", help="Site key file. Default: $LEAKTRACE_KEY, else "

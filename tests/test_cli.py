@@ -348,6 +348,13 @@ def test_help(command):
     assert result.exit_code == 0 and "Usage:" in result.stdout
 
 
+def test_help_names_the_extra_to_install(monkeypatch):
+    """Rich read "[postgresql]" as a markup tag and showed "(needs leaktrace)"."""
+    monkeypatch.setenv("COLUMNS", "200")
+    result = run("embed", "--help")
+    assert "leaktrace[postgresql]" in result.stdout
+
+
 def test_version_with_python_m():
     from watermark import __version__
 
