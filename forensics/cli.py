@@ -82,7 +82,7 @@ from .export import (ExportOutcome, already_exported, collect_sources, export_ma
 from watermark._files import atomic_write
 from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, export_table, ledger_exists,
                      log_access, normalise_recipient)
-from .deidentify import check_options, precheck
+from .deidentify import check_options, precheck_all
 from .trace import detect_leak, trace_leak
 
 INTERRUPTED_PREFIX = "interrupted:"
@@ -297,8 +297,7 @@ def embed(
             pairs = to_do
         if deidentify:  # fail closed before anything is read and marked
             try:
-                for source, _ in pairs:
-                    precheck(source, deid_options)
+                precheck_all((source for source, _ in pairs), deid_options)
             except LeaktraceError as exc:
                 raise fatal(str(exc)) from None
         try:

@@ -51,7 +51,8 @@ from watermark.errors import InvalidInputError, LeaktraceError
 from watermark.keys import SiteKey
 
 __all__ = ["OPTIONS", "TABLE_EDITION", "DeidResult", "DeidRefusedError", "mapping_key",
-           "check_options", "deidentify_dataset", "deidentify_film", "DeidentifiedFilm", "precheck", "identifying_values", "pseudonym_uid"]
+           "check_options", "deidentify_dataset", "deidentify_film", "DeidentifiedFilm", "precheck",
+           "precheck_all", "identifying_values", "pseudonym_uid"]
 
 #: The dicom-anonymizer table used: PS3.15 Table E.1-1 of the 2026c edition.
 TABLE_EDITION = "dicomfields_2026c"
@@ -591,6 +592,35 @@ def precheck(path, options: Iterable[str]) -> None:
         raise _burned_in(path, burned)
 
 
+def precheck_all(paths: Iterable, options: Iterable[str]) -> None:
+    """:func:`precheck` of every file in ``paths``, refusing them all at once.
+
+    Raises
+    ------
+    DeidRefusedError
+        Naming every refused file (a batch is refused whole: nothing is exported), or the
+        missing OCR engine once.
+    """
+    options = check_options(options)
+    refused = []
+    for path in paths:
+        try:
+            precheck(path, options)
+        except DeidRefusedError as exc:
+            if "clean-pixel-data" in options:  # no OCR engine: the same for every file
+                raise
+            refused.append((path, exc))
+    if len(refused) == 1:
+        raise refused[0][1]
+    if refused:
+        names = ", ".join(f"{path} ({exc.burned_in})" for path, exc in refused)
+        raise DeidRefusedError(
+            f"{len(refused)} films have (0028,0301) Burned In Annotation YES or missing, so "
+            f"their pixels may show the patient's identity: {names}; add --deid-option "
+            "clean-pixel-data to find and blank burned-in text, or export them without "
+            "--deidentify; nothing was exported")
+
+
 def _no_engine(path) -> DeidRefusedError:
     return DeidRefusedError(f"{path}: --deid-option clean-pixel-data needs an OCR engine to "
                             f"find burned-in text, and none is installed ({OCR_INSTALL}); "
@@ -605,7 +635,9 @@ OCR_INSTALL = ("pip install 'leaktrace[ocr]' && pip install --no-deps "
 
 def _burned_in(path, burned: str) -> DeidRefusedError:
     said = f"is {burned}" if burned else "is missing"
-    return DeidRefusedError(
+    error = DeidRefusedError(
         f"{path}: (0028,0301) Burned In Annotation {said}, so its pixels may show the "
         "patient's identity; add --deid-option clean-pixel-data to find and blank burned-in "
         "text, or export it without --deidentify; nothing was exported")
+    error.burned_in = burned or "missing"  # for precheck_all's list
+    return error

@@ -324,6 +324,20 @@ def test_burned_in_annotation_missing_or_yes_is_refused_without_clean_pixel_data
         assert book.exports() == []
 
 
+def test_a_batch_is_refused_naming_every_film_that_must_be_cleaned(dicom_films, tmp_path):
+    ds = pydicom.dcmread(dicom_films[FUJI], force=True)
+    for value in ("YES", "NO"):
+        ds.BurnedInAnnotation = value
+        ds.save_as(tmp_path / f"{value}.dcm")
+    done = run("embed", dicom_films[FUJI], tmp_path / "YES.dcm", tmp_path / "NO.dcm",
+               "--recipient", "alice", "--out", tmp_path / "out", "--key", tmp_path / "k.key",
+               "--ledger", tmp_path / "l.db", "--deidentify")
+    assert done.exit_code == 2
+    assert f"{dicom_films[FUJI]} (missing)" in done.output and "YES.dcm (YES)" in done.output
+    assert "2 films have" in done.output and "NO.dcm" not in done.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_clean_pixel_data_without_an_ocr_engine_is_refused(dicom_films, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # not importable
     assert burnedin.engine_available() is None
