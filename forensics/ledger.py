@@ -1006,6 +1006,15 @@ class Ledger:
             "SELECT s.source_sha256, s.features FROM sources s WHERE EXISTS "
             "(SELECT 1 FROM exports e WHERE e.source_sha256 = s.source_sha256)")}
 
+    def recipients_without_features(self) -> set[int]:
+        """Numbers of the recipients with an export whose source file has no features kept
+        (exports made before leaktrace 0.2): ``trace`` cannot tell whether a leak shows one
+        of their films, so it does not hold a mark found on another film against them."""
+        condition = ("NOT EXISTS (SELECT 1 FROM sources s WHERE s.source_sha256 = "
+                     "e.source_sha256)" if self._has_sources else "1 = 1")
+        return {int(n) for (n,) in self._db.execute(
+            f"SELECT DISTINCT e.recipient_number FROM exports e WHERE {condition}")}
+
     def key_fingerprints(self) -> set[str]:
         """Fingerprints of the (site) keys that made the recorded exports."""
         return {r[0] for r in self._db.execute("SELECT DISTINCT key_fingerprint FROM exports")}

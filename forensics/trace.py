@@ -79,6 +79,7 @@ class LeakReport:
     source: dict | None = None
     alignment: dict | None = None
     figures: dict = field(default_factory=dict, repr=False, compare=False)
+    copied_marks: list = field(default_factory=list)
 
     @property
     def decision(self) -> str:
@@ -137,6 +138,12 @@ class LeakReport:
             return (f"TRACED to recipient '{self.recipient}' (number {d.recipient_number}). "
                     f"p-value {d.p_value:.2e}: the probability that a copy not marked for this "
                     f"recipient scores this high is at most {d.p_value:.2e}.")
+        if self.copied_marks:
+            marks = " and ".join(f"'{c['recipient']}' (number {c['recipient_number']}, p-value "
+                                 f"{c['p_value']:.2e})" for c in self.copied_marks)
+            return (f"NOT FOUND: nobody is named. The mark of {marks} is present, but on a film "
+                    "this ledger never exported to them: a mark copied onto another film (a copy "
+                    "attack) names nobody. See the warnings.")
         text = ("NOT FOUND: no recipient's mark is present at the designed false-accusation "
                 f"rate {self.alpha:g} (best p-value {d.p_value:.2e}).")
         if d.decoded_number is not None and d.decoded_p_value <= self.alpha:
@@ -152,6 +159,8 @@ class LeakReport:
 
         ``recipient`` is the best-scoring named recipient; ``recipients`` lists every named one
         (two when a leak shows two recipients' copies), each with its own p-value.
+        ``copied_marks`` lists the recipients whose mark ``trace`` found on a film the ledger
+        never exported to them, and did not name (empty for ``detect``).
         ``key_in_ledger`` is :attr:`key_in_ledger` (``false``: the key given made none of the
         ledger's exports, so "not found" says nothing) and ``ledger_key_fingerprints`` the
         fingerprints the ledger's exports were made with, oldest first.
@@ -191,6 +200,7 @@ class LeakReport:
             "ledger": self.ledger_path,
             "ledger_id": self.ledger_id,
             "summary": self.summary(),
+            "copied_marks": list(self.copied_marks),
             "warnings": list(self.warnings),
             "leaktrace_version": __version__,
         }
@@ -697,13 +707,14 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
 
     # keypoints first; a template search when they find nothing that holds up (a small crop
     # of a smooth part of a film). At most n_sources films are tested in all.
+    shown: set[int] = set()  # recipients of films found whose originals cannot be used
     hits = register.register(leak, films) if films else []
     informed = test(_found_films(hits, shas, films, ledger, originals, given_exports, warnings,
-                                 strong=True))
+                                 strong=True, unusable=shown))
     if not informed and films:
         located = register.locate(leak, films, top=n_sources)
         informed = test(_found_films(located, shas, films, ledger, originals, given_exports,
-                                     warnings, strong=False))
+                                     warnings, strong=False, unusable=shown))
     if not informed:  # say what was tried (once an informed test runs, it is the answer)
         if refused and original is not None:
             warnings.append(f"the leak could not be registered on {refused[-1]}: is it the "
@@ -735,17 +746,77 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         except CapacityError as exc:
             where = leak_info.path if leak_info is not None else "leak"
             raise CapacityError(f"{where}: {exc}") from None
+    copied: list[Candidate] = []
+    if blind is not None and blind.recipient_numbers and (films or original is not None):
+        blind, copied = _marks_on_their_films(blind, ledger, informed, given_exports,
+                                              covered, shown)
+        warnings += [_copied_warning(c, ledger.recipients().get(c.number), informed)
+                     for c in copied]
     if not informed:
         detection, mode = blind, "blind"
     else:
         detection = _combined(informed, blind, n_sources, leak_grid=informed[0])
         mode = "informed" if blind is None else "informed+blind"
-    return _report(leak, detection, ledger=ledger, key=key, warnings=warnings, mode=mode,
-                   informed=informed, leak_info=leak_info, alpha=alpha)
+    report = _report(leak, detection, ledger=ledger, key=key, warnings=warnings, mode=mode,
+                     informed=informed, leak_info=leak_info, alpha=alpha)
+    return dataclasses.replace(report, copied_marks=[
+        {"recipient": report.names.get(c.number), "recipient_number": c.number,
+         "p_value": c.p_value} for c in copied])
+
+
+def _marks_on_their_films(blind: Detection, ledger: Ledger, informed: list[_Informed],
+                          given_exports: dict, covered: float, shown: set[int]
+                          ) -> tuple[Detection, list[Candidate]]:
+    """``blind`` without the recipients whose mark it found on a film they were never sent,
+    and those recipients' candidates.
+
+    A mark names its recipient only on a film the ledger exported to them: the film the
+    leak shows (found by keypoints or a template, covering at least :data:`FULL_VIEW` of
+    the leak, or given with ``--original``), or, when no exported film is found in the
+    leak, no film at all. A mark estimated from one recipient's copies and added to another
+    film (the copy attack of Kutter, Voloshynovskiy & Herrigel, Proc. SPIE 3971, 2000,
+    doi:10.1117/12.384990) is then reported, not named. Recipients with an export whose
+    film has no features in the ledger (made before leaktrace 0.2) keep being named, since
+    their films cannot be recognised, and so do the recipients ``shown`` of a film the
+    keypoints found whose original cannot be read. A leak that shows more than the film
+    found (a second film beside it) is not restricted.
+    """
+    if informed and covered < FULL_VIEW:
+        return blind, []
+    allowed = set(ledger.recipients_without_features()) | shown
+    for inf in informed:
+        allowed |= {e.recipient_number for e in inf.exports}
+    if not informed:
+        allowed |= {e.recipient_number for exports in given_exports.values() for e in exports}
+    foreign = [n for n in blind.recipient_numbers if n not in allowed]
+    if not foreign:
+        return blind, []
+    kept = [n for n in blind.recipient_numbers if n in allowed]
+    copied = [c for c in blind.candidates if c.number in foreign]
+    rest = [c for c in blind.candidates if c.number not in foreign]
+    head = next((c for c in rest if c.number == (kept[0] if kept else None)), None)
+    return dataclasses.replace(
+        blind, decision="traced" if kept else "not_found",
+        recipient_number=kept[0] if kept else None, recipient_numbers=kept,
+        candidates=rest + copied,
+        p_value=head.p_value if head else min((c.p_value for c in rest), default=1.0),
+        z=head.z if head else (rest[0].z if rest else 0.0)), copied
+
+
+def _copied_warning(c: Candidate, name: str | None, informed: list[_Informed]) -> str:
+    """The warning for a mark found on a film its recipient was never sent."""
+    where = (f"on {informed[0].film.path}, a film the ledger never exported to them" if informed
+             else "on a film the ledger never exported to them (no exported film was found in "
+                  "the leak)")
+    return (f"the mark of recipient {name!r} (number {c.number}, p-value {c.p_value:.2e}) is "
+            f"present {where}: a mark copied from their copies onto another film (a copy "
+            "attack) or a film exported in another ledger; nobody is named for it. Give "
+            "--original FILE if the leak shows a film of this ledger that was not recognised")
 
 
 def _found_films(hits: list, shas: list[str], films: list, ledger: Ledger, originals: dict,
-                 given_exports: dict, warnings: list[str], *, strong: bool) -> list:
+                 given_exports: dict, warnings: list[str], *, strong: bool,
+                 unusable: set[int]) -> list:
     """The films to test from :func:`register.register` or :func:`register.locate` hits:
     ``(sha256, Film, exports, alignment)``, at most :data:`MAX_SOURCES`, one per film (SOP
     Instance UID), each with a readable original (``originals`` caches them by film id;
@@ -755,7 +826,8 @@ def _found_films(hits: list, shas: list[str], films: list, ledger: Ledger, origi
     :data:`SECOND_FILM_INLIERS` inliers and a quarter of the first's (chance resemblance of
     two chest films gives a few). A hit that shows the same image as a film already found
     (another source file of it under another SOP Instance UID: same size, same place in the
-    leak, see :func:`_same_image`) adds its exports to that film's test instead."""
+    leak, see :func:`_same_image`) adds its exports to that film's test instead. The
+    recipients of a film found whose original cannot be used are added to ``unusable``."""
     found: list = []
     seen: set[str] = set()
     for index, alignment in hits:
@@ -781,6 +853,7 @@ def _found_films(hits: list, shas: list[str], films: list, ledger: Ledger, origi
             warnings.append(f"the leak shows the film exported as {exports[0].source_sop_uid} "
                             f"(exports {', '.join(str(e.id) for e in exports)}), but its "
                             f"original cannot be used: {why}; give --original FILE")
+            unusable.update(e.recipient_number for e in exports)
             continue
         found.append((sha, film, list(exports), alignment, index))
     return [f[:4] for f in found]

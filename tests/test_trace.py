@@ -21,6 +21,7 @@ from forensics.export import export_film
 from forensics.ledger import Ledger
 from forensics.register import FilmFeatures, film_features, register
 from forensics.trace import trace_array, trace_leak
+from watermark import dwt, payload
 from watermark.dicomio import read_film, sha256_file
 from watermark.display import render
 from watermark.errors import InvalidInputError
@@ -152,6 +153,25 @@ def test_an_unexported_film_falls_back_to_blind_detection(exported, dicom_films,
     report = _trace(exported, leaks.quantize_8bit(_display(dicom_films[film])))
     assert report.mode == "blind" and report.decision == "not_found"
     assert report.source is None and report.alignment is None
+
+
+def test_a_mark_copied_onto_a_film_never_exported_names_nobody(exported, dicom_films):
+    """The copy attack (issue 13) with a perfect estimate: recipient A's mark, made with the
+    key itself, added to a film the ledger never exported. Blind detection alone finds A;
+    trace sees that the leak shows none of A's films and names nobody."""
+    _, ledger_path, _ = exported
+    with Ledger(ledger_path, create=False) as book:
+        number = next(n for n, name in book.recipients().items() if name == RECIPIENTS[0])
+        mark_key = trace_module._mark_key(book, KEY)
+    film = leaks.quantize_8bit(_display(dicom_films["siim_acr_cr_jpegbaseline_8bit_1024px.dcm"]))
+    framed = np.clip(np.round(dwt.embed(film, payload.encode(number, mark_key), mark_key)), 0, 255)
+    report = _trace(exported, framed)
+    out = report.as_dict()
+    assert out["decision"] == "not_found" and out["recipient"] is None and out["recipients"] == []
+    assert [c["recipient"] for c in out["copied_marks"]] == [RECIPIENTS[0]]
+    assert out["copied_marks"][0]["p_value"] <= 1e-6  # the mark is there, and not held against A
+    assert any("copy attack" in w for w in out["warnings"])
+    assert out["summary"].startswith("NOT FOUND: nobody is named")
 
 
 def test_original_option_skips_the_search(exported, dicom_films):
