@@ -103,6 +103,7 @@ def test_leaks_of_the_marked_copy_are_traced(name, marked):
             assert report.detection.p_value <= 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", film_params())
 def test_unmarked_and_other_key_find_nobody(name, marked, dicom_films):
     folder, ledger_path, records = marked

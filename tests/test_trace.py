@@ -145,6 +145,7 @@ def test_the_unmarked_original_names_nobody(exported, dicom_films):
     assert all(c.p_value > 1e-3 for c in report.detection.candidates)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("film", ["siim_acr_cr_jpegbaseline_8bit_1024px.dcm",
                                   "philips_cr_mono1_15bit_RG1_UNCR.dcm"])
 def test_an_unexported_film_falls_back_to_blind_detection(exported, dicom_films, film):
@@ -339,6 +340,7 @@ def test_a_small_smooth_crop_is_found_by_its_grey_levels_and_traced(smooth_expor
     assert others and all(c["p_value"] > 1e-4 for c in others)  # noise, far from alpha
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["crop_centre_keep10pct", "crop_centre_keep36pct"])
 def test_a_crop_of_another_patients_film_is_not_taken_for_an_exported_one(
         smooth_exported, data_dir, pipeline):
