@@ -283,11 +283,12 @@ class InvisibleWatermark(Peer):
 @contextmanager
 def _tolerate_fork_start_method():
     """blind_watermark calls ``multiprocessing.set_start_method('fork')`` when imported, which
-    raises once a start method is fixed (after any process pool); when it is already 'fork',
-    the call is made a no-op for the import."""
+    raises once another start method is fixed (in a Dask worker, which is spawned, or after a
+    spawn-context pool) and otherwise changes the process's start method for everyone. Its
+    default ``mode='common'``, the only one used here, runs no processes, so the call is made a
+    no-op for the import."""
     original = multiprocessing.set_start_method
-    if multiprocessing.get_start_method(allow_none=True) == "fork":
-        multiprocessing.set_start_method = lambda *a, **k: None
+    multiprocessing.set_start_method = lambda *a, **k: None
     try:
         yield
     finally:
@@ -310,11 +311,8 @@ class BlindWatermark(Peer):
         self.password_wm, self.password_img = int(password_wm), int(password_img)
 
     def _load(self) -> ModuleType:
-        try:
-            with _tolerate_fork_start_method():
-                module = importlib.import_module("blind_watermark")
-        except RuntimeError as exc:  # set_start_method refused: another start method is fixed
-            raise ImportError(f"blind_watermark refuses to import here: {exc}") from None
+        with _tolerate_fork_start_method():
+            module = importlib.import_module("blind_watermark")
         module.bw_notes.close()  # it prints a banner on stdout on first use otherwise
         return module
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -296,3 +298,25 @@ def test_a_method_that_cannot_run_is_named_once_in_the_note_and_the_error(fuji_f
     assert note.startswith("skipping invisible-watermark-dwtDct: invisible-watermark ")
     assert note.count("invisible-watermark-dwtDct") == 1, note
     assert str(caught.value).count("invisible-watermark-dwtDct") == 1, caught.value
+
+
+def test_blind_watermark_marks_in_a_spawned_worker_and_leaves_the_start_method(data_dir):
+    """A Dask worker fixes the 'spawn' start method before any task runs; blind_watermark's
+    import-time ``set_start_method('fork')`` made it fail there (the nine-film bench on
+    ``--scheduler local`` lost all 9 of its copies)."""
+    reason = _peers_missing()
+    if reason:
+        pytest.skip(reason)
+    script = (
+        "import multiprocessing, numpy as np\n"
+        "multiprocessing.set_start_method('spawn')\n"
+        "from forensics import peers\n"
+        "peer = peers.BlindWatermark()\n"
+        "display = np.random.default_rng(0).integers(40, 200, (512, 512)).astype(np.uint8)\n"
+        "marked = peer.embed(display, np.arange(32) % 2 == 0)\n"
+        "print(peer.available(), marked.shape == display.shape)\n"
+        "print(multiprocessing.get_start_method())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "True", "spawn"], done.stdout
