@@ -105,6 +105,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -389,6 +390,11 @@ class Ledger:
         verification) the file is opened read-only (SQLite ``mode=ro``; PostgreSQL
         read-only transactions) and never changed; a missing ledger is an error there, not
         a new empty one.
+    ledger_id : str, optional
+        For a ledger created now: the id to record instead of 16 random bytes (32 lowercase
+        hex digits). Only for reproducible benchmarks and tests, whose marks must not change
+        from run to run (:mod:`forensics.bench`); two real ledgers must never share an id.
+        Ignored when the ledger exists.
 
     Attributes
     ----------
@@ -409,9 +415,13 @@ class Ledger:
         is from a newer leaktrace, or is a schema-1 ledger opened for writing.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True,
+                 ledger_id: str | None = None):
         where = path if path is not None else default_ledger_path()
         self.read_only = not create
+        if ledger_id is not None and not re.fullmatch(r"[0-9a-f]{32}", ledger_id):
+            raise LedgerError(f"ledger_id must be 32 lowercase hex digits, got {ledger_id!r}")
+        self._new_ledger_id = ledger_id
         if is_server_url(where):
             self._open_postgres(str(where), create=create)
             return
@@ -498,7 +508,7 @@ class Ledger:
                         db.execute(statement)
                     db.executemany("INSERT INTO meta VALUES (?, ?)", [
                         ("schema_version", str(SCHEMA_VERSION)),
-                        ("ledger_id", secrets.token_hex(16)),
+                        ("ledger_id", self._new_ledger_id or secrets.token_hex(16)),
                         ("created_utc", _utc_now()),
                     ])
             tables = self._tables()
