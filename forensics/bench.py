@@ -65,14 +65,12 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -85,20 +83,27 @@ from watermark.display import render, to_uint8
 from watermark.errors import LeaktraceError
 from watermark.keys import SiteKey
 
-from . import leaks
+from . import benchrun, leaks
 from .peers import PAYLOAD_BITS, PEERS, PeerError
 
 __all__ = ["BenchError", "BenchPipeline", "Method", "METHODS", "QUICK", "FPR", "N_RECIPIENTS",
            "bench_pipelines", "find_films", "leak_image", "peer_payload", "run_bench",
-           "film_data_dir", "run_description", "DATA_ENV"]
+           "film_data_dir", "run_description", "read_manifest", "DATA_ENV", "BENCH_LEDGER_ID",
+           "FPRS", "strength_methods"]
 
 DATA_ENV = "LEAKTRACE_TEST_DATA"
 FPR = 1e-6
-"""False-positive rate at which the true-positive rate is reported."""
+"""False-positive rate at which the true-positive rate is reported (``tp_at_fpr``)."""
+FPRS = (1e-3, 1e-6)
+"""Every false-positive rate with a TPR column in the summary (``tpr_at_fpr_1e-3``...), the
+operating points WAVES and omnisealbench report."""
 N_RECIPIENTS = 20
 """Recipients in the benchmark's ledger (and the peers' codebook)."""
 BENCH_KEY = SiteKey(bytes(range(32)))
 """The benchmark's fixed site key (a benchmark is reproducible, not secret)."""
+BENCH_LEDGER_ID = b"leaktrace bench!".hex()
+"""The fixed id of every benchmark ledger: with :data:`BENCH_KEY` it fixes the marks, so two
+runs (on any runner) give the same rows but for the measured times."""
 
 
 class BenchError(LeaktraceError):
@@ -151,7 +156,8 @@ def find_films(folder: str | os.PathLike, *, png: int = 2) -> list[Path]:
         raise BenchError(f"--png must be >= 0, got {png}")
     folder = Path(folder)
     if folder.is_file():
-        raise BenchError(f"--films {folder}: is a file; give the folder that holds the films")
+        raise BenchError(f"--films {folder}: is a file; give the folder that holds the films, "
+                         "or a manifest (.csv)")
     if not folder.is_dir():
         raise BenchError(f"--films {folder}: no such folder")
     human = lambda p: "veterinary" not in p.name.lower()  # noqa: E731
@@ -171,6 +177,57 @@ def find_films(folder: str | os.PathLike, *, png: int = 2) -> list[Path]:
     if not films:
         raise BenchError(f"--films {folder}: no DICOM (.dcm) or PNG/JPEG film found")
     return films
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[list[Path], dict[Path, dict[str, str]]]:
+    """The films of a manifest: a CSV with a ``path`` column and any other columns.
+
+    A public film set keeps its own layout: list its files with the labels to break the
+    results down by (``dataset``, ``view``, ``site``...; a ``patient`` column is kept in the
+    rows but not summarised). Relative paths are taken from the manifest's folder; a ``#``
+    in a path is part of the path (the file has no comment lines).
+
+    Returns
+    -------
+    (list of Path, dict of Path to dict of str to str)
+        The films, in the manifest's order (a film listed twice once), and each film's other
+        columns (empty values kept as ``""``).
+
+    Raises
+    ------
+    BenchError
+        The file cannot be read, is not CSV with a ``path`` column, has an empty path,
+        names no film, or names a film that does not exist (the first few are listed).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BenchError(f"--films {path}: cannot read the manifest ({exc})") from None
+    if "path" not in columns:
+        raise BenchError(f"--films {path}: a manifest needs a 'path' column (it has "
+                         f"{', '.join(map(repr, columns)) or 'no header'})")
+    films, labels, missing = [], {}, []
+    for n, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            raise BenchError(f"--films {path}: line {n} has an empty path")
+        film = Path(row["path"]).expanduser()
+        film = film if film.is_absolute() else path.parent / film
+        if not film.is_file():
+            missing.append(str(film))
+            continue
+        if film not in labels:
+            films.append(film)
+            labels[film] = {c: row.get(c, "") for c in columns if c and c != "path"}
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise BenchError(f"--films {path}: no such film: {', '.join(missing[:3])}{more}")
+    if not films:
+        raise BenchError(f"--films {path}: the manifest lists no film")
+    return films, labels
 
 
 # -- pipelines -----------------------------------------------------------------------------
@@ -451,15 +508,21 @@ class Leaktrace(Method):
 
     name = "leaktrace"
 
+    def __init__(self, strength: float = 1.0):
+        self.strength = float(strength)
+        if self.strength != 1.0:
+            self.name = f"{type(self).name}@{self.strength:g}"
+
     def embed(self, source: Source, number: int, ctx: Context) -> np.ndarray:
         from .export import mark_film
 
         if source.film is not None:
             lo, hi = source.film.value_range
-            return np.clip(np.rint(mark_film(source.film, number, ctx.mark_key)), lo, hi)
+            return np.clip(np.rint(mark_film(source.film, number, ctx.mark_key,
+                                             strength=self.strength)), lo, hi)
         image = source.stored
         residual = dwt.mark_residual(image, payload.encode(number, ctx.mark_key), ctx.mark_key,
-                                     quantum=1.0)
+                                     quantum=1.0, strength=self.strength)
         return leaks.quantize_8bit(image + residual)
 
     def detect(self, leak: np.ndarray, ctx: Context, truth: int | None) -> Outcome:
@@ -559,9 +622,35 @@ METHODS: dict[str, Callable[[], Method]] = {
 """Method name -> factory. Adding a method is one class and one line here."""
 
 
+STRENGTH_METHOD = "leaktrace"
+"""The method that runs at other embedding strengths (``--strengths``), as ``leaktrace@S``."""
+
+
 @lru_cache(maxsize=None)
 def _method(name: str) -> Method:
-    return METHODS[name]()
+    base, _, strength = name.partition("@")
+    if strength:
+        return Leaktrace(float(strength))
+    return METHODS[base]()
+
+
+def strength_methods(strengths: Sequence[float] | None) -> list[str]:
+    """The method names of leaktrace's blind detection at each embedding strength
+    (relative to the strength model's choice, :func:`forensics.export.mark_film`): 1 is
+    ``leaktrace``, any other S ``leaktrace@S``.
+
+    Raises
+    ------
+    BenchError
+        A strength outside (0, 8].
+    """
+    names = []
+    for s in strengths or ():
+        s = float(s)
+        if not (0 < s <= 8) or math.isnan(s):
+            raise BenchError(f"--strengths: each must be in (0, 8], got {s:g}")
+        names.append(STRENGTH_METHOD if s == 1 else f"{STRENGTH_METHOD}@{s:g}")
+    return list(dict.fromkeys(names))
 
 
 def _recipient(number: int) -> str:
@@ -723,7 +812,18 @@ def _query_row(base: dict, p: BenchPipeline, outcome: Outcome | None,
             "any_at_fpr": bool(outcome and outcome.p_best is not None and outcome.p_best <= FPR),
             "detect_s": mem.seconds if mem else None,
             "detect_cpu_s": mem.cpu_seconds if mem else None,
-            "detect_peak_mb": mem.mb if mem else None, "error": error}
+            "detect_peak_mb": mem.mb if mem else None, "error": error,
+            "tp_at_fpr_1e-3": truth is not None and p_truth is not None and p_truth <= 1e-3,
+            "any_at_fpr_1e-3": bool(outcome and outcome.p_best is not None
+                                    and outcome.p_best <= 1e-3)}
+
+
+_QUERY_COLUMNS = frozenset({
+    "method", "film", "kind", "truth", "pipeline", "family", "strength", "unit", "stretch",
+    "right", "wrong", "miss", "named", "bit_accuracy", "p_truth", "p_best", "tp_at_fpr",
+    "any_at_fpr", "detect_s", "detect_cpu_s", "detect_peak_mb", "error", "tp_at_fpr_1e-3",
+    "any_at_fpr_1e-3", "path", "_path"})
+"""The columns of ``bench_queries.csv`` (a manifest's columns may not reuse them)."""
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -755,6 +855,7 @@ class BenchResult:
     queries: list = field(default_factory=list)
     embeds: list = field(default_factory=list)
     summary: list = field(default_factory=list)
+    summary_by_group: list = field(default_factory=list)
     methods: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)
     skipped_films: dict = field(default_factory=dict)
@@ -767,13 +868,15 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
               workers: int = 1, out: str | os.PathLike | None = None,
               progress: Callable[[int, int], None] | None = None,
               say: Callable[[str], None] | None = None, plots: bool = True,
-              settings: dict | None = None) -> BenchResult:
+              settings: dict | None = None, scheduler: str | None = None,
+              resume: bool = False, groups: Mapping[Path, Mapping[str, str]] | None = None,
+              strengths: Sequence[float] | None = None) -> BenchResult:
     """Run every method on every film and pipeline; summarise; write the files.
 
     Parameters
     ----------
     films : sequence of Path
-        DICOM and PNG/JPEG films (see :func:`find_films`).
+        DICOM and PNG/JPEG films (see :func:`find_films` and :func:`read_manifest`).
     methods, pipelines : sequence of str, optional
         Names from :data:`METHODS` and :func:`bench_pipelines` (default: all). Methods that
         cannot run here (a peer not installed, the informed trace not available) are skipped
@@ -782,40 +885,195 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
         Recipients each film is marked for (1..:data:`N_RECIPIENTS`); every film and method
         also runs unmarked (the controls).
     workers : int
-        Processes (1: in this process).
+        Processes (1: in this process), or the worker processes of ``scheduler="local"``.
     out : path, optional
         Folder for ``bench_queries.csv``, ``bench_embeds.csv``, ``bench_summary.csv``,
-        ``bench.json`` and the plots; nothing is written when None.
+        ``bench.json``, the plots, the run's ledger ``bench_ledger.sqlite`` and its journal
+        ``bench_journal.jsonl``; nothing is kept when None.
     progress : callable(done, total), optional
-        Called as queries finish.
+        Called as queries finish (and once at the start when resuming).
     say : callable(str), optional
         Receives notes (skipped methods and films, colour films, results replaced).
+    scheduler : str, optional
+        Run the tasks on Dask (:mod:`forensics.benchrun`): ``"local"`` starts a LocalCluster
+        of ``workers`` processes; an address (``tcp://host:8786``) uses an existing cluster,
+        whose workers must read the films and ``out`` at the same paths (shared storage).
+        Every runner gives the same rows but for the measured times and memory.
+    resume : bool
+        Run only the tasks that the journal in ``out`` does not hold (an earlier run of the
+        same plan, interrupted); the rows it holds are used as they are.
+    groups : mapping of Path to mapping of str to str, optional
+        Per film, the manifest's columns (dataset, view...; :func:`read_manifest`): added to
+        every query row, and summarised per column and value in ``summary_by_group``
+        (``bench_summary_by_group.csv``). A column named ``patient`` is kept in the rows but
+        not summarised.
+    strengths : sequence of float, optional
+        Also run leaktrace's blind method at these embedding strengths (relative to the
+        strength model's choice), as methods ``leaktrace@S`` (:func:`strength_methods`):
+        the quality-against-robustness plot then has one point per strength.
 
-    Ctrl-C (KeyboardInterrupt) while the leaks are read stops the workers; the queries done
-    so far are summarised and written, with ``interrupted: true`` in ``bench.json``. Films
-    that cannot be read or are too small to mark are left out with a note (and listed in
-    ``skipped_films``).
+    The benchmark's ledger has the fixed id :data:`BENCH_LEDGER_ID` and the key
+    :data:`BENCH_KEY`, so the marks, leaks and results of two runs with the same settings are
+    the same. Ctrl-C (KeyboardInterrupt) while the leaks are read stops the workers; the
+    queries done so far are summarised and written, with ``interrupted: true`` in
+    ``bench.json``, and ``--resume`` finishes the run. Films that cannot be read or are too
+    small to mark are left out with a note (and listed in ``skipped_films``).
 
     Raises
     ------
     BenchError
         Unknown method or pipeline, bad ``recipients`` or ``workers``, ``out`` not writable,
-        no usable film, or no method can run.
+        no usable film, no method can run, ``resume`` without ``out`` or with a journal of
+        other settings, a manifest column that clashes with a result column, or the
+        scheduler cannot be reached.
     """
     say = say or (lambda text: None)
     method_names = select(methods, list(METHODS), "method")
+    method_names += [n for n in strength_methods(strengths) if n not in method_names]
     table = bench_pipelines()
     chosen = [table[n] for n in select(pipelines, list(table), "pipeline")]
     workers = check_settings(recipients, workers)
+    if resume and out is None:
+        raise BenchError("--resume needs the output folder of the run to resume (--out)")
+    group_columns = _group_columns(groups)
     if out is not None:
-        out = prepare_out(out, say)
+        out = prepare_out(out, None if resume else say)
     result = BenchResult()
     films, result.skipped_films = readable_films([Path(f) for f in films], say)
     if not films:
         raise BenchError("no film to run on" + (": " + "; ".join(result.skipped_films.values())
                                                  if result.skipped_films else ""))
+    if scheduler and scheduler != benchrun.LOCAL:
+        films = [f.resolve() for f in films]  # the cluster's workers read them by these paths
+    usable = _usable_methods(method_names, films, result, say)
+
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    with tempfile.TemporaryDirectory(prefix="leaktrace-bench-") as tmp:
+        work = Path(out).resolve() if out is not None else Path(tmp)
+        plan = {"films": [str(f) for f in films], "methods": usable,
+                "pipelines": [p.name for p in chosen], "recipients_per_film": recipients,
+                "ledger_id": BENCH_LEDGER_ID, "leaktrace": _version()}
+        try:
+            journal = benchrun.Journal(work, plan, resume=resume) if out is not None else None
+        except benchrun.RunnerError as exc:
+            raise BenchError(str(exc)) from None
+        if resume and not journal.resumed:
+            say(f"nothing to resume in {out} (no journal of an earlier run): starting the run")
+        if journal is not None and journal.resumed:
+            say(f"resuming the run in {out}: {len(journal.done)} task(s) already done")
+        ctx, truths = _prepare(usable, films, recipients, work, Path(tmp),
+                               fresh=not (journal is not None and journal.resumed))
+        tasks, ids = [], []
+        for path in films:
+            kind = "dicom" if path.suffix.lower() == ".dcm" else "png"
+            for name in usable:
+                if _method(name).dicom_only and kind != "dicom":
+                    continue
+                mine = tuple(p for p in chosen if not (p.stored_side and kind == "png"))
+                for truth in [*truths[path], None]:
+                    tasks.append(_Task(path, name, truth, mine, ctx))
+                    ids.append(benchrun.task_id(str(path), name, truth, [p.name for p in mine]))
+        total = sum(len(t.pipelines) for t in tasks)
+        done, interrupted = 0, False
+
+        def take(outcome) -> None:
+            nonlocal done
+            embed_row, rows = outcome
+            if embed_row is not None:
+                result.embeds.append(embed_row)
+            result.queries.extend(rows)
+            done += len(rows)
+
+        todo = []
+        for i, tid in enumerate(ids):
+            if journal is not None and tid in journal.done:
+                take(journal.done[tid])
+            else:
+                todo.append(i)
+        if progress and done:
+            progress(done, total)
+        if journal is not None:
+            journal.open()
+        order = _largest_first([tasks[i] for i in todo])
+        runs = benchrun.execute(_run_task, [tasks[todo[j]] for j in order], workers=workers,
+                                scheduler=scheduler, keys=[ids[todo[j]] for j in order])
+        try:
+            for j, outcome in runs:
+                i = todo[order[j]]
+                lost = isinstance(outcome, benchrun.TaskLost)
+                if lost:  # recorded as failed queries; not journalled, so --resume retries it
+                    say(f"{tasks[i].path.name}, {tasks[i].method}: task lost ({outcome.message})")
+                    outcome = _lost_task_rows(tasks[i], outcome.message)
+                outcome = _plain(outcome)
+                for row in outcome[1]:  # which film (the manifest's groups); not in the files
+                    row["_path"] = str(tasks[i].path)
+                if journal is not None and not lost:
+                    journal.record(ids[i], outcome)
+                take(outcome)
+                if progress:
+                    progress(done, total)
+        except KeyboardInterrupt:  # Ctrl-C: keep what is done
+            interrupted = True
+        except benchrun.RunnerError as exc:
+            raise BenchError(str(exc)) from None
+        finally:
+            runs.close()  # stops the workers if the run did not finish
+            if journal is not None:
+                journal.close()
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
+    rank = {n: i for i, n in enumerate(usable)}
+    key = lambda r: (rank[r["method"]], r["film"], str(r["truth"]))  # noqa: E731
+    result.embeds.sort(key=key)
+    result.queries.sort(key=lambda r: (*key(r), r["pipeline"]))
+    if group_columns:
+        labels_of = {str(Path(k).resolve()): v for k, v in groups.items()}
+        for q in result.queries:
+            labels = labels_of.get(str(Path(q.pop("_path")).resolve()), {})
+            q.update({c: labels.get(c, "") for c in group_columns})
+    else:
+        for q in result.queries:
+            q.pop("_path", None)
+    result.methods = _method_summary(result.embeds, result.queries, usable)
+    result.summary = _summary(result.queries, result.methods, usable, chosen)
+    result.summary_by_group = _group_summary(result.queries, result.methods, usable, chosen,
+                                             [c for c in group_columns if c not in _NOT_GROUPED])
+    result.meta = {
+        **run_description(workers=workers, scheduler=scheduler or "processes"),
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "settings": {"films": [str(f) for f in films], "methods": usable,
+                     "pipelines": [p.name for p in chosen], "recipients_per_film": recipients,
+                     "ledger_recipients": N_RECIPIENTS, "ledger_id": BENCH_LEDGER_ID,
+                     "fpr": FPR, "fprs_reported": list(FPRS),
+                     "peer_payload_bits": PAYLOAD_BITS, **(settings or {})},
+        "skipped_methods": result.skipped,
+        "skipped_films": result.skipped_films,
+        "interrupted": interrupted,
+        "resumed_tasks": len(tasks) - len(todo),
+        "tasks": len(tasks),
+        "queries": len(result.queries),
+        "queries_planned": total,
+        "methods": result.methods,
+        "summary": result.summary,
+        "summary_by_group": result.summary_by_group,
+    }
+    if out is not None and result.queries:
+        result.files = write_outputs(result, Path(out), plots=plots)
+    return result
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("leaktrace")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _usable_methods(names: list[str], films: list[Path], result: BenchResult, say) -> list[str]:
     usable = []
-    for name in method_names:
+    for name in names:
         reason = _method(name).unavailable()
         others = [f for f in films if f.suffix.lower() != ".dcm"] if _method(name).dicom_only else []
         if reason is None and len(others) == len(films):
@@ -830,71 +1088,92 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
         usable.append(name)
     if not usable:
         raise BenchError("no method can run: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
+    return usable
 
-    started, cpu_started = time.perf_counter(), _cpu_seconds()
-    with tempfile.TemporaryDirectory(prefix="leaktrace-bench-") as tmp:
-        from .ledger import Ledger
 
-        with Ledger(Path(tmp) / "ledger.sqlite") as book:
-            numbers = tuple(book.recipient_number(_recipient(i), create=True)
-                            for i in range(1, N_RECIPIENTS + 1))
-            ctx = Context(BENCH_KEY, str(book.path), book.ledger_id, numbers)
-            truths = {path: [numbers[(i * recipients + j) % N_RECIPIENTS] for j in range(recipients)]
-                      for i, path in enumerate(films)}
-            jobs = [(path, n) for path, ns in truths.items() for n in ns]
+LEDGER_NAME = "bench_ledger.sqlite"
+
+
+def _prepare(usable: list[str], films: list[Path], recipients: int, work: Path, scratch: Path,
+             *, fresh: bool) -> tuple[Context, dict]:
+    """The run's ledger in ``work`` (made anew when ``fresh``; else the resumed run's, as it
+    is), its recipients, each film's recipients, and the methods' set-up (exports, whose
+    files go to ``scratch``: the ledger records them, nothing reads them afterwards)."""
+    from .ledger import Ledger
+
+    path = work / LEDGER_NAME
+    if fresh:
+        for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+    elif not path.exists():
+        raise BenchError(f"--resume: the run's ledger {path} is gone; run without --resume "
+                         "to start over")
+    with Ledger(path, ledger_id=BENCH_LEDGER_ID) as book:
+        if book.ledger_id != BENCH_LEDGER_ID:
+            raise BenchError(f"--resume: {path} is not this benchmark's ledger; run without "
+                             "--resume to start over")
+        numbers = tuple(book.recipient_number(_recipient(i), create=True)
+                        for i in range(1, N_RECIPIENTS + 1))
+        ctx = Context(BENCH_KEY, str(book.path), book.ledger_id, numbers)
+        truths = {path_: [numbers[(i * recipients + j) % N_RECIPIENTS] for j in range(recipients)]
+                  for i, path_ in enumerate(films)}
+        if fresh:
+            jobs = [(p, n) for p, ns in truths.items() for n in ns]
             for name in usable:
-                _method(name).prepare(ctx, book, jobs, Path(tmp))
-        _ledger_readonly.cache_clear()
-        tasks = []
-        for path in films:
-            kind = "dicom" if path.suffix.lower() == ".dcm" else "png"
-            for name in usable:
-                if _method(name).dicom_only and kind != "dicom":
-                    continue
-                mine = tuple(p for p in chosen if not (p.stored_side and kind == "png"))
-                for truth in [*truths[path], None]:
-                    tasks.append(_Task(path, name, truth, mine, ctx))
-        total = sum(len(t.pipelines) for t in tasks)
-        done, interrupted = 0, False
-        runs = _execute(tasks, workers)
-        try:
-            for embed_row, rows in runs:
-                if embed_row is not None:
-                    result.embeds.append(embed_row)
-                result.queries.extend(rows)
-                done += len(rows)
-                if progress:
-                    progress(done, total)
-        except KeyboardInterrupt:  # Ctrl-C: keep what is done
-            interrupted = True
-        finally:
-            runs.close()  # stops the workers if the run did not finish
-    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
-    order = {n: i for i, n in enumerate(usable)}
-    key = lambda r: (order[r["method"]], r["film"], str(r["truth"]))  # noqa: E731
-    result.embeds.sort(key=key)
-    result.queries.sort(key=lambda r: (*key(r), r["pipeline"]))
-    result.methods = _method_summary(result.embeds, result.queries, usable)
-    result.summary = _summary(result.queries, result.methods, usable, chosen)
-    result.meta = {
-        **run_description(workers=workers),
-        "seconds": elapsed,
-        "cpu_seconds": cpu,
-        "settings": {"films": [str(f) for f in films], "methods": usable,
-                     "pipelines": [p.name for p in chosen], "recipients_per_film": recipients,
-                     "ledger_recipients": N_RECIPIENTS, "fpr": FPR,
-                     "peer_payload_bits": PAYLOAD_BITS, **(settings or {})},
-        "skipped_methods": result.skipped,
-        "skipped_films": result.skipped_films,
-        "interrupted": interrupted,
-        "queries": len(result.queries),
-        "queries_planned": total,
-        "methods": result.methods,
-        "summary": result.summary,
-    }
-    if out is not None and result.queries:
-        result.files = write_outputs(result, Path(out), plots=plots)
-    return result
+                _method(name).prepare(ctx, book, jobs, scratch)
+    _ledger_readonly.cache_clear()
+    return ctx, truths
+
+
+def _largest_first(tasks: list[_Task]) -> list[int]:
+    """Indices of ``tasks``, largest film first (so the long tasks do not finish last)."""
+    sizes = {}
+    for t in tasks:
+        if t.path not in sizes:
+            try:
+                sizes[t.path] = t.path.stat().st_size
+            except OSError:
+                sizes[t.path] = 0
+    return sorted(range(len(tasks)), key=lambda i: -sizes[tasks[i].path])
+
+
+def _lost_task_rows(task: _Task, message: str) -> tuple[dict | None, list[dict]]:
+    """The rows of a task that did not come back from the cluster: every query failed."""
+    base = {"method": task.method, "film": task.path.name,
+            "kind": "dicom" if task.path.suffix.lower() == ".dcm" else "png",
+            "truth": task.truth if task.truth is not None else ""}
+    embed_row = None
+    if task.truth is not None:
+        embed_row = {**base, "embed_s": None, "embed_cpu_s": None, "embed_peak_mb": None,
+                     "psnr_stored_db": None, "ssim_stored": None, "psnr_display_db": None,
+                     "ssim_display": None, "error": f"task lost: {message}"}
+    return embed_row, [_query_row(base, p, None, None,
+                                  f"task lost: {message}") for p in task.pipelines]
+
+
+_NOT_GROUPED = frozenset({"patient", "patient_id"})
+
+
+def _group_columns(groups) -> list[str]:
+    if not groups:
+        return []
+    columns = list(dict.fromkeys(c for labels in groups.values() for c in labels))
+    clash = [c for c in columns if c in _QUERY_COLUMNS]
+    if clash:
+        raise BenchError(f"manifest column(s) {', '.join(map(repr, clash))} clash with the "
+                         "benchmark's own result columns; rename them in the manifest")
+    return columns
+
+
+def _group_summary(queries, methods, usable, pipelines, columns) -> list[dict]:
+    """:func:`_summary` over each value of each manifest column."""
+    out = []
+    for column in columns:
+        for value in sorted({q[column] for q in queries}):
+            subset = [q for q in queries if q[column] == value]
+            for row in _summary(subset, methods, usable, pipelines):
+                out.append({"group": column, "value": value, **row})
+    return out
 
 
 def check_settings(recipients: int, workers: int) -> int:
@@ -975,55 +1254,6 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _execute(tasks: list[_Task], workers: int):
-    """Run the tasks, largest films first; yield each task's result as it finishes."""
-    sizes = {}
-    for t in tasks:
-        if t.path not in sizes:
-            try:
-                sizes[t.path] = t.path.stat().st_size
-            except OSError:
-                sizes[t.path] = 0
-    ordered = sorted(tasks, key=lambda t: -sizes[t.path])
-    if workers == 1:
-        for t in ordered:
-            yield _run_task(t)
-        return
-    # peers are imported here, before any process exists (blind_watermark fixes the start
-    # method when imported); the forked workers inherit them
-    pool = ProcessPoolExecutor(workers, initializer=_worker_init)
-    try:
-        futures = [pool.submit(_run_task, t) for t in ordered]
-        for f in as_completed(futures):
-            yield f.result()
-    except BaseException:  # Ctrl-C, SIGTERM turned into it, or the caller stopped early
-        _terminate(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _worker_init() -> None:
-    """In a worker: Ctrl-C (sent to the whole process group) is left to the parent, which
-    stops the workers; SIGTERM ends the worker at once."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _terminate(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: tasks not started are cancelled, running workers terminated."""
-    # the executor's own process table (Python 3.14 has pool.terminate_workers() for this)
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=10)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    pool.shutdown(wait=True)
-
-
 def _median(values) -> float | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return float(statistics.median(values)) if values else None
@@ -1093,9 +1323,11 @@ def _summary(queries: list[dict], methods: list[dict], usable: list[str],
                 "wrong_rate": sum(q["wrong"] for q in marked) / n if n else None,
                 "bit_accuracy_mean": _mean(q["bit_accuracy"] for q in marked),
                 "tpr_at_fpr_1e-6": sum(q["tp_at_fpr"] for q in marked) / n if n else None,
+                "tpr_at_fpr_1e-3": sum(q["tp_at_fpr_1e-3"] for q in marked) / n if n else None,
                 "controls": len(controls),
                 "controls_named": sum(bool(q["named"]) for q in controls),
                 "controls_at_fpr_1e-6": sum(q["any_at_fpr"] for q in controls),
+                "controls_at_fpr_1e-3": sum(q["any_at_fpr_1e-3"] for q in controls),
                 "errors": sum(bool(q["error"]) for q in rows),
                 "psnr_display_db_median": per_method[m]["psnr_display_db_median"],
                 "ssim_display_median": per_method[m]["ssim_display_median"],
@@ -1157,15 +1389,23 @@ def write_outputs(result: BenchResult, out: Path, *, plots: bool = True) -> list
         out.mkdir(parents=True, exist_ok=True)
         files = []
         for name, rows in (("bench_queries.csv", result.queries), ("bench_embeds.csv", result.embeds),
-                           ("bench_summary.csv", result.summary)):
+                           ("bench_summary.csv", result.summary),
+                           ("bench_summary_by_group.csv", result.summary_by_group)):
+            if not rows and name == "bench_summary_by_group.csv":
+                (out / name).unlink(missing_ok=True)  # no manifest groups: no earlier run's file
+                continue
             _write_atomic(out / name, _csv_bytes(rows))
             files.append(out / name)
         _write_atomic(out / "bench.json", json.dumps(_plain(result.meta), indent=2).encode())
         files.append(out / "bench.json")
         if plots:
-            from .benchplot import plot_strength, plot_tradeoff
+            from functools import partial
+
+            from .benchplot import plot_strength, plot_tpr, plot_tradeoff
 
             for name, draw in (("bench_strength.png", plot_strength),
+                               ("bench_tpr_1e-6.png", partial(plot_tpr, fpr="1e-6")),
+                               ("bench_tpr_1e-3.png", partial(plot_tpr, fpr="1e-3")),
                                ("bench_tradeoff.png", plot_tradeoff)):
                 data = draw(result.summary, result.methods)
                 if data is not None:

@@ -2,8 +2,11 @@
 
 * :func:`plot_strength` - right-ID rate against attack strength, one panel per attack family,
   one line per method;
+* :func:`plot_tpr` - true-positive rate at a fixed false-positive rate (10^-6 or 10^-3, from
+  the p-values) against attack strength, the operating points WAVES and omnisealbench report;
 * :func:`plot_tradeoff` - imperceptibility (median display PSNR) against robustness (mean
-  right-ID rate over the robustness issue's main pipelines), one point per method.
+  right-ID rate over the robustness issue's main pipelines), one point per method (and per
+  embedding strength, for ``leaktrace@S``).
 
 Both return PNG bytes (matplotlib, Agg backend), or None when there is nothing to draw.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import io
 
-__all__ = ["plot_strength", "plot_tradeoff"]
+__all__ = ["plot_strength", "plot_tpr", "plot_tradeoff"]
 
 # families whose strength parameter falls as the attack gets harder (drawn right to left)
 _FALLING = {"jpeg", "downscale", "crop_centre"}
@@ -39,7 +42,25 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
+def plot_tpr(summary: list[dict], methods: list[dict], *, fpr: str = "1e-6") -> bytes | None:
+    """TPR (%) at FPR ``fpr`` against strength, per attack family: the share of marked leaks
+    whose true recipient's p-value is at most ``fpr`` (column ``tpr_at_fpr_<fpr>``).
+
+    Parameters
+    ----------
+    summary, methods : list of dict
+        As for :func:`plot_strength`.
+    fpr : {"1e-6", "1e-3"}
+    """
+    return plot_strength(summary, methods, value=f"tpr_at_fpr_{fpr}",
+                         ylabel=f"TPR at FPR {fpr}, %",
+                         title=f"True-positive rate at FPR {fpr} against attack strength")
+
+
+def plot_strength(summary: list[dict], methods: list[dict], *, value: str = "right_rate",
+                  ylabel: str = "right recipient, %",
+                  title: str = "Right-ID rate against attack strength (same films, same leaks)",
+                  ) -> bytes | None:
     """Right-ID rate (%) against strength, per attack family (families with 2+ strengths).
 
     Parameters
@@ -48,10 +69,12 @@ def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
         Rows of ``bench_summary.csv`` (method, family, strength, unit, right_rate, ...).
     methods : list of dict
         Per-method rows (their order sets the legend order).
+    value, ylabel, title : str
+        The summary column drawn (a rate in 0..1) and the labels.
     """
     families = {}
     for row in summary:
-        if row["strength"] == "" or row["right_rate"] is None:
+        if row["strength"] == "" or row.get(value) is None:
             continue
         families.setdefault(row["family"], []).append(row)
     families = {f: rows for f, rows in families.items() if len({r["strength"] for r in rows}) > 1}
@@ -68,7 +91,7 @@ def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
         for i in reversed(range(len(order))):  # the first method (leaktrace) drawn last, on top
             m = order[i]
             offset = _DODGE * (i - (len(order) - 1) / 2)
-            pts = sorted((float(r["strength"]), 100 * r["right_rate"] + offset) for r in rows
+            pts = sorted((float(r["strength"]), 100 * r[value] + offset) for r in rows
                          if r["method"] == m)
             if not pts:
                 continue
@@ -81,7 +104,7 @@ def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
         if family in _FALLING:
             ax.invert_xaxis()
         ax.set_ylim(-3, 103)
-        ax.set_ylabel("right recipient, %")
+        ax.set_ylabel(ylabel)
         ax.text(0.01, 0.01, f"lines {_DODGE:g} points apart", transform=ax.transAxes,
                 fontsize=6, color="#777777")
         ax.grid(alpha=0.3)
@@ -89,7 +112,7 @@ def plot_strength(summary: list[dict], methods: list[dict]) -> bytes | None:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles[::-1], labels[::-1], loc="lower center", ncol=min(3, len(labels)), fontsize=8)
-    fig.suptitle("Right-ID rate against attack strength (same films, same leaks)", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     return _png(fig)
 
@@ -103,8 +126,12 @@ def plot_tradeoff(summary: list[dict], methods: list[dict]) -> bytes | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, m in enumerate(points):
-        colour, marker = _STYLE.get(m["method"], ("#555555", "x"))
+        # leaktrace@S (another embedding strength) in leaktrace's colour, labelled with S
+        colour, marker = _STYLE.get(m["method"].split("@")[0], ("#555555", "x"))
         x, y = m["psnr_display_db_median"], 100 * m["right_rate_main_pipelines"]
+        if "@" in m["method"]:
+            ax.annotate("x" + m["method"].split("@")[1], (x, y), textcoords="offset points",
+                        xytext=(6, 6), fontsize=7, color=colour)
         # sizes falling and every other marker hollow: points on one spot stay visible
         ax.scatter([x], [y], color=colour, marker=marker, s=150 - 25 * i, label=m["method"],
                    facecolors="none" if i % 2 else colour, linewidths=1.5, zorder=3 + i)

@@ -1149,14 +1149,17 @@ def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for t
 
 @app.command()
 def bench(
-    films: Annotated[Optional[Path], typer.Option("--films", help="Film folder: the shared layout (dicom/, png/<set>/) or any folder of .dcm/.png/.jpg files. Default: $LEAKTRACE_TEST_DATA, else ../shared/data/cxr next to the repository.")] = None,
-    pipelines: Annotated[Optional[list[str]], typer.Option("--pipelines", help="Leak pipelines to run (repeat the option or separate by commas). Default: all (--quick: a short list).")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
+    films: Annotated[Optional[Path], typer.Option("--films", help="Film folder: the shared layout (dicom/, png/<set>/) or any folder of .dcm/.png/.jpg files; or a manifest (.csv with a 'path' column and optional columns such as dataset, view, patient, summarised per value). Default: $LEAKTRACE_TEST_DATA, else ../shared/data/cxr next to the repository.")] = None,
+    pipelines: Annotated[Optional[list[str]], typer.Option("--pipelines", metavar="NAME,...", help="Leak pipelines to run (repeat the option or separate by commas). Default: all (--quick: a short list).")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", metavar="NAME,...", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and PNG files; created if missing.")] = Path("bench-results"),
     quick: Annotated[bool, typer.Option("--quick", metavar="", help="A short run (2 small films, 1 recipient, 10 pipelines): about 1.5 minutes on 2 cores.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes to use (0: one per CPU core, the default).")] = 0,
     recipients: Annotated[Optional[int], typer.Option("--recipients", help="Recipients each film is marked for (default 2; --quick 1).")] = None,
     png: Annotated[Optional[int], typer.Option("--png", help="PNG/JPEG films to add from the shared layout's png/ folder (default 2; --quick 0).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="Run the tasks on Dask: 'local' starts a LocalCluster of --workers processes here; tcp://host:8786 uses a running cluster, whose workers must see the films and --out at the same paths. Needs leaktrace\\[dask]. Default: a local process pool.")] = None,
+    strengths: Annotated[Optional[list[str]], typer.Option("--strengths", metavar="S,...", help="Also run leaktrace's blind method at these embedding strengths (relative to its strength model; repeat or comma-separate), as methods leaktrace@S, for the quality-against-robustness curve.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Finish an interrupted run in --out: only the tasks its journal does not hold are run (same settings needed).")] = False,
 ) -> None:
     """Compare leaktrace with other watermarking libraries on the same films and leaks.
 
@@ -1164,7 +1167,7 @@ def bench(
     to OUT, and prints the summary table. Ctrl-C stops the run and writes what is done.
 
     Exit codes: 0 done (failed queries are recorded in its files), 2 bad arguments, 130
-    interrupted.
+    interrupted (run again with --resume to finish).
     """
     from . import bench as lb
 
@@ -1174,7 +1177,11 @@ def bench(
             raise lb.BenchError(f"no film folder at {folder}: give --films DIR, or set "
                                 "LEAKTRACE_TEST_DATA to the folder of the shared films")
         quick_cfg = lb.QUICK if quick else None
-        found = lb.find_films(folder, png=png if png is not None else (quick_cfg.png if quick else 2))
+        groups = None
+        if folder.is_file() and folder.suffix.lower() == ".csv":
+            found, groups = lb.read_manifest(folder)
+        else:
+            found = lb.find_films(folder, png=png if png is not None else (quick_cfg.png if quick else 2))
         n_found = len(found)
         if quick:
             found = lb.quick_films(found) + [p for p in found if p.suffix.lower() != ".dcm"]
@@ -1182,6 +1189,8 @@ def bench(
         per_film = recipients if recipients is not None else (quick_cfg.recipients if quick else 2)
         # check the names, numbers and the output folder before the slow part starts
         lb.select(methods, list(lb.METHODS), "method")
+        strength_values = _strengths(strengths)
+        lb.strength_methods(strength_values)
         lb.select(chosen, list(lb.bench_pipelines()), "pipeline")
         lb.check_settings(per_film, workers)
         lb.prepare_out(out)
@@ -1197,7 +1206,8 @@ def bench(
                     found, methods=methods, pipelines=chosen, recipients=per_film, workers=workers,
                     out=out, progress=lambda done, total: bar.update(task, completed=done, total=total),
                     say=lambda text: err.print(f"[yellow]note:[/] {escape(text)}"),
-                    settings={"quick": quick})
+                    settings={"quick": quick}, scheduler=scheduler, resume=resume, groups=groups,
+                    strengths=strength_values)
         finally:
             signal.signal(signal.SIGTERM, previous)
     except LeaktraceError as exc:
@@ -1221,6 +1231,22 @@ def bench(
         err.print(f"  {escape(str(path))}")
     if stopped is not None:
         raise stopped
+
+
+def _strengths(items: list[str] | None) -> list[float]:
+    """``--strengths 0.5,2`` (repeatable) as floats; a word that is not a number is a usage
+    error naming it."""
+    from . import bench as lb
+
+    values = []
+    for item in items or []:
+        for word in str(item).split(","):
+            if word.strip():
+                try:
+                    values.append(float(word))
+                except ValueError:
+                    raise lb.BenchError(f"--strengths: {word.strip()!r} is not a number") from None
+    return values
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
