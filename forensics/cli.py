@@ -77,8 +77,8 @@ from watermark.keys import key_path, load_key
 from watermark.stats import FALSE_ACCUSATION_RATE
 
 from .access import id_ranges, operator_name, query_event
-from .export import (ExportOutcome, already_exported, collect_sources, export_many,
-                     site_key_for)
+from .export import (ExportOutcome, already_exported, check_outputs, collect_sources,
+                     export_many, site_key_for)
 from watermark._files import atomic_write
 from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, export_table, ledger_exists,
                      log_access, normalise_recipient)
@@ -238,6 +238,9 @@ def embed(
         raise fatal(f"bad arguments: --out {out}: exists and is not a folder")
     if workers < 0:
         raise fatal(f"bad arguments: --workers {workers}: must be 0 (one per CPU core) or more")
+    if skip_existing and overwrite:
+        raise fatal("bad arguments: --skip-existing leaves existing outputs alone and "
+                    "--overwrite replaces them; give one of them")
     deid_options = tuple(deid_option or ())
     if deid_options and not deidentify:
         raise fatal("bad arguments: --deid-option is an option of --deidentify; give both")
@@ -281,6 +284,10 @@ def embed(
         pairs = list(collect_sources(sources, out))
         if not pairs:
             raise fatal("no DICOM files found under " + ", ".join(map(str, sources)), code=1)
+        try:
+            check_outputs(pairs)
+        except LeaktraceError as exc:
+            raise fatal(f"{exc}; nothing was exported") from None
         skipped, changed = [], []
         if skip_existing:
             to_do = []
@@ -300,6 +307,7 @@ def embed(
                 precheck_all((source for source, _ in pairs), deid_options)
             except LeaktraceError as exc:
                 raise fatal(str(exc)) from None
+        created_out = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -335,6 +343,8 @@ def embed(
             raise _interrupted(message) from None
     outcomes = changed + outcomes
     failed = [o for o in outcomes if o.error]
+    if created_out and not any(o.record for o in outcomes):
+        _remove_empty_folders(out)  # every file failed: leave no empty --out behind
     for o in failed:
         err.print(f"[red]failed:[/] {escape(o.error)}")
     err.print(f"{len(outcomes) - len(failed)} of {len(outcomes) + len(skipped)} file(s) marked "
@@ -347,6 +357,20 @@ def embed(
         _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed, **extra)
     if failed or not (outcomes or skipped):
         raise typer.Exit(1)
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold no file (deepest first); a
+    folder that holds anything is left as it is."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _not_writable(folder: Path) -> str:

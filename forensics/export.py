@@ -315,15 +315,49 @@ def _check_output(source: Path, output: Path, overwrite: bool) -> None:
 
 def _check_overwrite(ledger: Ledger, output: Path, name: str) -> None:
     """Refuse to replace (``--overwrite``) a file that holds the copy recorded for another
-    recipient: its record would then point at a copy that is gone."""
+    recipient (its record would then point at a copy that is gone) or a film the ledger
+    records as the source of an export (the original a court compares with)."""
     if not output.exists():
         return
+    source_of = ledger.export_by_source_path(output)
+    if source_of is not None:
+        raise InvalidInputError(
+            f"{output}: is the original the ledger records as the source of export "
+            f"{source_of.id} (for '{source_of.recipient_name}'); leaktrace never replaces an "
+            "original: give another --out folder")
     earlier = ledger.export_by_output_path(output)
     if earlier is not None and earlier.recipient_name != name:
         raise InvalidInputError(
             f"{output}: holds the copy recorded for '{earlier.recipient_name}' (export "
             f"{earlier.id}); it is not replaced by a copy for '{name}', which would leave that "
             "record pointing at a file that is gone: give this recipient another --out folder")
+
+
+def check_outputs(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]]) -> None:
+    """Refuse a run in which an output is one of the run's own inputs, before any file is
+    written: exporting ``a/x.dcm`` and ``b/x.dcm`` to ``--out b`` would otherwise write the
+    first copy over the second original before it is read (with ``--overwrite``) or fail it.
+
+    Parameters
+    ----------
+    pairs : iterable of (path, path)
+        (source, output) pairs, e.g. from :func:`collect_sources`.
+
+    Raises
+    ------
+    InvalidInputError
+        An output path is (resolves to) a source path of the run; the message names both.
+    """
+    pairs = [(Path(s), Path(o)) for s, o in pairs]
+    sources = {s.resolve(): s for s, _ in pairs if s.exists()}
+    for source, output in pairs:
+        target = output.resolve()
+        if target in sources:
+            what = ("its own input" if sources[target].resolve() == source.resolve()
+                    else f"an input of this run ({sources[target]})")
+            raise InvalidInputError(
+                f"{source}: its output {output} is {what}; leaktrace never writes over an "
+                "original: give another --out folder")
 
 
 def already_exported(ledger: Ledger, source: str | os.PathLike, output: str | os.PathLike,
@@ -414,6 +448,9 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
     LedgerKeyError
         ``key`` is not one the ledger's exports were made with and ``new_key`` is false:
         the whole batch is refused before any file is read (not one failure per file).
+    InvalidInputError
+        An output is one of the run's inputs (:func:`check_outputs`): refused before any
+        file is read.
     ValueError
         ``workers`` is negative.
     """
@@ -421,6 +458,7 @@ def export_many(pairs: Iterable[tuple[Path, Path]], *, recipient: str, ledger: L
         raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {workers}")
     ledger.check_key(key, new_key=new_key)
     pairs = [(Path(s), Path(o)) for s, o in pairs]
+    check_outputs(pairs)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(pairs) > 1 and not deidentify:
         return _export_parallel(pairs, recipient=recipient, ledger=ledger, key=key,

@@ -799,6 +799,13 @@ class Ledger:
                                (str(Path(path).resolve()),)).fetchone()
         return ExportRecord(*row) if row else None
 
+    def export_by_source_path(self, path: str | os.PathLike) -> ExportRecord | None:
+        """The newest export made from the file at this path (absolute, as recorded), if any:
+        a file that must not be replaced while the ledger names it as a copy's source."""
+        row = self._db.execute(self._select() + " WHERE e.source_path = ? ORDER BY e.id DESC",
+                               (str(Path(path).resolve()),)).fetchone()
+        return ExportRecord(*row) if row else None
+
     def exports_of_source(self, source_sha256: str) -> list[ExportRecord]:
         """Every export made from the source file with this SHA-256, oldest first."""
         return [ExportRecord(*row) for row in self._db.execute(

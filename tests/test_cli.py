@@ -683,6 +683,63 @@ def test_overwrite_refuses_to_replace_another_recipients_recorded_copy(tmp_path,
     assert run(*args, "--recipient", "Bob", "--overwrite").exit_code == 0  # its own: replaced
 
 
+def test_an_output_that_is_an_input_of_the_run_is_refused_before_anything_is_written(
+        tmp_path, site, dicom_films):
+    """a/x.dcm and b/x.dcm exported to --out b: the first copy went over the second
+    original before it was read (with --overwrite, the original was lost)."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(dicom_films[FUJI], tmp_path / folder / "x.dcm")
+    original = (tmp_path / "b" / "x.dcm").read_bytes()
+    result = run("embed", tmp_path / "a" / "x.dcm", tmp_path / "b" / "x.dcm", "--recipient",
+                 "Cross", "--out", tmp_path / "b", "--overwrite", *site, "--json")
+    assert result.exit_code == 2, result.output
+    error = one_json(result)["error"]
+    assert f"its output {tmp_path / 'b' / 'x.dcm'} is an input of this run" in error, error
+    assert (tmp_path / "b" / "x.dcm").read_bytes() == original
+    assert _export_count(tmp_path / "ledger.sqlite") == 0
+
+
+def test_overwrite_never_replaces_a_film_the_ledger_records_as_a_source(tmp_path, site,
+                                                                       dicom_films):
+    films = tmp_path / "films"
+    films.mkdir()
+    shutil.copy(dicom_films[FUJI], films / "a.dcm")
+    assert run("embed", films / "a.dcm", "--recipient", "Bob", "--out", tmp_path / "o",
+               *site).exit_code == 0
+    original = (films / "a.dcm").read_bytes()
+    # another film whose output path is the recorded source of Bob's copy
+    (tmp_path / "other").mkdir()
+    shutil.copy(dicom_films["nih_cxr14_dx_8bit_1024px_nccid.dcm"], tmp_path / "other" / "a.dcm")
+    result = run("embed", tmp_path / "other" / "a.dcm", "--recipient", "Carol", "--out", films,
+                 "--overwrite", *site, "--json")
+    assert result.exit_code == 1, result.output
+    error = one_json(result)["failed"][0]["error"]
+    assert "is the original the ledger records as the source of export 1 (for 'Bob')" in error
+    assert (films / "a.dcm").read_bytes() == original
+
+
+def test_skip_existing_with_overwrite_is_refused(tmp_path, site, dicom_films):
+    result = run("embed", dicom_films[FUJI], "--recipient", "Bob", "--out", tmp_path / "o",
+                 "--skip-existing", "--overwrite", *site, "--json")
+    assert result.exit_code == 2
+    assert "give one of them" in one_json(result)["error"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_in_which_every_file_fails_leaves_no_empty_out_folder(tmp_path, site):
+    (tmp_path / "films" / "sub").mkdir(parents=True)
+    (tmp_path / "films" / "sub" / "notes.dcm").write_text("not a film")
+    result = run("embed", tmp_path / "films", "--recipient", "Bob", "--out", tmp_path / "o",
+                 *site)
+    assert result.exit_code == 1 and "failed:" in result.stderr
+    assert not (tmp_path / "o").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()  # a folder that was there before is left
+    run("embed", tmp_path / "films", "--recipient", "Bob", "--out", kept, *site)
+    assert kept.is_dir()
+
+
 @pytest.mark.parametrize("settle", [0.0, 3.0], ids=["while-the-pool-starts", "while-marking"])
 def test_embed_with_workers_stops_on_sigint_to_its_process_group(tmp_path, dicom_films, settle):
     """`timeout -s INT` signals the process and then its whole group (the marking workers
