@@ -630,7 +630,9 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
     ledger, key
         The export ledger and the site key.
     original : path, optional
-        The original film the leak shows (skips the search over the ledger's exports).
+        The original film the leak shows (skips the search over the ledger's exports). When
+        it is not found in the leak, the ledger's films are searched as without it, and the
+        report's first warning says so.
     alpha : float
         False-accusation probability of the whole query.
     leak_info : LeakImage, optional
@@ -715,18 +717,21 @@ def trace_array(leak: np.ndarray, *, ledger: Ledger, key: SiteKey,
         located = register.locate(leak, films, top=n_sources)
         informed = test(_found_films(located, shas, films, ledger, originals, given_exports,
                                      warnings, strong=False, unusable=shown))
+    if not informed and original is not None:
+        # the --original is not the film the leak shows: search the ledger's films as without
+        # it. No mark was tested yet (which films hold up depends on the image content only),
+        # so the search gets the whole alpha.
+        why = (f"it could not be registered on the leak: {refused[-1]}" if refused else
+               "neither keypoints nor a template search found it")
+        report = trace_array(leak, ledger=ledger, key=key, alpha=alpha, leak_info=leak_info)
+        return dataclasses.replace(report, warnings=[
+            f"the film given with --original, {original}, is not the film the leak shows ({why}); "
+            "the ledger's films were searched instead", *report.warnings])
     if not informed:  # say what was tried (once an informed test runs, it is the answer)
-        if refused and original is not None:
-            warnings.append(f"the leak could not be registered on {refused[-1]}: is it the "
-                            "film the leak shows? blind detection only")
-        elif refused:
+        if refused:
             warnings.append(f"no exported film was confirmed in the leak: the closest "
                             f"candidate, {refused[-1]}, did not hold up once registered; blind "
                             "detection only (give --original FILE if you know the film)")
-        elif original is not None:
-            warnings.append(f"the film {original} was not found in the leak (neither by "
-                            "keypoints nor by a template search): is it the film the leak "
-                            "shows? blind detection only")
         if films and all(f.thumbnail is None for f in films):
             warnings.append("the ledger's film features predate the template search (leaktrace "
                             "0.2.0): small crops of smooth regions can only be found once the "

@@ -376,15 +376,22 @@ def test_features_kept_without_a_thumbnail_are_renewed_by_the_next_export(
     assert len(renewed) == 1 and len(kept) == 2  # the film exported again, only
 
 
-def test_an_original_that_is_not_in_the_leak_gets_one_clear_warning(smooth_exported,
-                                                                     dicom_films):
+def test_an_original_that_is_not_in_the_leak_is_said_and_the_ledger_searched(smooth_exported,
+                                                                              dicom_films):
+    """A wrong --original (another exported film) named nobody, with a misleading warning
+    of a copy attack on the recipient whose mark the leak does carry."""
     ledger_path, copies = smooth_exported
     leak = leaks.apply(_display(copies[RECIPIENTS[0]]), leaks.PIPELINES["crop_centre_keep10pct"])
     with Ledger(ledger_path, create=False) as book:
         report = trace_array(leak, ledger=book, key=KEY, original=dicom_films[FILMS[0]])
-    assert report.mode == "blind" and report.source is None
-    about = [w for w in report.warnings if str(dicom_films[FILMS[0]]) in w]
-    assert len(about) == 1 and "blind detection only" in about[0]
+    out = report.as_dict()
+    assert out["decision"] == "traced" and out["mode"] == "informed", out["warnings"]
+    assert [r["recipient"] for r in out["recipients"]] == [RECIPIENTS[0]]
+    assert out["p_value"] < 1e-12 and out["copied_marks"] == []
+    about = [w for w in out["warnings"] if str(dicom_films[FILMS[0]]) in w]
+    assert len(about) == 1 and "is not the film the leak shows" in about[0]
+    assert "the ledger's films were searched instead" in about[0]
+    assert not any("copy attack" in w for w in out["warnings"])
 
 
 def test_one_image_from_three_source_files_tests_each_copy_against_its_own_source(
