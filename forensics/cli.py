@@ -56,6 +56,7 @@ import signal
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
@@ -357,6 +358,18 @@ def embed(
         _print_embed_json(name, book, [o.record for o in outcomes if o.record], failed, **extra)
     if failed or not (outcomes or skipped):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Put ``path`` in front of a :class:`CheckpointError` that does not name it yet (a
+    checkpoint file that is not a signed note, say)."""
+    try:
+        yield
+    except CheckpointError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _remove_empty_folders(folder: Path) -> None:
@@ -831,7 +844,8 @@ def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
             check = book.check(expect_head)
             access = book.check_access()
             if checkpoint is not None:
-                cp_check = verify_checkpoint(book, data, log_key, witness_keys=witnesses)
+                with _naming(checkpoint):
+                    cp_check = verify_checkpoint(book, data, log_key, witness_keys=witnesses)
     except LeaktraceError as exc:
         if as_json:
             print(json.dumps({"ok": False, "problems": [], "error": str(exc)}))
@@ -957,7 +971,8 @@ def ledger_witness(
         except OSError as exc:
             raise CheckpointError(f"{checkpoint}: cannot read the checkpoint "
                                   f"({exc.strerror or exc})") from None
-        cp, note = read_checkpoint(data)
+        with _naming(checkpoint):
+            cp, note = read_checkpoint(data)
         state = check_signatures(note, [log_key])[log_key]
         if state != "valid":
             raise _fail(f"{checkpoint}: the signature of {log_key.name} (key "

@@ -375,7 +375,11 @@ def test_cli_errors(ledger_and_checkpoint, tmp_path):
     garbage.write_text("hello\n")
     result = run("ledger", "verify", "--ledger", path, "--checkpoint", garbage, "--public-key",
                  vkey, "--json")
-    assert result.exit_code == 2 and "not a signed note" in json.loads(result.stdout)["error"]
+    error = json.loads(result.stdout)["error"]
+    assert result.exit_code == 2 and error.startswith(f"{garbage}: not a signed note"), error
+    cosign = run("ledger", "witness", "--checkpoint", garbage, "--public-key", vkey, "--out",
+                 tmp_path / "w.txt", "--signing-key", tmp_path / "w.key")
+    assert cosign.exit_code == 2 and f"{garbage}: not a signed note" in cosign.stderr
     result = run("ledger", "verify", "--ledger", path, "--checkpoint", tmp_path / "none",
                  "--public-key", vkey)
     assert result.exit_code == 2 and "cannot read the checkpoint" in result.stderr
