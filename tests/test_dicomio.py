@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -583,13 +584,29 @@ def test_missing_file(tmp_path):
         read_film(path)
 
 
-def test_png_renamed_dcm(tmp_path):
+@pytest.mark.parametrize("fmt, name", [("PNG", "picture.dcm"), ("JPEG", "film.png"),
+                                       ("WEBP", "shot.dcm"), ("TIFF", "scan")])
+def test_an_image_given_as_a_film_is_named_by_its_format(tmp_path, fmt, name):
     from PIL import Image
 
-    path = tmp_path / "picture.dcm"
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format="PNG")
-    with pytest.raises(InvalidInputError, match=r"picture\.dcm: not a DICOM image.*DICM"):
+    path = tmp_path / name
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format=fmt)
+    with pytest.raises(InvalidInputError) as caught:
         read_film(path)
+    assert str(caught.value).startswith(f"{path}: is a {fmt} image, not DICOM")
+
+
+def test_a_value_warning_is_given_once_with_the_file_and_element(dicom_films, tmp_path):
+    """The Canon film's (0008,0050) Accession Number is 56 characters in an SH (max 16):
+    naming the element walked the dataset again, which repeated pydicom's warning bare."""
+    name = "canon_dx_mono1_12bit_j2klossless_966_fixed.dcm"
+    film = read_film(dicom_films[name])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_derived(film, film.pixels, tmp_path / "derived.dcm", description=DESCRIPTION)
+    said = [str(w.message) for w in caught if "exceeds the maximum length" in str(w.message)]
+    assert said == [f"{dicom_films[name]}: (0008,0050) Accession Number: The value length (56) "
+                    "exceeds the maximum length of 16 allowed for VR SH."], said
 
 
 def test_text_renamed_dcm(tmp_path):

@@ -55,6 +55,7 @@ from pydicom.uid import (
 from . import decoders
 from ._files import atomic_write
 from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
+from .formats import HEAD_BYTES, image_format
 
 decoders.register()  # imagecodecs for 12-bit lossy JPEG, after pydicom's own plugins
 
@@ -544,7 +545,9 @@ def _warnings_about(path: Path, stacklevel: int = 4, dataset: Dataset | None = N
         warnings.simplefilter("always")
         yield
     for w in caught:
-        where = _elements_meant(str(w.message), dataset) if dataset is not None else ""
+        with warnings.catch_warnings():  # walking the dataset converts raw values again,
+            warnings.simplefilter("ignore")  # which repeats the warning without the file
+            where = _elements_meant(str(w.message), dataset) if dataset is not None else ""
         warnings.warn(f"{path}: {where}{w.message}", w.category, stacklevel=stacklevel)
 
 
@@ -605,21 +608,26 @@ def _no_pixel_data_error(path: Path, ds: Dataset, notes: list[str]) -> Leaktrace
             f"{path}: DICOM file of SOP Class '{sop_class.name}' ({sop_class}) has no "
             "(7FE0,0010) Pixel Data; only image files can be read"
         )
-    prefix = "has no 'DICM' prefix at byte 128 and " if not _has_dicm_prefix(path) else ""
+    head = _head(path)
+    kind = image_format(head)
+    if kind is not None:
+        return InvalidInputError(
+            f"{path}: is a {kind} image, not DICOM: give the DICOM film it was made from (a "
+            "leaked image is traced with 'leaktrace trace', not marked)")
+    prefix = "has no 'DICM' prefix at byte 128 and " if head[128:132] != b"DICM" else ""
     extra = f" (pydicom: {pydicom_says})" if notes else ""
     return InvalidInputError(
         f"{path}: not a DICOM image: it {prefix}holds no (7FE0,0010) Pixel Data element{extra}"
     )
 
 
-def _has_dicm_prefix(path: Path) -> bool:
-    """True if the file has the PS3.10 preamble followed by b'DICM'."""
+def _head(path: Path) -> bytes:
+    """The first :data:`~watermark.formats.HEAD_BYTES` of the file (b"" if unreadable)."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(132)
+            return fh.read(HEAD_BYTES)
     except OSError:
-        return False
-    return head[128:132] == b"DICM"
+        return b""
 
 
 def _transfer_syntax(ds: Dataset) -> UID:

@@ -30,6 +30,7 @@ from pydicom.pixels import apply_color_lut, pixel_array
 from .dicomio import read_film, sha256_file
 from .display import render
 from .errors import InvalidInputError, LeaktraceError, UnsupportedImageError
+from .formats import HEAD_BYTES, image_format
 
 __all__ = ["LeakImage", "read_leak", "MAX_PIXELS", "FORMATS"]
 
@@ -77,17 +78,12 @@ def _is_dicom(path: Path) -> bool:
     signature whatever its name (a PNG saved as ``.dcm``), else DICOM when so named (a file
     without the preamble, as some old ones are)."""
     with open(path, "rb") as fh:
-        head = fh.read(132)
+        head = fh.read(HEAD_BYTES)
     if head[128:132] == b"DICM":
         return True
-    if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+    if image_format(head) is not None:
         return False
     return path.suffix.lower() in {".dcm", ".dicom"}
-
-
-#: Leading bytes of the image formats Pillow reads for leaks: PNG, JPEG, GIF, TIFF, BMP
-_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a",
-                     b"II*\x00", b"MM\x00*", b"BM")
 
 
 def read_leak(path: str | os.PathLike) -> LeakImage:
