@@ -861,7 +861,29 @@ def _found_films(hits: list, shas: list[str], films: list, ledger: Ledger, origi
             unusable.update(e.recipient_number for e in exports)
             continue
         found.append((sha, film, list(exports), alignment, index))
+    # the other source files of an image found (another transfer syntax under another SOP
+    # Instance UID) join its test even when the search did not return them: a mirrored copy
+    # of a lossy twin was matched to the lossless file only, and its recipient's mark then
+    # looked copied from another film
+    tested = {f[4] for f in found}
+    for entry in found:
+        for j, other in enumerate(films):
+            if j not in tested and _same_stored_image(films[entry[4]], other):
+                exports = given_exports.get(shas[j]) or _exports_of_film(ledger, shas[j])
+                entry[2].extend(e for e in exports if e not in entry[2])
     return [f[:4] for f in found]
+
+
+def _same_stored_image(fa: register.FilmFeatures, fb: register.FilmFeatures) -> bool:
+    """True when two films' features show one image: the same size, and thumbnails that
+    correlate at 0.995 or more (see :func:`_same_image`); False without thumbnails."""
+    if tuple(fa.shape) != tuple(fb.shape) or fa.thumbnail is None or fb.thumbnail is None \
+            or fa.thumbnail.shape != fb.thumbnail.shape:
+        return False
+    ta, tb = (t.astype(np.float64).ravel() for t in (fa.thumbnail, fb.thumbnail))
+    ta, tb = ta - ta.mean(), tb - tb.mean()
+    denom = float(np.sqrt(np.dot(ta, ta) * np.dot(tb, tb)))
+    return denom > 0 and float(np.dot(ta, tb)) / denom >= 0.995
 
 
 def _same_image(a: register.Alignment, b: register.Alignment, fa: register.FilmFeatures,
@@ -873,12 +895,7 @@ def _same_image(a: register.Alignment, b: register.Alignment, fa: register.FilmF
     if tuple(fa.shape) != tuple(fb.shape) or a.mirrored != b.mirrored:
         return False
     if fa.thumbnail is not None and fb.thumbnail is not None:
-        if fa.thumbnail.shape != fb.thumbnail.shape:
-            return False
-        ta, tb = (t.astype(np.float64).ravel() for t in (fa.thumbnail, fb.thumbnail))
-        ta, tb = ta - ta.mean(), tb - tb.mean()
-        denom = float(np.sqrt(np.dot(ta, ta) * np.dot(tb, tb)))
-        return denom > 0 and float(np.dot(ta, tb)) / denom >= 0.995
+        return _same_stored_image(fa, fb)
     corners = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
     scale = np.diag([100.0, 100.0, 1.0])  # a 100 px square of the leak, mapped by both
     pa, pb = corners @ (a.matrix @ scale).T, corners @ (b.matrix @ scale).T

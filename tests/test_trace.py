@@ -430,3 +430,16 @@ def test_one_image_from_three_source_files_tests_each_copy_against_its_own_sourc
         assert source["sop_instance_uid"] == str(read_film(una_file).dataset.SOPInstanceUID)
         assert source["registered_on"]["sha256"] == sha256_file(j2k)
         assert source["export"]["recipient_name"] == "Una"
+        # a search that returns one source file of the image (the bench's mirrored copy of
+        # Jay's lossy-J2K copy matched the JPEG-LS file only) still tests every recipient of
+        # the image: Jay's mark was taken for one copied onto another film, and nobody named
+        stored = book.source_features()
+        shas = list(stored)
+        films = [FilmFeatures.from_bytes(stored[sha]) for sha in shas]
+        jls = shas.index(sha256_file(dicom_films["philips_cr_mono1_15bit_RG1_JLSN.dcm"]))
+        mirrored = leaks.apply(_display(copies["Jay"]), leaks.PIPELINES["mirrored"])
+        ((_, alignment),) = register(mirrored, [films[jls]])[:1]
+        found = trace_module._found_films([(jls, alignment)], shas, films, book, {}, {}, [],
+                                          strong=True, unusable=set())
+        assert len(found) == 1
+        assert sorted(e.recipient_name for e in found[0][2]) == ["Elle", "Jay", "Una"]
