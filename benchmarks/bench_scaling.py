@@ -7,7 +7,7 @@ each a film x method x recipient-or-control through the four pipelines) runs on:
 * ``processes-1`` / ``processes-2``: today's runner, in this process / a pool of 2 processes;
 * ``dask-local-1`` / ``dask-local-2``: ``--scheduler local``, a Dask LocalCluster of 1 / 2
   single-threaded worker processes, with leaktrace's worker settings
-  (:func:`forensics.benchrun._tune_dask`);
+  (:func:`forensics.bench.runners._tune_dask`);
 * ``dask-local-2-default-trim``: the same with Dask's own ``MALLOC_TRIM_THRESHOLD_=65536``
   left in the workers' environment, to show what that setting costs.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import film_data_dir, run_description
 
-from forensics import bench, benchrun
+from forensics.bench import harness as bench, runners as benchrun
 
 FILMS = ("fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm",
          "siim_acr_cr_jpegbaseline_8bit_1024px.dcm", "nih_cxr14_dx_8bit_1024px_nccid.dcm")

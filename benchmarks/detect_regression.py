@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from common import film_data_dir  # noqa: E402
 from forensics import leaks  # noqa: E402
-from forensics.bench import bench_pipelines, leak_image, load_source  # noqa: E402
+from forensics.bench.harness import bench_pipelines, leak_image, load_source  # noqa: E402
 from forensics.export import mark_film  # noqa: E402
 import importlib  # noqa: E402
 from watermark.detect import detect  # noqa: E402

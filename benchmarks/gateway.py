@@ -46,7 +46,7 @@ from forensics.export import export_film
 from forensics.gateway import Gateway, parse_config
 from forensics.gateway.node import RETRIEVE_SOP_CLASSES, storage_contexts
 from forensics.ledger import Ledger
-from forensics.orthanc import free_port, start_orthanc
+from forensics.external.orthanc import free_port, start_orthanc
 from watermark.keys import SiteKey
 
 KEY = SiteKey(bytes(range(32)))

@@ -37,7 +37,7 @@ from PIL import Image  # noqa: E402
 
 from common import film_data_dir, plot_right_rates, run_description  # noqa: E402
 from forensics import leaks  # noqa: E402
-from forensics.bench import bench_pipelines, leak_image, load_source  # noqa: E402
+from forensics.bench.harness import bench_pipelines, leak_image, load_source  # noqa: E402
 from forensics.export import mark_film  # noqa: E402
 from watermark import dwt, payload  # noqa: E402
 from watermark.detect import detect  # noqa: E402

@@ -1,7 +1,7 @@
 """Every transfer syntax other tools write, read, embedded and traced: the docs' table.
 
 Each of three shared films (NIH DX 8 bits, Canon DX 12 bits, Philips CR 15 bits) is
-re-encoded with every recipe of :data:`forensics.dicomtools.ENCODINGS` (DCMTK, GDCM,
+re-encoded with every recipe of :data:`forensics.external.dicomtools.ENCODINGS` (DCMTK, GDCM,
 OpenJPH: other projects' encoders), then:
 
 * **read**: decoded by :func:`watermark.dicomio.read_film`, with the pydicom plugin that
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from common import film_data_dir, run_description
-from forensics import dicomtools
+from forensics.external import dicomtools
 from forensics.export import export_film
 from forensics.ledger import Ledger
 from forensics.trace import detect_leak

@@ -24,8 +24,8 @@ def main() -> None:
     try:
         run()
     except KeyboardInterrupt:
-        from . import cli
+        from .cli import common
 
-        if not cli.interrupt_reported:
+        if not common.interrupt_reported:
             print("leaktrace: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

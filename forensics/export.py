@@ -45,7 +45,8 @@ from watermark.errors import (CapacityError, InvalidInputError, LeaktraceError, 
 from watermark.keys import SiteKey, create_key, key_path, load_key
 
 from .deidentify import DeidentifiedFilm, deidentify_film, mapping_key
-from .ledger import ExportRecord, Ledger, PendingDelivery, _key_usage_text, normalise_recipient
+from .ledger import ExportRecord, Ledger, PendingDelivery, normalise_recipient
+from .ledger.store import _key_usage_text
 from .register import FilmFeatures, film_features
 
 __all__ = ["mark_film", "export_film", "export_many", "export_film_in_pool", "marking_pool",

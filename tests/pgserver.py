@@ -91,7 +91,7 @@ class _RawPostgres:
     def __init__(self, url: str):
         import psycopg
 
-        from forensics.ledger_db import parse_postgres_url
+        from forensics.ledger.db import parse_postgres_url
 
         location = parse_postgres_url(url)
         self._db = psycopg.connect(location.conninfo)
@@ -158,7 +158,7 @@ def copy_ledger(source, folder: Path, request):
         return target
     from conftest import new_ledger_location
     from forensics.ledger import Ledger
-    from forensics.ledger_db import parse_postgres_url
+    from forensics.ledger.db import parse_postgres_url
 
     target = new_ledger_location("postgresql", request, folder)
     Ledger(target).close()  # the site's tables, as leaktrace makes them

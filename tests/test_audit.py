@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from forensics import cli
-from forensics.audit import (EVENTS, SyslogTarget, audit_message, audit_xml, parse_syslog_url,
+from forensics.ledger.audit import (EVENTS, SyslogTarget, audit_message, audit_xml, parse_syslog_url,
                              syslog_message)
 from forensics.ledger import AccessEvent, Ledger
 from watermark.errors import LeaktraceError

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from forensics import bench
+from forensics.bench import harness as bench
 from forensics.cli import app
 
 FUJI = "fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm"
@@ -283,7 +283,7 @@ def test_cli_bench_quick_banner_says_how_many_of_the_films_found_it_uses(data_di
 
 
 def test_a_method_that_cannot_run_is_named_once_in_the_note_and_the_error(fuji_folder, monkeypatch):
-    from forensics import peers
+    from forensics.bench import peers
 
     def missing(self):
         raise ImportError("No module named 'imwatermark'")
@@ -310,7 +310,7 @@ def test_blind_watermark_marks_in_a_spawned_worker_and_leaves_the_start_method(d
     script = (
         "import multiprocessing, numpy as np\n"
         "multiprocessing.set_start_method('spawn')\n"
-        "from forensics import peers\n"
+        "from forensics.bench import peers\n"
         "peer = peers.BlindWatermark()\n"
         "display = np.random.default_rng(0).integers(40, 200, (512, 512)).astype(np.uint8)\n"
         "marked = peer.embed(display, np.arange(32) % 2 == 0)\n"

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import running_in_ci
-from forensics import bench, benchrun
+from forensics.bench import harness as bench, runners as benchrun
 from forensics.cli import app
 
 FILMS = ("fuji_cr_mono1_10bit_440px_CR-MONO1-10-chest.dcm", "siim_acr_cr_jpegbaseline_8bit_1024px.dcm")

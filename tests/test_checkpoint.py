@@ -14,15 +14,16 @@ from test_ledger import CONTENT, _attacker_hash, _record, _rows, _sql, real_ledg
 from pgserver import copy_ledger, raw_connect
 from typer.testing import CliRunner
 
-from forensics import cli, merkle
-from forensics.checkpoint import (
+from forensics import cli
+from forensics.ledger import merkle
+from forensics.ledger.checkpoint import (
     read_checkpoint,
     sign_checkpoint,
     verify_checkpoint,
     witness,
 )
 from forensics.ledger import Ledger
-from forensics.note import Signer, Verifier, sign_note
+from forensics.ledger.note import Signer, Verifier, sign_note
 from watermark.errors import CheckpointError
 
 runner = CliRunner()
@@ -398,7 +399,7 @@ def test_cli_errors(ledger_and_checkpoint, tmp_path):
 
 
 def test_parsed_checkpoint_roundtrip_and_malformed_texts():
-    from forensics.checkpoint import Checkpoint
+    from forensics.ledger.checkpoint import Checkpoint
 
     cp = Checkpoint("leaktrace/ledger/ab", 0, merkle.EMPTY_ROOT)
     assert cp.text() == ("leaktrace/ledger/ab\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n")

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from conftest import write_dicom
 from forensics import cli, leaks
+from forensics.cli import common, hospital, investigator
 from watermark.dicomio import read_film
 from watermark.display import render
 from watermark.keys import create_key, load_key
@@ -167,7 +168,7 @@ def test_detect_out_of_memory_is_an_error_not_a_traceback(tmp_path, site, export
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(cli, "detect_leak", exhausted)
+    monkeypatch.setattr(investigator, "detect_leak", exhausted)
     Image.new("L", (100, 100)).save(tmp_path / "x.png")
     result = run("detect", tmp_path / "x.png", *site, "--json")
     assert result.exit_code == 2
@@ -395,7 +396,7 @@ def _interrupt(*args, **kwargs):
 
 
 def test_detect_interrupted_says_nothing_was_named(tmp_path, site, exported, monkeypatch):
-    monkeypatch.setattr(cli, "detect_leak", _interrupt)
+    monkeypatch.setattr(investigator, "detect_leak", _interrupt)
     Image.new("L", (100, 100)).save(tmp_path / "x.png")
     result = run("detect", tmp_path / "x.png", *site, "--json")
     assert result.exit_code == 130
@@ -427,7 +428,7 @@ def test_trace_interrupted_while_writing_the_report_says_what_is_there(tmp_path,
 
 
 def test_ctrl_c_in_a_command_without_its_own_message_gets_one(tmp_path, site, monkeypatch):
-    monkeypatch.setattr(cli, "Ledger", _interrupt)
+    monkeypatch.setattr(hospital, "Ledger", _interrupt)
     result = run("ledger", "list", *site[2:])
     assert result.exit_code == 130
     assert result.stderr == "interrupted: leaktrace stopped before the command finished\n"
@@ -439,7 +440,7 @@ def test_ctrl_c_outside_a_command_exits_130_with_one_line(monkeypatch, capsys):
     from forensics import entry
 
     monkeypatch.setattr(cli, "main", _interrupt)
-    monkeypatch.setattr(cli, "interrupt_reported", False)
+    monkeypatch.setattr(common, "interrupt_reported", False)
     with pytest.raises(SystemExit) as stop:
         entry.main()
     assert stop.value.code == 130
@@ -452,13 +453,13 @@ def test_embed_interrupted_prints_what_was_exported_and_a_rerun_exports_the_rest
     films.mkdir()
     for i in range(3):
         shutil.copy(dicom_films[FUJI], films / f"x{i}.dcm")
-    real = cli.export_many
+    real = hospital.export_many
 
     def two_then_ctrl_c(pairs, **kwargs):
         real(list(pairs)[:2], **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "export_many", two_then_ctrl_c)
+    monkeypatch.setattr(hospital, "export_many", two_then_ctrl_c)
     args = ["embed", films, "--recipient", "Bob", "--out", tmp_path / "o", *site]
     result = run(*args, "--json")
     assert result.exit_code == 130
@@ -471,7 +472,7 @@ def test_embed_interrupted_prints_what_was_exported_and_a_rerun_exports_the_rest
             "other 1 and leave the 2 already exported alone\n")
     assert obj["error"] == line[len("interrupted: "):-1]
     assert result.stderr.endswith(line) and "Traceback" not in result.output
-    monkeypatch.setattr(cli, "export_many", real)
+    monkeypatch.setattr(hospital, "export_many", real)
     plain = run(*args, "--json")  # without --skip-existing the outputs that exist are refused
     assert plain.exit_code == 1
     obj = one_json(plain)
@@ -488,7 +489,7 @@ def test_embed_interrupted_prints_what_was_exported_and_a_rerun_exports_the_rest
 
 
 def _demo_files_then_ctrl_c(folder, say=print):
-    from forensics.demo import prepare_folder
+    from forensics.cli.demo import prepare_folder
 
     prepare_folder(folder)
     (folder / "demo.key").write_bytes(b"k")
@@ -499,7 +500,7 @@ def _demo_files_then_ctrl_c(folder, say=print):
 def test_demo_interrupted_removes_its_temporary_folder(tmp_path, monkeypatch):
     import tempfile
 
-    from forensics import demo
+    from forensics.cli import demo
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(demo, "run_demo", _demo_files_then_ctrl_c)
@@ -512,7 +513,7 @@ def test_demo_interrupted_removes_its_temporary_folder(tmp_path, monkeypatch):
 
 
 def test_demo_interrupted_keeps_the_out_folder_it_was_given(tmp_path, monkeypatch):
-    from forensics import demo
+    from forensics.cli import demo
 
     monkeypatch.setattr(demo, "run_demo", _demo_files_then_ctrl_c)
     result = run("demo", "--out", tmp_path / "d")

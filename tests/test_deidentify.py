@@ -30,7 +30,7 @@ from conftest import film_params, require_tools
 from forensics import burnedin, cli, leaks
 from forensics.deidentify import (OPTIONS, _table, _vr, deidentify_dataset, identifying_values,
                                   mapping_key)
-from forensics.dicomtools import dciodvfy_errors
+from forensics.external.dicomtools import dciodvfy_errors
 from forensics.ledger import Ledger
 from forensics.trace import trace_array
 from watermark.dicomio import read_film

@@ -122,15 +122,16 @@ def _dict_keys(func) -> set[str]:
 
 def test_json_reference_names_every_field_the_commands_print():
     """Each key the ``--json`` objects hold (from the code that builds them) is in json.md."""
-    from forensics import cli, register, trace
-    from forensics.checkpoint import CheckpointCheck
+    from forensics import register, trace
+    from forensics.cli import hospital, investigator
+    from forensics.ledger.checkpoint import CheckpointCheck
     from forensics.ledger import ChainCheck, ExportRecord
 
     fields = _documented_fields()
     printed = (_dict_keys(trace.LeakReport.as_dict) | _dict_keys(trace._source_dict)
-               | _dict_keys(register.Alignment.as_dict) | _dict_keys(cli._print_embed_json)
-               | _dict_keys(cli.embed) | _dict_keys(cli._answer) | _dict_keys(cli.ledger_list)
-               | _dict_keys(cli.ledger_verify))
+               | _dict_keys(register.Alignment.as_dict) | _dict_keys(hospital._print_embed_json)
+               | _dict_keys(hospital.embed) | _dict_keys(investigator._answer)
+               | _dict_keys(hospital.ledger_list) | _dict_keys(hospital.ledger_verify))
     printed -= {"export_ids", "count"}  # what ledger list writes into the access log, not its JSON
     for cls in (ExportRecord, ChainCheck, CheckpointCheck):
         printed |= {f.name for f in dataclasses.fields(cls)}

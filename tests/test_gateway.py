@@ -32,7 +32,7 @@ from forensics import leaks
 from forensics.gateway import Gateway, load_config
 from forensics.gateway.node import RETRIEVE_SOP_CLASSES, TRANSFER_SYNTAXES, storage_contexts
 from forensics.ledger import Ledger
-from forensics.orthanc import free_port, start_orthanc
+from forensics.external.orthanc import free_port, start_orthanc
 from forensics.trace import detect_leak
 from watermark.dicomio import read_film
 from watermark.display import render

@@ -1,4 +1,4 @@
-"""Tests of the leak-simulation registry (forensics/leaks.py) on real chest films.
+"""Tests of the leak-simulation registry (forensics/leaks/) on real chest films.
 
 Films come from the shared data folder resolved by ``tests/conftest.py`` (``data_dir``:
 ``$LEAKTRACE_TEST_DATA`` or ``<repo>/../shared/data/cxr``): two 8-bit display films from

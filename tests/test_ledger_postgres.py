@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from forensics import cli
 from forensics.ledger import AccessEvent, Ledger, default_ledger_path, log_access
-from forensics.ledger_db import parse_postgres_url
+from forensics.ledger.db import parse_postgres_url
 from pgserver import raw_sql
 from test_ledger import _record
 from watermark.errors import LedgerError
@@ -167,9 +167,9 @@ def test_migrate_a_sqlite_ledger_to_a_site_keeps_its_identity_chain_and_checkpoi
     new records continue the same chain; a non-empty target is refused."""
     import hashlib
 
-    from forensics.checkpoint import sign_checkpoint, verify_checkpoint
+    from forensics.ledger.checkpoint import sign_checkpoint, verify_checkpoint
     from forensics.ledger import PendingDelivery
-    from forensics.note import Signer
+    from forensics.ledger.note import Signer
 
     path = tmp_path / "old.sqlite"
     signer = Signer("site-a.example/leaktrace", hashlib.sha256(b"migration test").digest())
@@ -251,9 +251,9 @@ def test_detect_and_trace_search_several_sites_ledgers(command, site, tmp_path, 
 
 
 def test_ledger_exists_and_the_tables_are_the_shared_definition(site, tmp_path):
-    """Both backends make exactly the columns of forensics/ledger_schema.py, in its order."""
+    """Both backends make exactly the columns of forensics/ledger/schema.py, in its order."""
     from forensics.ledger import ledger_exists
-    from forensics.ledger_schema import TABLES
+    from forensics.ledger.schema import TABLES
     from pgserver import raw_connect
 
     file = tmp_path / "l.sqlite"

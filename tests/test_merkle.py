@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from forensics import merkle
+from forensics.ledger import merkle
 from watermark.errors import InvalidInputError
 
 # Test vectors of transparency-dev/merkle (Apache-2.0), the Go library behind Trillian, Tessera

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from forensics import note
+from forensics.ledger import note
 from watermark.errors import CheckpointError, KeyFileError
 
 # The example key pair and note of golang.org/x/mod/sumdb/note's tests (note_test.go), which the

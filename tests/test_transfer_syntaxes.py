@@ -2,7 +2,7 @@
 
 Three shared films of 8, 12 and 15 bits stored are re-encoded with DCMTK (dcmcjpeg,
 dcmcjpls, dcmcrle, dcmconv), GDCM (gdcmconv) and OpenJPH (HTJ2K), the recipes of
-:data:`forensics.dicomtools.ENCODINGS`. Each encoding must be read (exactly, when the codec
+:data:`forensics.external.dicomtools.ENCODINGS`. Each encoding must be read (exactly, when the codec
 is lossless), embedded into a DICOM object that dciodvfy finds no new error in, written in
 the syntax the docs promise, and traced as a leak both as written and re-encoded by the
 same tool.
@@ -15,7 +15,7 @@ import pytest
 from pydicom import uid
 
 from conftest import require_tools
-from forensics import dicomtools
+from forensics.external import dicomtools
 from forensics.export import export_film
 from forensics.ledger import Ledger
 from forensics.trace import detect_leak

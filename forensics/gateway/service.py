@@ -14,7 +14,7 @@ from watermark.keys import key_path as key_path_of, load_key
 
 from ..export import site_key_for
 from ..ledger import Ledger, default_ledger_path, ledger_exists
-from ..ledger_db import is_server_url, parse_postgres_url
+from ..ledger.db import is_server_url, parse_postgres_url
 from .config import GatewayConfig
 from .node import Gateway, echo, prepare_store
 

@@ -1,7 +1,7 @@
 """The ledger's tables, defined once and written out as SQL for each backend.
 
 :mod:`forensics.ledger` keeps its rows in SQLite (the standard library's ``sqlite3``) or in
-PostgreSQL (psycopg 3, :mod:`forensics.ledger_db`). Both get their tables from
+PostgreSQL (psycopg 3, :mod:`forensics.ledger.db`). Both get their tables from
 :data:`TABLES` below, rendered by :func:`create_statements` for the dialect at hand, so that a
 column added here exists on both. The table is small enough that a description in plain
 Python (name, portable type, constraint) does the job without a schema library, which would

@@ -2,7 +2,7 @@
 
 A signed note [1]_ is a UTF-8 text ending in a newline, a blank line, then one or more signature
 lines ``— <key name> <base64(4-byte key ID || signature)>`` (em dash U+2014, space). leaktrace
-signs its ledger checkpoints (:mod:`forensics.checkpoint`) this way, and a second site adds its
+signs its ledger checkpoints (:mod:`forensics.ledger.checkpoint`) this way, and a second site adds its
 own signature line to witness one.
 
 Keys

@@ -3,8 +3,8 @@ silently.
 
 The ledger's hash chain (:mod:`forensics.ledger`) is not keyed: whoever can write the file can
 recompute every hash. A checkpoint is the ledger's Merkle tree head (its number of export
-records and the RFC 6962 root over them, :mod:`forensics.merkle`) in the C2SP tlog-checkpoint
-format, signed with an Ed25519 key (:mod:`forensics.note`). Kept outside the ledger (another
+records and the RFC 6962 root over them, :mod:`forensics.ledger.merkle`) in the C2SP tlog-checkpoint
+format, signed with an Ed25519 key (:mod:`forensics.ledger.note`). Kept outside the ledger (another
 system, another site that witnesses it), it lets anyone with the public key prove later that
 today's ledger still begins with exactly the records the checkpoint covered: an edited,
 deleted, inserted or reordered record, a truncated ledger, and a chain rewritten from scratch
@@ -34,7 +34,7 @@ The origin names the ledger (its random ``ledger_id``), so a checkpoint of one l
 taken for another's; it has no space and no ``+``, as the spec recommends. The spec also
 recommends that the signing key's name match the origin; leaktrace's signing key belongs to the
 site and signs the checkpoints of each of its ledgers, so its name is the site's
-(:func:`forensics.note.default_key_name`), and the origin is checked on its own. No extension
+(:func:`forensics.ledger.note.default_key_name`), and the origin is checked on its own. No extension
 lines are written; ones read are kept and ignored.
 
 Witnesses
@@ -66,7 +66,7 @@ References
 .. [1] C2SP, "Transparency Log Checkpoints" (tlog-checkpoint), https://c2sp.org/tlog-checkpoint,
    read as the C2SP/C2SP repository's ``tlog-checkpoint.md``.
 .. [2] C2SP, "Note" (signed-note), https://c2sp.org/signed-note.
-.. [3] RFC 6962 section 2.1 and RFC 9162 section 2.1 (the Merkle tree; :mod:`forensics.merkle`).
+.. [3] RFC 6962 section 2.1 and RFC 9162 section 2.1 (the Merkle tree; :mod:`forensics.ledger.merkle`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from pathlib import Path
 from watermark.errors import CheckpointError
 
 from . import merkle
-from .ledger import Ledger, record_content
+from .store import Ledger, record_content
 from .note import (
     Note,
     Signer,

@@ -3,7 +3,7 @@
 One SQLite file (``sqlite3`` from the standard library), created readable by its owner only
 (mode 0600), or one site of a PostgreSQL database given as ``postgresql://user@host:port/db``
 with an optional ``?site=NAME`` (psycopg 3, the ``postgresql`` extra; see
-:mod:`forensics.ledger_db`). Both hold the same tables (:mod:`forensics.ledger_schema`) and
+:mod:`forensics.ledger.db`). Both hold the same tables (:mod:`forensics.ledger.schema`) and
 behave the same through :class:`Ledger`. Default location, first match wins: the ``--ledger``
 option; the environment variable ``LEAKTRACE_LEDGER`` (a path or a URL);
 ``$XDG_DATA_HOME/leaktrace/ledger.sqlite`` (``~/.local/share/leaktrace/ledger.sqlite``).
@@ -67,14 +67,14 @@ chain is not keyed, so someone who can write the file can delete the newest reco
 records, or recompute every hash from a changed record on; only a head noted outside the
 ledger catches that (:meth:`Ledger.check` with ``expect_head``, ``leaktrace ledger verify
 --expect-head``), or better a signed checkpoint of the ledger's Merkle tree
-(:mod:`forensics.checkpoint`, ``leaktrace ledger checkpoint`` and ``ledger verify
+(:mod:`forensics.ledger.checkpoint`, ``leaktrace ledger checkpoint`` and ``ledger verify
 --checkpoint``), whose leaves are the records' canonical content (:func:`record_content`).
 :func:`export_table` writes the records with their hashes and the check as CSV or JSON.
 
 Transactions
 ------------
 Every change is one transaction that holds the ledger's write lock from its start (SQLite
-``BEGIN IMMEDIATE``; PostgreSQL a per-site advisory lock, :mod:`forensics.ledger_db`), so
+``BEGIN IMMEDIATE``; PostgreSQL a per-site advisory lock, :mod:`forensics.ledger.db`), so
 concurrent writers (``embed`` processes, the gateway) queue rather than interleave: each
 reads the chain head only once it is the sole writer, and no two records share a
 predecessor. :meth:`Ledger.record_export` registers the recipient (if new) and calls a function
@@ -118,8 +118,8 @@ from typing import TYPE_CHECKING
 
 from watermark.errors import LedgerError, LedgerKeyError
 
-from .ledger_db import PostgresConnection, database_errors, is_server_url, parse_postgres_url
-from .ledger_schema import create_statements
+from .db import PostgresConnection, database_errors, is_server_url, parse_postgres_url
+from .schema import create_statements
 
 if TYPE_CHECKING:
     from watermark.keys import SiteKey
@@ -359,7 +359,7 @@ def record_content(record: ExportRecord, *, schema_version: int = SCHEMA_VERSION
     the JSON its record hash covers after the previous hash (see the module docstring), without
     ``id``, ``prev_hash`` or ``record_hash``.
 
-    These are the leaves of the ledger's Merkle tree (:mod:`forensics.checkpoint`).
+    These are the leaves of the ledger's Merkle tree (:mod:`forensics.ledger.checkpoint`).
 
     Parameters
     ----------
@@ -382,7 +382,7 @@ class Ledger:
     ----------
     path : path-like, str or None
         The SQLite file, or a PostgreSQL URL ``postgresql://user@host:port/db?site=NAME``
-        (:mod:`forensics.ledger_db`; needs the ``postgresql`` extra); ``None`` for
+        (:mod:`forensics.ledger.db`; needs the ``postgresql`` extra); ``None`` for
         :func:`default_ledger_path`.
     create : bool
         Open for writing, creating the file (mode 0600) and its folder, or the site's schema
@@ -566,7 +566,7 @@ class Ledger:
         if self.read_only:
             raise LedgerError(f"{self.path}: opened read-only; nothing can be recorded")
         if self.dialect == "postgresql":
-            self._db.begin_write()  # BEGIN + the site's advisory lock (forensics.ledger_db)
+            self._db.begin_write()  # BEGIN + the site's advisory lock (forensics.ledger.db)
         else:
             self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -1133,7 +1133,7 @@ class Ledger:
         if source.schema_version < 2:
             raise LedgerError(f"{source.path}: a schema-1 ledger (leaktrace 0.1.0) cannot be "
                               "migrated; it can still be read where it is")
-        from .ledger_schema import TABLE_NAMES
+        from .schema import TABLE_NAMES
 
         present = {"deliveries": source._has_deliveries, "access": source._has_access,
                    "sources": source._has_sources,

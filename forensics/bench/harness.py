@@ -17,7 +17,7 @@ Methods (:data:`METHODS`)
     ``forensics.trace.trace_array`` with the ledger (skipped, with the reason, when that
     function does not exist; DICOM films only, since only they are exported).
 ``invisible-watermark-dwtDct``, ``invisible-watermark-dwtDctSvd``, ``blind-watermark``
-    The peers of :mod:`forensics.peers`: they mark the film's 8-bit default-window display
+    The peers of :mod:`forensics.bench.peers`: they mark the film's 8-bit default-window display
     with a 32-bit payload (how they are adapted to grey films is explained there).
 
 What is measured
@@ -83,7 +83,8 @@ from watermark.display import render, to_uint8
 from watermark.errors import LeaktraceError
 from watermark.keys import SiteKey
 
-from . import benchrun, leaks
+from .. import leaks
+from . import runners
 from .peers import PAYLOAD_BITS, PEERS, PeerError
 
 __all__ = ["BenchError", "BenchPipeline", "Method", "METHODS", "QUICK", "FPR", "N_RECIPIENTS",
@@ -514,7 +515,7 @@ class Leaktrace(Method):
             self.name = f"{type(self).name}@{self.strength:g}"
 
     def embed(self, source: Source, number: int, ctx: Context) -> np.ndarray:
-        from .export import mark_film
+        from ..export import mark_film
 
         if source.film is not None:
             lo, hi = source.film.value_range
@@ -542,7 +543,7 @@ class Leaktrace(Method):
 
 @lru_cache(maxsize=1)
 def _ledger_readonly(path: str):
-    from .ledger import Ledger
+    from ..ledger import Ledger
 
     return Ledger(path, create=False)
 
@@ -554,7 +555,7 @@ class LeaktraceTrace(Leaktrace):
     dicom_only = True  # only DICOM films are exported into the ledger
 
     def prepare(self, ctx: Context, book, jobs, folder: Path) -> None:
-        from .export import export_film
+        from ..export import export_film
 
         for path, number in jobs:
             if path.suffix.lower() == ".dcm":
@@ -562,7 +563,7 @@ class LeaktraceTrace(Leaktrace):
                             ledger=book, key=ctx.key)
 
     def detect(self, leak: np.ndarray, ctx: Context, truth: int | None) -> Outcome:
-        from .trace import trace_array
+        from ..trace import trace_array
 
         report = trace_array(leak, ledger=_ledger_readonly(ctx.ledger_path), key=ctx.key)
         named = [int(n) for n in (report.recipient_numbers or [])]
@@ -576,7 +577,7 @@ class LeaktraceTrace(Leaktrace):
 
 
 class PeerMethod(Method):
-    """A peer library of :mod:`forensics.peers`, on the 8-bit display, 32-bit payloads."""
+    """A peer library of :mod:`forensics.bench.peers`, on the 8-bit display, 32-bit payloads."""
 
     domain = "display"
 
@@ -895,7 +896,7 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
     say : callable(str), optional
         Receives notes (skipped methods and films, colour films, results replaced).
     scheduler : str, optional
-        Run the tasks on Dask (:mod:`forensics.benchrun`): ``"local"`` starts a LocalCluster
+        Run the tasks on Dask (:mod:`forensics.bench.runners`): ``"local"`` starts a LocalCluster
         of ``workers`` processes; an address (``tcp://host:8786``) uses an existing cluster,
         whose workers must read the films and ``out`` at the same paths (shared storage).
         Every runner gives the same rows but for the measured times and memory.
@@ -943,7 +944,7 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
     if not films:
         raise BenchError("no film to run on" + (": " + "; ".join(result.skipped_films.values())
                                                  if result.skipped_films else ""))
-    if scheduler and scheduler != benchrun.LOCAL:
+    if scheduler and scheduler != runners.LOCAL:
         films = [f.resolve() for f in films]  # the cluster's workers read them by these paths
     usable = _usable_methods(method_names, films, result, say)
 
@@ -954,8 +955,8 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
                 "pipelines": [p.name for p in chosen], "recipients_per_film": recipients,
                 "ledger_id": BENCH_LEDGER_ID, "leaktrace": _version()}
         try:
-            journal = benchrun.Journal(work, plan, resume=resume) if out is not None else None
-        except benchrun.RunnerError as exc:
+            journal = runners.Journal(work, plan, resume=resume) if out is not None else None
+        except runners.RunnerError as exc:
             raise BenchError(str(exc)) from None
         if resume and not journal.resumed:
             say(f"nothing to resume in {out} (no journal of an earlier run): starting the run")
@@ -972,7 +973,7 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
                 mine = tuple(p for p in chosen if not (p.stored_side and kind == "png"))
                 for truth in [*truths[path], None]:
                     tasks.append(_Task(path, name, truth, mine, ctx))
-                    ids.append(benchrun.task_id(str(path), name, truth, [p.name for p in mine]))
+                    ids.append(runners.task_id(str(path), name, truth, [p.name for p in mine]))
         total = sum(len(t.pipelines) for t in tasks)
         done, interrupted = 0, False
 
@@ -995,12 +996,12 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
         if journal is not None:
             journal.open()
         order = _largest_first([tasks[i] for i in todo])
-        runs = benchrun.execute(_run_task, [tasks[todo[j]] for j in order], workers=workers,
+        runs = runners.execute(_run_task, [tasks[todo[j]] for j in order], workers=workers,
                                 scheduler=scheduler, keys=[ids[todo[j]] for j in order])
         try:
             for j, outcome in runs:
                 i = todo[order[j]]
-                lost = isinstance(outcome, benchrun.TaskLost)
+                lost = isinstance(outcome, runners.TaskLost)
                 if lost:  # recorded as failed queries; not journalled, so --resume retries it
                     say(f"{tasks[i].path.name}, {tasks[i].method}: task lost ({outcome.message})")
                     outcome = _lost_task_rows(tasks[i], outcome.message)
@@ -1014,7 +1015,7 @@ def run_bench(films: Sequence[Path], *, methods: Sequence[str] | None = None,
                     progress(done, total)
         except KeyboardInterrupt:  # Ctrl-C: keep what is done
             interrupted = True
-        except benchrun.RunnerError as exc:
+        except runners.RunnerError as exc:
             raise BenchError(str(exc)) from None
         finally:
             runs.close()  # stops the workers if the run did not finish
@@ -1099,7 +1100,7 @@ def _prepare(usable: list[str], films: list[Path], recipients: int, work: Path, 
     """The run's ledger in ``work`` (made anew when ``fresh``; else the resumed run's, as it
     is), its recipients, each film's recipients, and the methods' set-up (exports, whose
     files go to ``scratch``: the ledger records them, nothing reads them afterwards)."""
-    from .ledger import Ledger
+    from ..ledger import Ledger
 
     path = work / LEDGER_NAME
     if fresh:
@@ -1401,7 +1402,7 @@ def write_outputs(result: BenchResult, out: Path, *, plots: bool = True) -> list
         if plots:
             from functools import partial
 
-            from .benchplot import plot_strength, plot_tpr, plot_tradeoff
+            from .plots import plot_strength, plot_tpr, plot_tradeoff
 
             for name, draw in (("bench_strength.png", plot_strength),
                                ("bench_tpr_1e-6.png", partial(plot_tpr, fpr="1e-6")),

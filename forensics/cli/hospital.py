@@ -1,50 +1,5 @@
-"""The ``leaktrace`` command line (typer).
-
-Each command parses its options, calls one function of the library, prints, and exits with a
-documented code. Human-readable text and progress go to stderr; ``--json`` output goes to
-stdout, one JSON object, so it can be piped into ``jq``.
-
-Exit codes
-----------
-``detect`` and ``trace``: 0 traced (a recipient is named), 1 not found, 2 error (bad file,
-bad arguments, key or ledger, not enough memory, or a ``--report`` that could not be
-written: the result is still printed, and its JSON then has ``report.error``).
-``embed``: 0 every file exported, 1 at least one file failed (the others were still exported)
-or no file was found, 2 error before any file (bad arguments, output folder, key or ledger,
-among them a key the ledger's exports were not made with, or a missing key file beside a
-ledger that holds exports, without ``--new-key``).
-``ledger list``: 0, or 2 when the ledger cannot be read. ``ledger verify``: 0 intact, 1 a
-problem found (``--expect-head`` not in the chain, and with ``--checkpoint`` a signature that
-is absent or does not verify, a ledger shorter than the checkpoint or a different root,
-included), 2 the ledger, checkpoint or public key cannot be read. ``ledger checkpoint``: 0
-written, 1 the ledger check found problems or the ledger does not extend the last checkpoint
-the key signed of it (nothing signed), 2 the ledger, signing key or output cannot be used. ``ledger witness``: 0 cosigned, 1 the checkpoint's signature is absent
-or does not verify (nothing written), 2 a file or key cannot be used.
-``ledger export``: 0 written and intact, 1 written but the chain check found problems, 2 the
-ledger cannot be read or the output cannot be written.
-``ledger audit``: 0 written or sent and the access log intact, 1 written or sent but the
-access log's chain check found problems, 2 the ledger, output or syslog receiver cannot be
-used.
-
-``detect``, ``trace``, ``ledger list``, ``ledger export`` and ``ledger audit`` record who ran
-them (``--operator NAME``, else the OS user) in the ledger's access log, after their read-only
-query and through a write of its own (:func:`forensics.ledger.log_access`). A ledger the user
-may read but not write still answers; one warning line on stderr says the access was not
-recorded (with ``--json``: ``"access_recorded": false``).
-``demo``: 0 when the demo traced the right recipient, 1 otherwise, 2 for a bad ``--out``.
-``gateway``: serves until Ctrl-C or SIGTERM (then 130); 2 when it cannot start (configuration,
-key, ledger, address); with ``--check``: 0 every node answered C-ECHO, 1 some did not, 2 a
-configuration, key or ledger error.
-``bench``: 0 when the run finished (failed queries are recorded in its files), 2 for bad
-arguments (unknown method or pipeline, no films, no method that can run, unwritable ``--out``).
-Every command: 130 when interrupted (Ctrl-C, at any time, also while starting): one line on
-stderr says what was done and what was not (``embed``: how many files were exported and
-recorded; ``detect``/``trace``: that nothing was named, and whether a ``--report`` was left
-incomplete; ``demo``: its temporary folder is removed).
-
-With ``--json``, ``embed``, ``detect`` and ``trace`` print exactly one JSON object on stdout, also when
-they fail before doing anything (it then has an ``error`` field) and when interrupted (it then
-has ``error`` and ``"interrupted": true``; ``embed``'s still lists the files exported so far).
+"""Hospital IT's commands: ``embed``, ``gateway`` and the ledger's administration (``ledger list``,
+``verify``, ``checkpoint``, ``witness``, ``migrate``, ``export``, ``audit``).
 """
 
 from __future__ import annotations
@@ -52,151 +7,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import typer.core
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-try:  # typer >= 0.16 carries its own copy of click
-    from typer._click.exceptions import UsageError
-except ImportError:  # pragma: no cover - older typer runs on click itself
-    from click import UsageError
-
-from watermark import __version__
 from watermark.errors import CheckpointError, LeaktraceError
 from watermark.keys import key_path, load_key
-from watermark.stats import FALSE_ACCUSATION_RATE
 
-from .access import id_ranges, operator_name, query_event
-from .export import (ExportOutcome, already_exported, check_outputs, collect_sources,
-                     export_many, site_key_for)
+from ..ledger.access import id_ranges, operator_name
+from ..export import (already_exported, check_outputs, collect_sources, export_many, ExportOutcome,
+                      site_key_for)
 from watermark._files import atomic_write
-from .ledger import (EXPORT_FORMATS, AccessEvent, Ledger, export_table, ledger_exists,
-                     log_access, normalise_recipient)
-from .deidentify import check_options, precheck_all
-from .trace import detect_leak, trace_leak
-
-INTERRUPTED_PREFIX = "interrupted:"
-interrupt_reported = False
-"""Set once a command has printed its own line about Ctrl-C (:mod:`forensics.entry` then
-prints no second one)."""
-
-
-def _interrupted(message: str) -> typer.Exit:
-    """Ctrl-C: say in one line on stderr what was and was not done; exit code 130."""
-    global interrupt_reported
-    # a second Ctrl-C (`timeout -s INT` signals the process and then its group) would only
-    # interrupt the clean-up and the exit with a traceback: the command is stopping already
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    err.print(f"[yellow]{INTERRUPTED_PREFIX}[/] {escape(message)}", markup=True)
-    interrupt_reported = True
-    return typer.Exit(130)
-
-
-class _Commands(typer.core.TyperGroup):
-    """The command group: Ctrl-C in a command without its own message still gets one line."""
-
-    def invoke(self, ctx):
-        global interrupt_reported
-        interrupt_reported = False
-        # the command's words, before click hands them on (and empties ctx.args)
-        words = [*getattr(ctx, "_protected_args", ()), *ctx.args]
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            # a bad option or a missing argument, found before the command runs: with --json,
-            # still exactly one JSON object on stdout (click prints the usage on stderr)
-            if "--json" in words:
-                print(json.dumps({"error": f"bad arguments: {exc.format_message()}"}))
-            raise
-        except KeyboardInterrupt:
-            if interrupt_reported:
-                raise typer.Exit(130) from None
-            raise _interrupted("leaktrace stopped before the command finished") from None
-
-
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
-                  help="Mark exported chest films with an invisible recipient ID, and trace leaked copies.")
-ledger_app = typer.Typer(no_args_is_help=True, help="Inspect and check the export ledger.")
-app.add_typer(ledger_app, name="ledger")
-# soft_wrap: long messages stay on one line in pipes and logs (rich would wrap at 80 columns)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-# "\\[" escapes Rich markup, which took "[postgresql]" for a style tag and printed nothing.
-# a str, not a Path: a PostgreSQL URL would lose the second slash of "postgresql://" in a Path
-LedgerOpt = Annotated[Optional[str], typer.Option(
-    "--ledger", metavar="PATH|URL",
-    help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME "
-         "(needs leaktrace\\[postgresql]). Default: $LEAKTRACE_LEDGER, else "
-         "$XDG_DATA_HOME/leaktrace/ledger.sqlite (~/.local/share/leaktrace/ledger.sqlite).")]
-KeyOpt = Annotated[Optional[Path], typer.Option(
-    "--key", help="Site key file. Default: $LEAKTRACE_KEY, else "
-                  "$XDG_CONFIG_HOME/leaktrace/site.key (~/.config/leaktrace/site.key).")]
-
-
-# detect and trace: --ledger may be given several times (the sites of a group)
-LedgersOpt = Annotated[Optional[list[str]], typer.Option(
-    "--ledger", metavar="PATH|URL",
-    help="Export ledger: a SQLite file, or a PostgreSQL site postgresql://user@host:port/db?site=NAME. "
-         "Give it several times to search several sites' ledgers (each at the false-accusation "
-         "rate divided by their number). Default: $LEAKTRACE_LEDGER, else "
-         "$XDG_DATA_HOME/leaktrace/ledger.sqlite.")]
-OperatorOpt = Annotated[Optional[str], typer.Option(
-    "--operator", metavar="NAME",
-    help="Who runs this, as recorded in the ledger's access log (default: the OS user).")]
-
-
-def _who(operator: str | None) -> str:
-    """The ``--operator`` name (checked), else the OS user; a bad name is a usage error."""
-    try:
-        return operator_name(operator)
-    except LeaktraceError as exc:
-        raise _fail(f"bad arguments: {exc}") from None
-
-
-def _record_access(ledger: str | Path | None, event: AccessEvent) -> bool:
-    """Record ``event`` in the ledger's access log (a write of its own, after the read-only
-    query); when that is not possible, one warning line on stderr and False. A failed
-    command whose ledger file does not exist records nothing and says nothing more."""
-    if event.outcome == "error":
-        try:
-            if not ledger_exists(ledger):
-                return False
-        except LeaktraceError:  # the server cannot be reached: the command's error says so
-            return False
-    problem = log_access(ledger, event)
-    if problem is not None:
-        err.print(f"[yellow]warning:[/] {escape(problem)}")
-    return problem is None
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
-    return typer.Exit(code)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f"leaktrace {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
-    """leaktrace: forensic watermarks for radiographs."""
-    warnings.showwarning = _show_warning
+from ..ledger import AccessEvent, EXPORT_FORMATS, export_table, Ledger, normalise_recipient
+from ..deidentify import check_options, precheck_all
+from .common import (app, err, _fail, _interrupted, KeyOpt, ledger_app, LedgerOpt, OperatorOpt,
+                     _record_access, _who)
 
 
 @app.command()
@@ -421,191 +252,6 @@ def _embed_interrupted(exported: int, failed: int, total: int, overwrite: bool) 
                    f"{total - exported} and leave the {exported} already exported alone")
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print exactly one JSON object on stdout.")]
-LeakArg = Annotated[Path, typer.Argument(help="The leaked image: PNG, JPEG, WebP, TIFF, BMP, GIF or DICOM (grey or colour).")]
-ReportOpt = Annotated[Optional[Path], typer.Option(
-    "--report", metavar="DIR",
-    help="Also write an evidence report into DIR (created if missing): report.html (one "
-         "self-contained file with figures) and report.json. A folder that holds a report "
-         "already is refused.")]
-
-
-def _report_folder_problem(folder: Path) -> str | None:
-    """Why ``--report folder`` cannot be used, checked before any work; ``None`` if it can."""
-    from .report import REPORT_HTML, REPORT_JSON
-
-    if folder.exists() and not folder.is_dir():
-        return f"bad arguments: --report {folder}: exists and is not a folder"
-    there = [n for n in (REPORT_HTML, REPORT_JSON) if (folder / n).exists()]
-    if there:
-        return (f"bad arguments: --report {folder}: holds a report already ({', '.join(there)}); "
-                "give another folder")
-    return None
-
-
-def _answer(leak: Path, query, *, ledger: list[str] | None, key: Path | None, as_json: bool,
-            report_dir: Path | None, action: str, operator: str | None) -> None:
-    """Shared by ``detect`` and ``trace``: run ``query(book, key, alpha)`` on each ledger,
-    print, write the evidence report, exit. A key none of the ledger's exports was made with
-    is still used, with a warning on stderr (also with ``--json``, whose object then has
-    ``"key_in_ledger": false``).
-
-    The query reads the ledger read-only; then the access (``action``, who, the leak's
-    SHA-256, the outcome) is recorded through a second connection (:func:`_record_access`).
-    A failure to record is a warning, never a failed query; the JSON says
-    ``"access_recorded"``. An interrupted query records nothing.
-
-    Several ledgers (``--ledger`` given more than once: the sites of a group, each with its
-    own ledger id): each is searched at ``alpha / k`` for ``k`` ledgers (union bound, so that
-    the false-accusation rate of the whole search stays at the designed one), each records the
-    access with its own outcome, and the answer is the traced result with the smallest
-    p-value, else the first ledger's; the JSON adds ``searched`` (per ledger: ``ledger``,
-    ``ledger_id``, ``decision``, ``recipient``, ``p_value``)."""
-    ledgers = list(ledger) if ledger else [None]
-    alpha = FALSE_ACCUSATION_RATE / len(ledgers)
-    files, report_error, writing, interrupted = None, None, False, False
-    try:
-        who, message = operator_name(operator), None
-    except LeaktraceError as exc:  # with --json still one JSON object, so not _who()
-        who, message = None, f"bad arguments: {exc}"
-    if message is None and report_dir is not None:
-        message = _report_folder_problem(report_dir)
-    if message is None:
-        try:
-            site_key = load_key(key)
-            with contextlib.ExitStack() as stack:
-                books = [stack.enter_context(Ledger(where, create=False)) for where in ledgers]
-                reports = [query(book, site_key, alpha) for book in books]
-                best = _best_report(reports)
-                report = reports[best]
-                if report_dir is not None:
-                    writing = True
-                    files, report_error = _evidence_report(report_dir, report, books[best])
-        except LeaktraceError as exc:
-            message = str(exc)
-        except MemoryError:
-            message = f"{leak}: not enough memory to read and analyse this image; scale it down"
-        except KeyboardInterrupt:
-            interrupted = True
-            message = (f"{leak}: nothing was named (the analysis stopped before it finished)"
-                       if not writing else _report_interrupted(leak, report_dir))
-    if message is not None:
-        recorded = False
-        if not interrupted and who is not None:
-            event = query_event(action, who, leak, error=message)
-            recorded = all([_record_access(where, event) for where in ledgers])
-        if as_json:
-            print(json.dumps({"recipient": None, "p_value": None, "decision": "error",
-                              "error": message, **({"interrupted": True} if interrupted else
-                                                   {"access_recorded": recorded})}))
-        raise _interrupted(message) if interrupted else _fail(message)
-    results = [r.as_dict() for r in reports]
-    recorded = all([_record_access(where, query_event(action, who, leak, result=r))
-                    for where, r in zip(ledgers, results)])
-    result = results[best]
-    if len(ledgers) > 1:
-        result["searched"] = [{"ledger": r["ledger"], "ledger_id": r.get("ledger_id"),
-                               "decision": r["decision"], "recipient": r["recipient"],
-                               "p_value": r["p_value"]} for r in results]
-    if as_json:
-        if report.key_warning:  # the one warning that changes how the answer must be read
-            err.print(f"[yellow]warning:[/] {escape(report.key_warning)}")
-        result["access_recorded"] = recorded
-        if report_dir is not None:
-            result["report"] = ({"html": str(files.html), "json": str(files.json)} if files
-                                else {"error": report_error})
-        print(json.dumps(result))
-    else:
-        for w in report.warnings:
-            err.print(f"[yellow]warning:[/] {escape(w)}")
-        if len(ledgers) > 1:
-            err.print(f"searched {len(ledgers)} ledgers, each at false-accusation rate "
-                      f"{alpha:g}; the answer is from {escape(str(report.ledger_path))}")
-        print(f"{leak}: {report.summary()}")
-        if files:
-            err.print(f"evidence report: {escape(str(files.html))} and {escape(str(files.json))}")
-    if report_error:
-        raise _fail(report_error)
-    raise typer.Exit(0 if report.decision == "traced" else 1)
-
-
-def _best_report(reports: list) -> int:
-    """The index of the answer among the ledgers' reports: the traced one with the smallest
-    p-value, else the first."""
-    traced = [i for i, r in enumerate(reports) if r.decision == "traced"]
-    return min(traced, key=lambda i: reports[i].p_value) if traced else 0
-
-
-def _report_interrupted(leak: Path, folder: Path) -> str:
-    """What Ctrl-C while the evidence report was written leaves in ``folder``."""
-    from .report import REPORT_HTML, REPORT_JSON
-
-    there = [n for n in (REPORT_HTML, REPORT_JSON) if (folder / n).exists()]
-    state = (f"{folder} holds {' and '.join(there)} (whole: each file is written atomically)"
-             + ("; the report is incomplete: give another --report folder to run again"
-                if len(there) == 1 else "") if there else f"no report was written in {folder}")
-    return f"{leak}: nothing was named (stopped while writing the evidence report); {state}"
-
-
-def _evidence_report(folder: Path, report, book: Ledger):
-    """Write the evidence report of a detection or trace: ``(ReportFiles, None)`` or
-    ``(None, error message)``."""
-    from watermark.dicomio import sha256_file
-
-    from .report import blind_evidence, write_report
-
-    try:
-        if report.leak_sha256 != sha256_file(report.leak_path):
-            return None, (f"{report.leak_path}: the file changed while it was analysed; no "
-                          "report written")
-        evidence = blind_evidence(report.as_dict(), book.check().as_dict())
-        figures = report.figures
-        return write_report(folder, evidence, leak_image=figures["leak_image"],
-                            original_image=figures.get("original_image"),
-                            aligned_leak=figures.get("aligned_leak")), None
-    except (LeaktraceError, OSError) as exc:
-        return None, f"no report written: {exc}"
-    except MemoryError:
-        return None, f"{folder}: not enough memory to draw the report's figures"
-
-
-@app.command()
-def detect(leak: LeakArg, ledger: LedgersOpt = None, key: KeyOpt = None,
-           as_json: JsonOpt = False, report_dir: ReportOpt = None,
-           operator: OperatorOpt = None) -> None:
-    """Find whose copy a leaked image is, from the image alone (blind detection).
-
-    Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
-    --report cannot be written; the result is still printed), 130 interrupted.
-    """
-    _answer(leak, lambda book, site_key, alpha: detect_leak(leak, ledger=book, key=site_key,
-                                                            alpha=alpha),
-            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="detect",
-            operator=operator)
-
-
-@app.command()
-def trace(
-    leak: LeakArg, ledger: LedgersOpt = None, key: KeyOpt = None,
-    original: Annotated[Optional[Path], typer.Option(
-        "--original", help="The original film (DICOM) the leak shows; skips the search over the ledger's exports.")] = None,
-    report_dir: ReportOpt = None, as_json: JsonOpt = False, operator: OperatorOpt = None,
-) -> None:
-    """Find whose copy a leaked image is, with the exported originals (informed detection).
-
-    The leak is registered onto the original it shows, the original is subtracted, and every
-    recipient of that film is tested; blind detection when no exported film is found in the
-    leak.
-
-    Exit codes: 0 traced (a recipient is named), 1 not found, 2 error (also when the
-    --report cannot be written; the result is still printed), 130 interrupted.
-    """
-    _answer(leak, lambda book, site_key, alpha: trace_leak(leak, ledger=book, key=site_key,
-                                                           original=original, alpha=alpha),
-            ledger=ledger, key=key, as_json=as_json, report_dir=report_dir, action="trace",
-            operator=operator)
-
-
 GATEWAY_EXAMPLE = """
 Example gateway.toml:
 
@@ -644,8 +290,8 @@ def gateway(
     ledger, address). With --check: 0 every node answered C-ECHO, 1 some did not, 2 a
     configuration, key or ledger error.
     """
-    from .gateway import load_config
-    from .gateway.service import check, configure_logging, serve
+    from ..gateway import load_config
+    from ..gateway.service import check, configure_logging, serve
 
     if workers < 0:
         raise _fail(f"bad arguments: --workers {workers}: must be 0 (one per CPU core) or more")
@@ -731,20 +377,28 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
          "`ledger witness`), kept outside the ledger: the ledger's first N records (N: the "
          "checkpoint's size) must still have its Merkle root and its signature must verify, "
          "else exit 1 (truncated, rewritten, or a bad signature). Records added after it are fine.")]
+
+
 PublicKeyOpt = Annotated[Optional[str], typer.Option(
     "--public-key", metavar="VKEY|FILE",
     help="The checkpoint signer's public key: the verifier key string <name>+<id>+<key> printed "
          "by `ledger checkpoint`, or a file holding it. Default: checkpoint.key.pub beside the "
          "site key.")]
+
+
 WitnessKeyOpt = Annotated[Optional[list[str]], typer.Option(
     "--witness-key", metavar="VKEY|FILE",
     help="With --checkpoint: a witness's public key whose cosignature the checkpoint must carry "
          "(repeat for several witnesses).")]
+
+
 SigningKeyOpt = Annotated[Optional[Path], typer.Option(
     "--signing-key", metavar="PATH",
     help="Ed25519 checkpoint signing key (never the site key); created on first use, with its "
          "public key in PATH.pub. Default: checkpoint.key beside the site key "
          "($LEAKTRACE_KEY's folder, else $XDG_CONFIG_HOME/leaktrace).")]
+
+
 KeyNameOpt = Annotated[Optional[str], typer.Option(
     "--key-name", metavar="NAME",
     help="Name of a signing key created now (no spaces, no '+'; default <host name>/leaktrace). "
@@ -753,7 +407,7 @@ KeyNameOpt = Annotated[Optional[str], typer.Option(
 
 def _verifier(value: str | None):
     """The public key given, else the one beside the default signing key."""
-    from .note import default_signing_key_path, read_verifier
+    from ..ledger.note import default_signing_key_path, read_verifier
 
     if value is None:
         default = default_signing_key_path().with_name(default_signing_key_path().name + ".pub")
@@ -762,52 +416,6 @@ def _verifier(value: str | None):
                                   "signer's with --public-key (printed by `ledger checkpoint`)")
         value = str(default)
     return read_verifier(value)
-
-
-@ledger_app.command("reidentify")
-def ledger_reidentify(
-    value: Annotated[str, typer.Argument(help="A de-identified copy's pseudonymous Patient ID or Name, or its Study, Series or SOP Instance UID.")],
-    ledger: LedgerOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="JSON on stdout.")] = False,
-    operator: OperatorOpt = None,
-) -> None:
-    """Map a de-identified copy's pseudonym or UID back to its source study (opened read-only).
-
-    Prints, for each de-identified export whose copy carries VALUE, the recipient, the
-    options and the source's Patient ID, Patient's Name and Study, Series and SOP Instance
-    UIDs beside the copy's. For authorised investigators: the lookup is recorded in the
-    access log (who, which exports).
-
-    Exit codes: 0 found, 1 no de-identified export carries VALUE, 2 the ledger cannot be read.
-    """
-    try:
-        who = operator_name(operator)
-        with Ledger(ledger, create=False) as book:
-            found = book.reidentify(value)
-            path = book.path
-    except LeaktraceError as exc:
-        if as_json:
-            print(json.dumps({"value": value, "found": [], "error": str(exc)}))
-        raise _fail(str(exc)) from None
-    recorded = _record_access(ledger, AccessEvent(
-        who, "ledger reidentify", {"export_ids": id_ranges(f["export_id"] for f in found), "count": len(found)},
-        "listed" if found else "not_found", ""))
-    if as_json:
-        print(json.dumps({"value": value, "ledger": str(path), "found": found,
-                          "access_recorded": recorded}))
-    else:
-        for f in found:
-            m = f["mapping"]
-            print(f"export {f['export_id']} for {f['recipient_name']!r} "
-                  f"(options: {', '.join(f['options']) or 'none'})")
-            for field in ("patient_id", "patient_name", "study_uid", "series_uid", "sop_uid"):
-                print(f"  {field}: {m[field][1]} <- {m[field][0]}")
-            if m.get("date_shift_days") is not None:
-                print(f"  dates shifted back by {m['date_shift_days']} days")
-        if not found:
-            err.print(f"no de-identified export in {escape(str(path))} carries {escape(value)!r}")
-    if not found:
-        raise typer.Exit(1)
 
 
 @ledger_app.command("verify")
@@ -825,8 +433,8 @@ def ledger_verify(ledger: LedgerOpt = None, expect_head: ExpectHeadOpt = None,
     Exit codes: 0 intact, 1 broken (each problem is named), 2 the ledger, checkpoint or
     public key cannot be read.
     """
-    from .checkpoint import verify_checkpoint
-    from .note import read_verifier
+    from ..ledger.checkpoint import verify_checkpoint
+    from ..ledger.note import read_verifier
 
     if checkpoint is None and (public_key is not None or witness_key):
         raise _fail("bad arguments: --public-key and --witness-key go with --checkpoint")
@@ -899,8 +507,8 @@ def ledger_checkpoint(
     the last checkpoint this key signed of it (nothing signed), 2 the ledger, key or output
     cannot be used.
     """
-    from .checkpoint import check_against_last, last_checkpoint_path, sign_checkpoint
-    from .note import load_or_create_signer
+    from ..ledger.checkpoint import check_against_last, last_checkpoint_path, sign_checkpoint
+    from ..ledger.note import load_or_create_signer
 
     if out.is_dir():
         raise _fail(f"bad arguments: --out {out}: is a folder")
@@ -959,8 +567,8 @@ def ledger_witness(
     Exit codes: 0 cosigned, 1 the checkpoint's signature is missing or does not verify
     (nothing written), 2 a file or key cannot be used.
     """
-    from .checkpoint import read_checkpoint, witness
-    from .note import check_signatures, load_or_create_signer
+    from ..ledger.checkpoint import read_checkpoint, witness
+    from ..ledger.note import check_signatures, load_or_create_signer
 
     if out.is_dir():
         raise _fail(f"bad arguments: --out {out}: is a folder")
@@ -1106,7 +714,7 @@ def ledger_audit(
     Exit codes: 0 written or sent and the access log intact, 1 written or sent but its chain
     check found problems, 2 the ledger, output or syslog receiver cannot be used.
     """
-    from .audit import (AUDIT_FORMATS, AuditError, audit_xml, parse_syslog_url, send_syslog,
+    from ..ledger.audit import (AUDIT_FORMATS, AuditError, audit_xml, parse_syslog_url, send_syslog,
                         syslog_message)
 
     if fmt not in AUDIT_FORMATS:
@@ -1155,165 +763,3 @@ def ledger_audit(
               + ("chain intact" if check.ok else f"{len(check.problems)} problem(s)")
               + f", head_hash {check.head_hash}")
     raise typer.Exit(0 if check.ok else 1)
-
-
-@app.command()
-def demo(out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the demo's files (default: a new temporary folder).")] = None) -> None:
-    """Mark a real chest film for two recipients, leak one as a screenshot, trace it.
-
-    Exit codes: 0 the demo traced the right recipient, 1 otherwise, 2 a bad --out.
-    """
-    from .demo import prepare_folder, run_demo, scratch_folder
-
-    try:
-        given = prepare_folder(out) if out is not None else None
-    except LeaktraceError as exc:
-        raise _fail(f"bad arguments: --out: {exc}") from None
-    folder = given
-    try:
-        # without --out: a temporary folder, removed if the demo stops on an error or Ctrl-C
-        with nullcontext(given) if given is not None else scratch_folder() as folder:
-            ok = run_demo(folder, say=lambda text: print(text, flush=True))
-    except LeaktraceError as exc:
-        raise _fail(str(exc), code=1) from None
-    except OSError as exc:
-        raise _fail(f"{folder}: {exc}", code=1) from None
-    except KeyboardInterrupt:
-        raise _interrupted("the demo stopped before it finished; " + (
-            f"the files made so far are in {given}" if given is not None
-            else f"its temporary folder {folder} was removed" if folder is not None
-            else "no folder was left behind")) from None
-    raise typer.Exit(0 if ok else 1)
-
-
-@app.command()
-def bench(
-    films: Annotated[Optional[Path], typer.Option("--films", help="Film folder: the shared layout (dicom/, png/<set>/) or any folder of .dcm/.png/.jpg files; or a manifest (.csv with a 'path' column and optional columns such as dataset, view, patient, summarised per value). Default: $LEAKTRACE_TEST_DATA, else ../shared/data/cxr next to the repository.")] = None,
-    pipelines: Annotated[Optional[list[str]], typer.Option("--pipelines", metavar="NAME,...", help="Leak pipelines to run (repeat the option or separate by commas). Default: all (--quick: a short list).")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--methods", metavar="NAME,...", help="Methods to compare (repeat or comma-separate): leaktrace, leaktrace-trace, invisible-watermark-dwtDct, invisible-watermark-dwtDctSvd, blind-watermark. Default: all that can run here.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and PNG files; created if missing.")] = Path("bench-results"),
-    quick: Annotated[bool, typer.Option("--quick", metavar="", help="A short run (2 small films, 1 recipient, 10 pipelines): about 1.5 minutes on 2 cores.")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Processes to use (0: one per CPU core, the default).")] = 0,
-    recipients: Annotated[Optional[int], typer.Option("--recipients", help="Recipients each film is marked for (default 2; --quick 1).")] = None,
-    png: Annotated[Optional[int], typer.Option("--png", help="PNG/JPEG films to add from the shared layout's png/ folder (default 2; --quick 0).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="Run the tasks on Dask: 'local' starts a LocalCluster of --workers processes here; tcp://host:8786 uses a running cluster, whose workers must see the films and --out at the same paths. Needs leaktrace\\[dask]. Default: a local process pool.")] = None,
-    strengths: Annotated[Optional[list[str]], typer.Option("--strengths", metavar="S,...", help="Also run leaktrace's blind method at these embedding strengths (relative to its strength model; repeat or comma-separate), as methods leaktrace@S, for the quality-against-robustness curve.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Finish an interrupted run in --out: only the tasks its journal does not hold are run (same settings needed).")] = False,
-) -> None:
-    """Compare leaktrace with other watermarking libraries on the same films and leaks.
-
-    Writes bench_queries.csv, bench_embeds.csv, bench_summary.csv, bench.json and PNG plots
-    to OUT, and prints the summary table. Ctrl-C stops the run and writes what is done.
-
-    Exit codes: 0 done (failed queries are recorded in its files), 2 bad arguments, 130
-    interrupted (run again with --resume to finish).
-    """
-    from . import bench as lb
-
-    try:
-        folder = films if films is not None else lb.film_data_dir()
-        if films is None and not folder.is_dir():
-            raise lb.BenchError(f"no film folder at {folder}: give --films DIR, or set "
-                                "LEAKTRACE_TEST_DATA to the folder of the shared films")
-        quick_cfg = lb.QUICK if quick else None
-        groups = None
-        if folder.is_file() and folder.suffix.lower() == ".csv":
-            found, groups = lb.read_manifest(folder)
-        else:
-            found = lb.find_films(folder, png=png if png is not None else (quick_cfg.png if quick else 2))
-        n_found = len(found)
-        if quick:
-            found = lb.quick_films(found) + [p for p in found if p.suffix.lower() != ".dcm"]
-        chosen = pipelines or (list(quick_cfg.pipelines) if quick else None)
-        per_film = recipients if recipients is not None else (quick_cfg.recipients if quick else 2)
-        # check the names, numbers and the output folder before the slow part starts
-        lb.select(methods, list(lb.METHODS), "method")
-        strength_values = _strengths(strengths)
-        lb.strength_methods(strength_values)
-        lb.select(chosen, list(lb.bench_pipelines()), "pipeline")
-        lb.check_settings(per_film, workers)
-        lb.prepare_out(out)
-        chosen_of = f"{len(found)} of {n_found} film file(s)" if quick else f"{len(found)} film file(s)"
-        err.print(f"bench: {escape(chosen_of)} in {escape(str(folder))}"
-                  + (" (--quick)" if quick else "") + f", results to {escape(str(out))}")
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
-        try:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=err) as bar:
-                task = bar.add_task("queries", total=None)
-                result = lb.run_bench(
-                    found, methods=methods, pipelines=chosen, recipients=per_film, workers=workers,
-                    out=out, progress=lambda done, total: bar.update(task, completed=done, total=total),
-                    say=lambda text: err.print(f"[yellow]note:[/] {escape(text)}"),
-                    settings={"quick": quick}, scheduler=scheduler, resume=resume, groups=groups,
-                    strengths=strength_values)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    except LeaktraceError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:  # before the leaks were read (films, ledger), or while writing
-        raise _interrupted(f"before any result was written in full; files already in {out} are "
-                           "whole (each is written atomically)") from None
-    meta = result.meta
-    stopped = None
-    if meta["interrupted"]:
-        stopped = _interrupted(f"after {meta['queries']} of {meta['queries_planned']} queries"
-                               + ("; the results so far were written:" if result.files
-                                  else "; nothing was written"))
-    else:
-        print(lb.format_table(result))
-        n_films = len(meta["settings"]["films"])
-        skipped = f" ({len(result.skipped_films)} skipped)" if result.skipped_films else ""
-        err.print(f"{meta['queries']} queries on {n_films} film(s){skipped} in {meta['seconds']:.0f} s; "
-                  "files written:")
-    for path in result.files:
-        err.print(f"  {escape(str(path))}")
-    if stopped is not None:
-        raise stopped
-
-
-def _strengths(items: list[str] | None) -> list[float]:
-    """``--strengths 0.5,2`` (repeatable) as floats; a word that is not a number is a usage
-    error naming it."""
-    from . import bench as lb
-
-    values = []
-    for item in items or []:
-        for word in str(item).split(","):
-            if word.strip():
-                try:
-                    values.append(float(word))
-                except ValueError:
-                    raise lb.BenchError(f"--strengths: {word.strip()!r} is not a number") from None
-    return values
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (odd but readable DICOM, a key others can read...) as one plain line on stderr."""
-    err.print(f"[yellow]warning:[/] {escape(str(message))}")
-
-
-def _one_line_paragraphs(doc: str | None) -> str | None:
-    """A docstring with each paragraph on one line: the help formatter then wraps it to the
-    terminal, instead of also breaking it where the source lines end."""
-    if not doc:
-        return doc
-    import inspect
-
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
-
-
-for _typer in (app, ledger_app):
-    for _command in _typer.registered_commands:
-        _command.callback.__doc__ = _one_line_paragraphs(_command.callback.__doc__)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    warnings.showwarning = _show_warning
-    app(prog_name="leaktrace")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,10 +19,10 @@ from watermark.dicomio import read_film
 from watermark.display import render
 from watermark.errors import InvalidInputError
 
-from . import leaks
-from .export import export_film, site_key_for
-from .ledger import Ledger
-from .trace import detect_leak
+from .. import leaks
+from ..export import export_film, site_key_for
+from ..ledger import Ledger
+from ..trace import detect_leak
 
 __all__ = ["demo_film_path", "prepare_folder", "scratch_folder", "run_demo", "RECIPIENTS"]
 

@@ -64,7 +64,7 @@ from urllib.parse import urlsplit
 
 from watermark.errors import LeaktraceError
 
-from .ledger import AccessRecord
+from .store import AccessRecord
 
 __all__ = ["AUDIT_FORMATS", "EVENTS", "audit_message", "audit_xml", "syslog_message",
            "SyslogTarget", "parse_syslog_url", "send_syslog", "AuditError",

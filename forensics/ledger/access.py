@@ -18,7 +18,7 @@ from pathlib import Path
 
 from watermark.errors import LeaktraceError
 
-from .ledger import AccessEvent
+from .store import AccessEvent
 
 __all__ = ["operator_name", "id_ranges", "leak_sha256_of", "query_event", "MAX_OPERATOR_LENGTH"]
 

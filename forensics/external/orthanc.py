@@ -1,5 +1,5 @@
 """A real Orthanc PACS for the gateway's tests and benchmark (Debian's ``orthanc`` package),
-on loopback ports. Lab side, like :mod:`forensics.dicomtools`: the product never imports it.
+on loopback ports. Lab side, like :mod:`forensics.external.dicomtools`: the product never imports it.
 
 :func:`start_orthanc` writes a JSON configuration into a temporary folder, starts the
 ``Orthanc`` program on free ports, waits for its REST API, and returns a handle whose
