@@ -388,6 +388,12 @@ def test_cli_errors(ledger_and_checkpoint, tmp_path):
     bad = run("ledger", "verify", "--ledger", path, "--checkpoint", cp_file, "--public-key",
               vkey.replace("+", "-", 1))
     assert bad.exit_code == 2
+    (tmp_path / "afile").write_text("")
+    unwritable = run("ledger", "checkpoint", "--ledger", path, "--out",
+                     tmp_path / "afile" / "x.txt")
+    assert unwritable.exit_code == 2, unwritable.output
+    assert unwritable.stderr.startswith(f"error: {tmp_path / 'afile' / 'x.txt'}: cannot write "
+                                        "the checkpoint"), unwritable.stderr
     site_key = run("ledger", "checkpoint", "--ledger", path, "--out", tmp_path / "x.txt",
                    "--signing-key", tmp_path / "keys" / "site.key")
     assert site_key.exit_code == 2 and "that is the site key's file" in site_key.stderr

@@ -533,14 +533,15 @@ def ledger_checkpoint(
             kept = last_checkpoint_path(signer, book.ledger_id)
     except LeaktraceError as exc:
         raise _fail(str(exc)) from None
+    target = out  # named in the error, not atomic_write's temporary file beside it
     try:
         atomic_write(out, note.encode("utf-8"), mode=0o644)
         if kept is not None:
+            target = kept
             kept.parent.mkdir(mode=0o700, exist_ok=True)
             atomic_write(kept, note.encode("utf-8"), mode=0o644)
     except OSError as exc:
-        raise _fail(f"{exc.filename or out}: cannot write the checkpoint "
-                    f"({exc.strerror or exc})") from None
+        raise _fail(f"{target}: cannot write the checkpoint ({exc.strerror or exc})") from None
     sys.stdout.write(note)
     if created:
         err.print(f"[yellow]created the checkpoint signing key[/] {escape(str(signer.path))} "
